@@ -1,0 +1,5 @@
+import sys
+
+from lsemvae.cli import main
+
+sys.exit(main())

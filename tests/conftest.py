@@ -1,0 +1,27 @@
+"""Shared fixtures: the real ECG data in ../shared/data (read-only) and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real ECG data not found at {SHARED_DATA}: clone with ../shared beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ptbxl_root(shared_data: Path) -> Path:
+    return shared_data / "ptb-xl"
+
+
+@pytest.fixture(scope="session")
+def ludb_root(shared_data: Path) -> Path:
+    return shared_data / "ludb"
