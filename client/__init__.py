@@ -1,0 +1,1 @@
+"""Flower ClientApp (client_app.py), the site launcher (run.py) and its preflight checks."""

@@ -1,0 +1,44 @@
+"""Record and metric keys of the messages between ServerApp and ClientApp, named once.
+
+Both apps import these; a renamed key is then a one-line change, not a silent mismatch.
+"""
+
+from __future__ import annotations
+
+# Message types (Flower dispatches @app.train / @app.evaluate on these).
+TRAIN = "train"
+EVALUATE = "evaluate"
+
+# RecordDict entries.
+ARRAYS = "arrays"                 # ArrayRecord: parameters of the federated groups only
+CONFIG = "config"                 # ConfigRecord: server -> site instructions
+METRICS = "metrics"               # MetricRecord: aggregate numbers (site -> server)
+GROUP_WEIGHTS = "group-weights"   # MetricRecord: group name -> examples that trained it
+SITE = "site"                     # ConfigRecord: site name, lead set, tasks (no data)
+HISTOGRAMS = "histograms"         # MetricRecord: "<task>/<class>/pos|neg" -> binned score counts
+
+# Server -> site config keys.
+ROUND = "server-round"
+LOCAL_EPOCHS = "local-epochs"
+LR = "lr"
+BATCH_SIZE = "batch-size"
+PROXIMAL_MU = "proximal-mu"
+DP = "dp"
+NUM_ROUNDS = "num-server-rounds"
+HIST_BINS = "eval-bins"
+RUN_SEED = "seed"
+
+# Site -> server metric keys (all sites send the same keys).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EVAL_LOSS = "eval-loss"
+EPSILON = "epsilon"              # cumulative epsilon of the site's ledger at its delta (0 if no DP)
+DELTA = "delta"
+NOISE_MULTIPLIER = "noise-multiplier"
+TRAIN_SECONDS = "train-seconds"
+
+# Site info keys (ConfigRecord SITE).
+SITE_NAME = "name"
+SITE_LEADS = "leads"
+SITE_TASKS = "tasks"
+SITE_DP = "dp"
