@@ -1,0 +1,106 @@
+"""Model configuration: one pydantic model, two named profiles.
+
+``compact`` (default) is sized for CPUs and cheap federated rounds; ``faithful`` keeps the
+paper's constants (reference-model.md §8) with its bugs fixed (prior expert kept, KL on the
+sampled posterior, leads by name). Every variant is a config value, never a code fork.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lsemvae.config import StrictModel, validate
+from lsemvae.errors import ConfigError
+from lsemvae.leads import LIMB_LEADS, canonical_leads
+
+FUSIONS = ("poe", "moe", "hime", "hime-gated")
+
+
+class ObjectiveConfig(StrictModel):
+    """Pretraining objective: recon_weight * SSE + beta(t) * KL + align_weight * alignment."""
+
+    recon_weight: float = Field(1.0, gt=0, description="multiplies the per-record sum of squared errors")
+    beta_max: float = Field(1.0, ge=0, description="final KL weight")
+    kl_anneal_epochs: int = Field(10, ge=0, description="beta(t) = beta_max * min(t / kl_anneal_epochs, 1), t from 1")
+    align_weight: float = Field(0.1, ge=0, description="weight of per-lead means -> detached fused mean")
+    expert_keep_prob: float = Field(0.75, gt=0, le=1, description="pretraining expert dropout keep probability")
+
+
+class TaskHeadSpec(StrictModel):
+    """A task head's output: binary -> 1 logit, multilabel/multiclass -> one per class."""
+
+    kind: Literal["binary", "multilabel", "multiclass"]
+    n_outputs: int = Field(ge=1)
+
+
+class ModelConfig(StrictModel):
+    """Everything needed to rebuild an :class:`~lsemvae.model.lsemvae.LSEMVAE`."""
+
+    profile: str = "compact"
+    fs: int = Field(100, gt=0, description="sampling rate the encoders expect (Hz)")
+    n_samples: int = Field(1000, gt=0, description="signal length; exact for encoder_pool='flatten'")
+    beat_samples: int = Field(80, gt=0, description="median-beat length (recon_target='beat')")
+    latent_dim: int = Field(64, gt=0)
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    encoder_kernels: tuple[int, ...] = (7, 5, 5, 5)
+    encoder_strides: tuple[int, ...] = (2, 2, 2, 2)
+    encoder_norm: Literal["group", "none"] = "group"
+    encoder_pool: Literal["avgmax", "flatten"] = "avgmax"
+    activation: Literal["gelu", "relu"] = "gelu"
+    logvar_min: float = -8.0
+    logvar_max: float = 4.0
+    fusion: Literal["poe", "moe", "hime", "hime-gated"] = "hime-gated"
+    gate_hidden: int = Field(32, gt=0)
+    decoder: Literal["per-lead", "shared"] = "per-lead"
+    decoder_hidden: int = Field(128, gt=0)
+    recon_target: Literal["beat", "signal"] = "beat"
+    head_input: Literal["fused", "concat"] = "fused"
+    head_leads: tuple[str, ...] = LIMB_LEADS
+    head_hidden: int = Field(0, ge=0, description="0 = linear head")
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    tasks: dict[str, TaskHeadSpec] = Field(default_factory=dict)
+    objective: ObjectiveConfig = ObjectiveConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        n = {len(self.encoder_channels), len(self.encoder_kernels), len(self.encoder_strides)}
+        if len(n) != 1:
+            raise ValueError("encoder_channels, encoder_kernels and encoder_strides must have the same length")
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError("logvar_min must be below logvar_max")
+        if self.decoder == "shared" and self.recon_target != "signal":
+            raise ValueError("decoder='shared' (the paper's deconvolution decoder) reconstructs recon_target='signal'")
+        canonical_leads(self.head_leads, record="<model config head_leads>")
+        return self
+
+    @property
+    def target_samples(self) -> int:
+        return self.beat_samples if self.recon_target == "beat" else self.n_samples
+
+    def with_tasks(self, tasks: dict[str, TaskHeadSpec]) -> "ModelConfig":
+        return self.model_copy(update={"tasks": dict(tasks)})
+
+
+PROFILES: dict[str, ModelConfig] = {
+    "compact": ModelConfig(),
+    # The paper's per-lead encoder and decoder (reference-model.md §1.2, §1.3, §1.7, §8).
+    "faithful": ModelConfig(
+        profile="faithful", fs=500, n_samples=5000, beat_samples=400, latent_dim=256,
+        encoder_channels=(16, 32, 64), encoder_kernels=(3, 3, 3), encoder_strides=(2, 2, 2),
+        encoder_norm="none", encoder_pool="flatten", activation="relu",
+        fusion="hime", decoder="shared", recon_target="signal",
+        head_input="concat", head_leads=LIMB_LEADS, head_hidden=128, head_dropout=0.5,
+        objective=ObjectiveConfig(recon_weight=1e-3, beta_max=1.0, kl_anneal_epochs=50, align_weight=0.1),
+    ),
+}
+
+
+def get_profile(name: str, **overrides) -> ModelConfig:
+    """A named profile, optionally with fields overridden (validated)."""
+    if name not in PROFILES:
+        raise ConfigError(f"model profile {name!r} is unknown; choose one of {sorted(PROFILES)}")
+    data = PROFILES[name].model_dump()
+    data.update(overrides)
+    return validate(ModelConfig, data, source=f"model profile {name!r}")

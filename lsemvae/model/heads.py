@@ -1,0 +1,30 @@
+"""Task heads: one per task, on the fused latent (or, faithful probe, concatenated per-lead means)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lsemvae.model.config import ModelConfig, TaskHeadSpec
+
+
+class TaskHead(nn.Module):
+    """Linear, or Linear -> ReLU -> Dropout -> Linear when ``hidden > 0`` (the paper's probe)."""
+
+    def __init__(self, in_dim: int, spec: TaskHeadSpec, hidden: int, dropout: float):
+        super().__init__()
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, spec.n_outputs))
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, spec.n_outputs))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
+
+def head_input_dim(cfg: ModelConfig) -> int:
+    return cfg.latent_dim * (len(cfg.head_leads) if cfg.head_input == "concat" else 1)
+
+
+def build_heads(cfg: ModelConfig) -> nn.ModuleDict:
+    dim = head_input_dim(cfg)
+    return nn.ModuleDict({name: TaskHead(dim, spec, cfg.head_hidden, cfg.head_dropout) for name, spec in cfg.tasks.items()})

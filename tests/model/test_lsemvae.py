@@ -1,0 +1,146 @@
+"""The LS-EMVAE module: shapes, masking, routing by lead name, gradients, Opacus, profiles."""
+
+import pytest
+import torch
+
+from lsemvae.leads import LEAD_GROUPS, LEADS_12, LIMB_LEADS
+from lsemvae.model.config import PROFILES, get_profile
+from lsemvae.model.losses import mixture_kl_bound, kl_standard_normal, vae_objective
+from lsemvae.model.lsemvae import build_model, parameter_count, round_bytes
+
+TASKS = {"superclass": {"kind": "multilabel", "n_outputs": 5}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(get_profile("compact", tasks=TASKS, n_samples=400))
+
+
+def _batch(b=4, t=400, six=False):
+    x = torch.randn(b, 12, t)
+    mask = torch.ones(b, 12, dtype=torch.bool)
+    if six:
+        mask[:, 6:] = False
+        x[:, 6:] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("six", [False, True])
+def test_shapes_6l_and_12l(model, six):
+    x, mask = _batch(six=six)
+    out = model(x, mask)
+    d = model.config.latent_dim
+    assert out.mu_leads.shape == (4, 12, d) and out.mu.shape == (4, d) and out.logvar.shape == (4, d)
+    assert out.recon.shape == (4, 12, model.config.beat_samples)
+    assert out.z.shape == (len(LEAD_GROUPS), 4, d)
+    assert out.gates.shape == (4, 4) and torch.allclose(out.gates.sum(1), torch.ones(4))
+    assert out.logits["superclass"].shape == (4, 5)
+    if six:
+        assert (out.gates[:, 2:] == 0).all()
+
+
+def test_state_dict_prefixes_are_the_federation_groups(model):
+    prefixes = {k.split(".")[0] for k in model.state_dict()}
+    assert prefixes == {"encoders", "fusion", "decoders", "heads"}
+    assert {k.split(".")[1] for k in model.state_dict() if k.startswith("encoders.")} == set(LEADS_12)
+    assert any(k.startswith("heads.superclass.") for k in model.state_dict())
+
+
+def test_each_lead_reaches_its_own_encoder(model):
+    model.eval()
+    x, mask = _batch(b=2)
+    out = model(x, mask, decode=False)
+    for i, lead in enumerate(LEADS_12):
+        mu, _ = model.encoders[lead](x[:, i : i + 1])
+        assert torch.allclose(out.mu_leads[:, i], mu, atol=1e-6), lead
+
+
+def test_permuting_rows_and_relaying_by_lead_index_changes_nothing(model):
+    from lsemvae.leads import lead_index, to_12
+    model.eval()
+    x, mask = _batch(b=1)
+    perm = [5, 3, 11, 0, 7, 1, 9, 2, 10, 4, 8, 6]
+    names = [LEADS_12[i] for i in perm]
+    relaid, m12 = to_12(x[0, perm].numpy(), names)  # a file with another channel order, laid out by name
+    a = model(x, mask, decode=True)
+    b = model(torch.from_numpy(relaid)[None], torch.from_numpy(m12)[None], decode=True)
+    assert torch.allclose(a.mu, b.mu, atol=1e-6) and torch.allclose(a.recon, b.recon, atol=1e-6)
+    assert lead_index("aVL") == 4 and lead_index("aVF") == 5  # the paper's swap cannot happen
+
+
+def test_masked_lead_equals_absent_lead_and_gets_no_gradient(model):
+    model.train()
+    x, mask = _batch(b=2)
+    mask[0, LEADS_12.index("V3")] = False
+    x2 = x.clone()
+    x2[0, LEADS_12.index("V3")] = 123.0  # whatever is in a masked slot must not matter
+    model.eval()
+    a, b = model(x, mask), model(x2, mask)
+    assert torch.allclose(a.mu[0], b.mu[0], atol=1e-6) and torch.allclose(a.recon[0], b.recon[0], atol=1e-6)
+
+
+def test_gradient_reaches_present_encoders_only(model):
+    model.train()
+    model.zero_grad()
+    x, mask = _batch(six=True)
+    out = model(x, mask)
+    loss, _ = vae_objective(out, torch.randn(4, 12, model.config.beat_samples), beta=1.0,
+                            objective=model.config.objective)
+    (loss + out.logits["superclass"].sum()).backward()
+    for lead in LEADS_12:
+        grads = [p.grad for p in model.encoders[lead].parameters()]
+        if lead in LIMB_LEADS:
+            assert all(g is not None and g.abs().sum() > 0 for g in grads), lead
+        else:
+            assert all(g is None or g.abs().sum() == 0 for g in grads), lead
+    assert model.fusion.gate.score[0].weight.grad.abs().sum() > 0
+
+
+def test_kl_is_on_the_sampled_components(model):
+    model.train()
+    x, mask = _batch()
+    out = model(x, mask)
+    mix = out.mixture
+    expected = sum(mix.weights[k] * kl_standard_normal(mix.mu[k], mix.logvar[k]) for k in range(mix.mu.shape[0]))
+    assert torch.allclose(mixture_kl_bound(mix), expected)
+    # the decoded samples are drawn from those same components
+    std = torch.exp(0.5 * mix.logvar)
+    zscore = (out.z - mix.mu) / std
+    assert zscore.abs().max() < 7 and 0.7 < zscore.std() < 1.3
+
+
+def test_eval_is_deterministic(model):
+    model.eval()
+    x, mask = _batch()
+    a, b = model.forward_logits(x, mask), model.forward_logits(x, mask)
+    assert torch.equal(a["superclass"], b["superclass"])
+
+
+def test_opacus_validator_accepts_model(model):
+    from opacus.validators import ModuleValidator
+    model.train()
+    ModuleValidator.validate(model, strict=True)
+
+
+def test_compact_fits_a_federated_round_budget():
+    m = build_model(get_profile("compact", tasks=TASKS))
+    assert round_bytes(m) < 5_000_000
+    assert round_bytes(m) == 4 * parameter_count(m, ("encoders.", "fusion.", "heads."))
+
+
+def test_faithful_profile_counts_paper_parameters():
+    cfg = get_profile("faithful", tasks={"ph": {"kind": "multiclass", "n_outputs": 2}})
+    with torch.device("meta"):
+        m = build_model(cfg)
+    assert parameter_count(m.encoders["I"]) == 20_488_352
+    assert parameter_count(m, ("decoders.",)) == 10_290_353
+    assert parameter_count(m, ("heads.",)) == 196_994  # 1536 -> 128 -> 2 probe
+    assert m.encoders["I"].fc_mu.in_features == 40_000
+
+
+def test_unknown_fusion_is_a_config_error():
+    from lsemvae.errors import ConfigError
+    with pytest.raises(ConfigError, match="fusion"):
+        get_profile("compact", fusion="sum")
+    assert set(PROFILES) == {"compact", "faithful"}
