@@ -1,0 +1,24 @@
+"""Hospital ECG file formats → :class:`~lsemvae.data.record.ECGRecord` (mV, canonical lead names).
+
+Each module exposes ``NAME``, ``sniff(path) -> bool`` (by content, never by extension alone) and
+``read(path) -> ECGRecord``. Lead identity is always read from the file (channel codes, lead IDs,
+signal labels), never assumed from channel position: the reference code's positional naming is
+what swapped aVL and aVF (reference-model.md §6.1).
+
+``FORMATS`` lists them in sniffing order for the registry in :mod:`lsemvae.data.readers`.
+Failure reasons shared by all readers are documented in :data:`common.REASONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from lsemvae.data.formats import aecg, cardiosoft, dicom, edf, muse
+from lsemvae.data.formats.common import REASONS
+
+#: (name, sniff, read) per supported hospital format.
+FORMATS: list[tuple[str, Callable, Callable]] = [
+    (m.NAME, m.sniff, m.read) for m in (dicom, aecg, muse, cardiosoft, edf)
+]
+
+__all__ = ["FORMATS", "REASONS", "aecg", "cardiosoft", "dicom", "edf", "muse"]

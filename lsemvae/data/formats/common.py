@@ -1,0 +1,144 @@
+"""Helpers shared by the format readers: unit scaling, lead labels, XML sniffing, errors.
+
+Every reader turns a file into an :class:`~lsemvae.data.record.ECGRecord` in millivolts with lead
+names read from the file. Anything it cannot vouch for raises :class:`RecordError` with one of the
+``REASONS`` below, so batch jobs (``lsemvae data convert``, cohort building) can count skips.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lsemvae.errors import LeadError, RecordError
+from lsemvae.leads import canonical_lead
+
+#: Reason categories used by the format readers (plus ``unknown-lead`` / ``duplicate-lead`` from leads.py).
+REASONS = {
+    "corrupt": "file cannot be parsed (truncated, bad XML, bad base64, unreadable header)",
+    "not-ecg": "a valid file of the format that holds no ECG waveform (e.g. a DICOM image)",
+    "missing-lead-label": "a channel carries no lead label or code",
+    "unknown-lead": "a channel's label or code is not a known ECG lead",
+    "lead-conflict": "a channel's code and its text label name different leads",
+    "sample-count": "channel sample counts disagree with each other or with the declared count",
+    "units": "amplitude units missing, unknown or not a voltage",
+    "fs": "sampling rate missing or invalid",
+    "mixed-fs": "ECG channels sampled at different rates",
+    "unsupported-variant": "a valid but unsupported encoding (compressed, mu-law, non-int16, ...)",
+}
+
+# Amplitude unit spellings seen in DICOM (UCUM), HL7 aECG (UCUM), MUSE, CardioSoft and EDF headers.
+_MV_PER_UNIT = {
+    "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3, "uvperlsb": 1e-3,
+    "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
+    "v": 1e3, "volt": 1e3, "volts": 1e3,
+    "nv": 1e-6, "nanovolt": 1e-6, "nanovolts": 1e-6,
+}
+
+# Real ECG leads outside the standard 12 (right-sided, posterior, Frank XYZ). Carts export them
+# alongside the 12; they are dropped (listed in meta["dropped_channels"]) rather than failing the record.
+_EXTRA_LEAD = re.compile(r"^(v[789]|v[1-9]r|[xyz])$")
+
+
+def mv_per_unit(unit: str | None, *, record: str, what: str) -> float:
+    """Millivolts per ``unit`` (``"uV"`` -> 0.001). ``what`` says where the unit came from, for the message."""
+    key = re.sub(r"[\s_\-/]", "", str(unit or "")).lower()
+    if key in _MV_PER_UNIT:
+        return _MV_PER_UNIT[key]
+    raise RecordError(
+        record,
+        f"{what}: amplitude unit {unit!r} is missing or not a voltage (expected uV, mV or V). "
+        "Export the ECG with calibrated voltage units.",
+        reason="units",
+    )
+
+
+def is_extra_lead(label: str) -> bool:
+    folded = re.sub(r"[\s_]", "", str(label).lower())
+    folded = re.sub(r"^(mdc_?ecg_?lead_?|lead)", "", folded)
+    return bool(_EXTRA_LEAD.match(folded))
+
+
+def select_leads(labels: Sequence[str | None], *, record: str) -> tuple[list[int], list[str], list[str]]:
+    """Map channel labels to canonical leads: ``(kept channel indices, lead names, dropped labels)``.
+
+    A missing label or an unknown one fails the record (naming the channel); known non-standard leads
+    (V7-V9, right-sided, XYZ) are dropped. Duplicates are refused by ``ECGRecord``.
+    """
+    keep, names, dropped = [], [], []
+    for i, label in enumerate(labels):
+        if label is None or not str(label).strip():
+            raise RecordError(
+                record, f"channel {i + 1} has no lead label or code: lead identity cannot be read from the file "
+                "(leads are never assigned by position). Re-export with channel labels.",
+                reason="missing-lead-label",
+            )
+        if is_extra_lead(label):
+            dropped.append(str(label))
+            continue
+        try:
+            names.append(canonical_lead(label, record=record))
+        except LeadError as err:
+            raise LeadError(record, f"channel {i + 1}: {err.detail}", reason=err.reason) from None
+        keep.append(i)
+    if not keep:
+        raise RecordError(record, f"no standard ECG lead among channels {list(labels)!r}", reason="unknown-lead")
+    return keep, names, dropped
+
+
+def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
+    """Local name of the root element (namespace stripped), or None if the file does not start as XML.
+
+    Only the start of the file is parsed, so sniffing a folder of large files stays cheap.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(head_bytes)
+    except OSError:
+        return None
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not stripped.startswith(b"<"):
+        return None
+    parser = ET.XMLPullParser(events=("start",))
+    try:
+        parser.feed(head)
+        for _event, elem in parser.read_events():
+            return elem.tag.rsplit("}", 1)[-1]
+    except ET.ParseError:
+        return None
+    return None
+
+
+def parse_xml(path: str | Path, *, record: str) -> ET.Element:
+    """Parse a whole XML file; a parse failure is a ``corrupt`` RecordError naming the position."""
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise RecordError(record, f"not well-formed XML ({err})", reason="corrupt") from None
+
+
+def local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def child_text(elem: ET.Element | None, name: str) -> str | None:
+    """Text of the first direct child with local name ``name`` (namespace-agnostic), stripped."""
+    if elem is None:
+        return None
+    for child in elem:
+        if local(child.tag) == name:
+            return (child.text or "").strip()
+    return None
+
+
+def children(elem: ET.Element, name: str) -> Iterable[ET.Element]:
+    return (c for c in elem if local(c.tag) == name)
+
+
+def parse_number(text: str | None, *, record: str, what: str, reason: str = "corrupt") -> float:
+    try:
+        return float(str(text).strip())
+    except (TypeError, ValueError):
+        raise RecordError(record, f"{what}: expected a number, found {text!r}", reason=reason) from None

@@ -1,0 +1,189 @@
+"""DICOM ECG waveforms (12-lead, General ECG, Ambulatory ECG IODs) via pydicom.
+
+Covered: ``WaveformSequence`` multiplex groups with 8- or 16-bit signed/unsigned samples
+(``WaveformSampleInterpretation`` SB, UB, SS, US), any transfer syntax pydicom decodes natively
+(implicit/explicit VR, deflated). Not covered: mu-law/A-law samples (MB, AB), 32/64-bit samples,
+encapsulated (compressed) transfer syntaxes: these raise ``unsupported-variant``.
+
+Group choice: among groups with at least one recognised ECG lead, prefer ``WaveformOriginality``
+ORIGINAL over DERIVED (median beats are DERIVED), then most standard leads, then most samples. In a
+standard 12-lead file this picks the RHYTHM group; the median-beat group is noted in ``meta``.
+
+Lead identity comes from each channel's ``ChannelSourceSequence`` code: SCP-ECG scheme
+(``5.6.3-9-<n>``), MDC scheme (``2:<n>`` or the 32-bit context-free code ``131072 + n``), where ``n``
+is the MDC_ECG_LEAD number; otherwise from the code meaning (``Lead aVL``) or ``ChannelLabel``. If
+the code and the meaning name different leads the record is refused (``lead-conflict``).
+
+Amplitude: ``(sample × ChannelSensitivity × ChannelSensitivityCorrectionFactor) + ChannelBaseline``
+in the units of ``ChannelSensitivityUnitsSequence`` (uV/mV/V), converted to mV. Channels without
+a sensitivity are uncalibrated and refused (``units``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from lsemvae.data.formats.common import mv_per_unit, select_leads
+from lsemvae.data.record import ECGRecord
+from lsemvae.errors import LeadError, RecordError
+from lsemvae.leads import MDC_CODES, canonical_lead
+
+NAME = "dicom"
+
+# (bits allocated, interpretation) -> numpy dtype; little-endian as DICOM waveform data is.
+_DTYPES = {(8, "SB"): "i1", (8, "UB"): "u1", (16, "SS"): "<i2", (16, "US"): "<u2"}
+_MDC_CONTEXT_FREE_ECG_PARTITION = 2 << 16  # ISO/IEEE 11073 partition 2 (SCADA/ECG) in 32-bit codes
+# Non-standard leads in the same code table, named so they are dropped as extras, not "unknown".
+_MDC_EXTRA = {9: "V7", 10: "V2R", 11: "V3R", 12: "V4R", 13: "V5R", 14: "V6R", 15: "V7R",
+              16: "X", 17: "Y", 18: "Z", 66: "V8", 67: "V9", 68: "V8R", 69: "V9R"}
+
+
+def sniff(path: str | Path) -> bool:
+    """DICOM Part 10 files carry ``DICM`` at byte 128, after the preamble."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _lead_from_code(value: str, scheme: str) -> str | None:
+    """MDC_ECG_LEAD number from a coded lead, or None if the code is not in a known lead scheme."""
+    value, scheme = (value or "").strip(), (scheme or "").strip().upper()
+    n: int | None = None
+    if m := re.fullmatch(r"5\.6\.3-9-(\d+)", value):  # SCP-ECG lead code; same numbers as MDC
+        n = int(m.group(1))
+    elif scheme == "MDC" and (m := re.fullmatch(r"(\d+):(\d+)", value)) and m.group(1) == "2":
+        n = int(m.group(2))
+    elif scheme == "MDC" and value.isdigit() and int(value) >> 16 == 2:
+        n = int(value) - _MDC_CONTEXT_FREE_ECG_PARTITION
+    if n is None:
+        return None
+    return MDC_CODES.get(n) or _MDC_EXTRA.get(n) or f"MDC lead code {value}"
+
+
+def _lead_from_text(text: str | None) -> str | None:
+    if not text or not text.strip():
+        return None
+    # "Lead I (Einthoven)" -> "I"; "Lead aVL" -> "aVL"
+    return re.sub(r"\(.*?\)", "", text).strip()
+
+
+def _channel_label(ch, index: int, path: str) -> str | None:
+    coded = textual = None
+    if "ChannelSourceSequence" in ch and len(ch.ChannelSourceSequence):
+        src = ch.ChannelSourceSequence[0]
+        coded = _lead_from_code(str(src.get("CodeValue", "")), str(src.get("CodingSchemeDesignator", "")))
+        textual = _lead_from_text(str(src.get("CodeMeaning", "")))
+    textual = textual or _lead_from_text(str(ch.get("ChannelLabel", "")))
+    if coded and textual and coded in MDC_CODES.values():
+        try:
+            from_text = canonical_lead(textual, record=path)
+        except LeadError:
+            from_text = None  # free text we cannot read; the code decides
+        if from_text and from_text != coded:
+            raise RecordError(
+                path, f"channel {index + 1}: code says lead {coded} but its meaning/label says {textual!r}. "
+                "The file's lead coding is inconsistent; fix the export.",
+                reason="lead-conflict",
+            )
+    return coded or textual
+
+
+def _group_score(group) -> tuple:
+    labels = []
+    for i, ch in enumerate(group.get("ChannelDefinitionSequence", [])):
+        try:
+            labels.append(_channel_label(ch, i, ""))
+        except RecordError:
+            labels.append(None)
+    known = sum(1 for l in labels if l and l in MDC_CODES.values())
+    return (known > 0, str(group.get("WaveformOriginality", "")).upper() == "ORIGINAL", known,
+            int(group.get("NumberOfWaveformSamples", 0) or 0))
+
+
+def read(path: str | Path) -> ECGRecord:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    where = str(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        raise RecordError(where, f"cannot parse DICOM file ({err})", reason="corrupt") from None
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is not None and tsyntax.is_compressed and not tsyntax.is_deflated:
+        raise RecordError(where, f"compressed transfer syntax {tsyntax.name} is not supported for waveforms; "
+                          "export uncompressed (Explicit VR Little Endian)", reason="unsupported-variant")
+    groups = list(ds.get("WaveformSequence", []))
+    if not groups:
+        raise RecordError(where, f"DICOM file has no WaveformSequence (SOP class "
+                          f"{ds.get('SOPClassUID', '?')}, modality {ds.get('Modality', '?')}): not an ECG waveform",
+                          reason="not-ecg")
+    scores = [_group_score(g) for g in groups]
+    best = max(range(len(groups)), key=lambda i: scores[i])
+    group = groups[best]
+    signal, leads, dropped, fs = _decode_group(group, best, where)
+
+    meta = {
+        "format": NAME,
+        "dicom_group": best,
+        "dicom_group_label": str(group.get("MultiplexGroupLabel", "")),
+        "dicom_groups": [str(g.get("MultiplexGroupLabel", f"group {i}")) for i, g in enumerate(groups)],
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "dropped_channels": dropped,
+    }
+    for key, attr in (("manufacturer", "Manufacturer"), ("model", "ManufacturerModelName"),
+                      ("sex", "PatientSex"), ("age", "PatientAge"), ("acquired", "AcquisitionDateTime")):
+        if attr in ds and str(ds.get(attr)).strip():
+            meta[key] = str(ds.get(attr))
+    record_id = Path(path).stem
+    patient_id = str(ds.get("PatientID", "") or "").strip() or record_id
+    return ECGRecord(signal=signal, fs=fs, leads=tuple(leads), record_id=record_id, patient_id=patient_id,
+                     source=where, meta=meta)
+
+
+def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str], list[str], float]:
+    label = f"waveform group {index} ({group.get('MultiplexGroupLabel', 'unlabelled')})"
+    channels = list(group.get("ChannelDefinitionSequence", []))
+    n_ch = int(group.get("NumberOfWaveformChannels", 0) or 0)
+    n_samp = int(group.get("NumberOfWaveformSamples", 0) or 0)
+    if n_ch != len(channels) or n_ch == 0:
+        raise RecordError(where, f"{label}: NumberOfWaveformChannels={n_ch} but {len(channels)} channel definitions",
+                          reason="sample-count")
+    fs = float(group.get("SamplingFrequency", 0) or 0)
+    if not fs > 0:
+        raise RecordError(where, f"{label}: SamplingFrequency missing or not positive", reason="fs")
+    bits = int(group.get("WaveformBitsAllocated", 0) or 0)
+    interp = str(group.get("WaveformSampleInterpretation", "")).upper()
+    if (bits, interp) not in _DTYPES:
+        raise RecordError(where, f"{label}: samples encoded as {bits}-bit {interp!r}; supported are 8-bit SB/UB and "
+                          "16-bit SS/US (mu-law MB / A-law AB are not)", reason="unsupported-variant")
+    dtype = np.dtype(_DTYPES[(bits, interp)])
+    raw = bytes(group.get("WaveformData", b"") or b"")
+    expected = n_ch * n_samp * dtype.itemsize
+    if len(raw) < expected or n_samp == 0:
+        raise RecordError(where, f"{label}: WaveformData holds {len(raw)} bytes, expected {expected} "
+                          f"({n_ch} channels × {n_samp} samples × {dtype.itemsize} bytes)", reason="sample-count")
+    # Multiplexed: sample-major, channels interleaved. Trailing byte is padding to even length.
+    data = np.frombuffer(raw[:expected], dtype=dtype).reshape(n_samp, n_ch).T.astype(np.float64)
+
+    labels = [_channel_label(ch, i, where) for i, ch in enumerate(channels)]
+    keep, leads, dropped = select_leads(labels, record=where)
+    rows = []
+    for i in keep:
+        ch = channels[i]
+        if ch.get("ChannelSensitivity") in (None, ""):
+            raise RecordError(where, f"{label}, channel {i + 1} ({labels[i]}): no ChannelSensitivity, samples are "
+                              "uncalibrated", reason="units")
+        units_seq = ch.get("ChannelSensitivityUnitsSequence") or []
+        unit = str(units_seq[0].get("CodeValue", "")) if len(units_seq) else None
+        scale = mv_per_unit(unit, record=where, what=f"{label}, channel {i + 1} ({labels[i]}) sensitivity units")
+        sens = float(ch.ChannelSensitivity) * float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
+        baseline = float(ch.get("ChannelBaseline", 0.0) or 0.0)
+        rows.append((data[i] * sens + baseline) * scale)
+    return np.stack(rows).astype(np.float32), leads, dropped, fs
