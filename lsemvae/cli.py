@@ -16,6 +16,7 @@ from lsemvae.errors import LSEMVAEError
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
     "lsemvae.data.commands",
+    "lsemvae.privacy.commands",
 ]
 
 

@@ -1,0 +1,315 @@
+"""DP-SGD for one site's local training, around Opacus' ``PrivacyEngine``.
+
+The mechanism lives here; accounting across rounds and runs lives in :mod:`lsemvae.privacy.ledger`.
+
+How a site uses it, every round::
+
+    sigma = plan_noise_multiplier(target_epsilon=..., delta=..., sample_rate=1 / len(loader),
+                                  total_steps=rounds * local_epochs * len(loader))   # once per site plan
+    ledger.check_can_train(noise_multiplier=sigma, sample_rate=q, steps=local_epochs * len(loader))
+    model, opt, loader, dp = make_private(model, opt, loader, noise_multiplier=sigma,
+                                          max_grad_norm=C, history=ledger.history)
+    for batch in loader:
+        opt.zero_grad()
+        loss_per_sample = objective(model, batch)           # shape [B]
+        dp.backward(loss_per_sample)                        # right for every grad_sample_mode
+        opt.step()                                          # also on an empty Poisson batch, see below
+    ledger.record_round(round_number=r, run_id=run, history=dp.history)
+    weights = plain_state_dict(model)
+
+Why sigma is planned once: calling ``make_private_with_epsilon`` each round spends the whole
+budget every round (notes §7.1 item 4). Why ``history`` goes in: the engine is new every round and
+its accountant must continue from everything this dataset has already spent.
+
+**Empty Poisson batches.** With Poisson sampling a batch can be empty (probability (1-q)^N, tiny for
+real sites, common in tests with a handful of records). Skip the *loss* (never average over zero
+samples: NaN), not the *step*: ``dp.backward`` of a zero-length ``loss_per_sample`` does nothing,
+then ``opt.step()`` adds pure noise and the accountant counts the step, which is exactly what the
+accountant assumes. A caller whose objective cannot run on an empty batch checks
+:func:`is_empty_batch` first, skips the forward/backward and still calls ``opt.step()``: Opacus
+then finds no per-sample gradients, leaves the weights alone and does **not** count the step, so
+the ledger under-counts by that step (the accountant then assumes fewer releases than happened;
+harmless in practice because P(empty) is negligible for any real site, but prefer the first way).
+
+Opacus is imported lazily through :func:`import_opacus`: importing it runs ``logging.basicConfig``,
+which adds a root handler and makes every Flower log line print twice (notes §7.1 item 7).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lsemvae.errors import ConfigError, LSEMVAEError
+
+log = logging.getLogger(__name__)
+
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+# Relative precision of the planned sigma's epsilon: the plan lands in [target*(1-tol), target].
+PLAN_RELATIVE_TOLERANCE = 1e-3
+
+History = list[tuple[float, float, int]]
+
+
+class BudgetExhausted(LSEMVAEError):
+    """Training would take a site past its (epsilon, delta) budget. The site must not train."""
+
+
+def import_opacus():
+    """Import ``opacus`` without keeping the root log handler its import installs.
+
+    Only handlers added *by this import* are removed; nothing else about logging is touched and
+    no warning filter is changed (Opacus' own warnings stay visible).
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    import opacus  # noqa: PLC0415 - lazy on purpose, see module docstring
+
+    for handler in root.handlers[:]:
+        if handler not in before:
+            root.removeHandler(handler)
+    return opacus
+
+
+def check_accountant(accountant: str) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            f"accountant: {accountant!r} is not supported; use one of {', '.join(ACCOUNTANTS)} "
+            "(rdp is the default; gdp is only approximate)"
+        )
+    return accountant
+
+
+def epsilon_of(history: History, *, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of a whole accountant history, recomputed by Opacus' accountant (0.0 if empty)."""
+    check_accountant(accountant)
+    entries = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    if not entries:
+        return 0.0
+    import_opacus()
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.load_state_dict({"history": entries, "mechanism": acc.mechanism()})
+    return float(acc.get_epsilon(delta=delta))
+
+
+def _check_positive(name: str, value: float, *, upper: float | None = None) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: must be a positive finite number (got {value!r})")
+    if upper is not None and value > upper:
+        raise ConfigError(f"{name}: must be at most {upper} (got {value!r})")
+
+
+def plan_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    total_steps: int,
+    accountant: str = "rdp",
+    already_spent_history: History | None = None,
+) -> float:
+    """Noise multiplier sigma so that ``total_steps`` more steps at ``sample_rate`` end at ``target_epsilon``.
+
+    Call it once for the site's whole plan (rounds x local epochs x batches per epoch), not per
+    round. With ``already_spent_history`` (the ledger's history), sigma is chosen so that history
+    plus the planned steps ends at the target; raises :class:`BudgetExhausted` if the history
+    alone already reaches it.
+    """
+    _check_positive("target_epsilon", target_epsilon)
+    _check_positive("delta", delta, upper=0.1)
+    _check_positive("sample_rate", sample_rate, upper=1.0)
+    if not (isinstance(total_steps, int) and total_steps > 0):
+        raise ConfigError(f"total_steps: must be a positive integer (got {total_steps!r})")
+    check_accountant(accountant)
+    tolerance = PLAN_RELATIVE_TOLERANCE * target_epsilon
+    spent = list(already_spent_history or [])
+    if not spent:
+        import_opacus()
+        from opacus.accountants.utils import get_noise_multiplier
+
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant=accountant,
+                epsilon_tolerance=tolerance,
+            )
+        )
+    already = epsilon_of(spent, delta=delta, accountant=accountant)
+    if already >= target_epsilon:
+        raise BudgetExhausted(
+            f"already spent epsilon {already:.3f} >= target {target_epsilon:g} (delta={delta:g}): "
+            "no noise multiplier can keep further training within the target"
+        )
+
+    def eps(sigma: float) -> float:
+        return epsilon_of(spent + [(sigma, sample_rate, total_steps)], delta=delta, accountant=accountant)
+
+    # Bisection on sigma: epsilon decreases monotonically as sigma grows.
+    low, high = 0.0, 1.0
+    while eps(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise BudgetExhausted(f"target epsilon {target_epsilon:g} is unreachable after epsilon {already:.3f} spent")
+    while True:
+        mid = (low + high) / 2
+        e = eps(mid)
+        if e > target_epsilon:
+            low = mid
+        else:
+            high = mid
+            if target_epsilon - e <= tolerance:
+                return high
+
+
+@dataclass
+class DPSession:
+    """What ``make_private`` set up for one round: read ``history`` after training."""
+
+    privacy_engine: Any
+    grad_sample_mode: str
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    model: nn.Module
+    optimizer: Any
+    loss_reduction: str = "mean"
+
+    @property
+    def accountant(self):
+        return self.privacy_engine.accountant
+
+    @property
+    def history(self) -> History:
+        """The accountant's full history (restored part plus this round), as plain tuples."""
+        return [(float(s), float(q), int(n)) for s, q, n in self.privacy_engine.accountant.history]
+
+    def get_epsilon(self, delta: float) -> float:
+        return float(self.privacy_engine.get_epsilon(delta))
+
+    def backward(self, loss_per_sample: torch.Tensor) -> None:
+        """Backward pass of a per-sample loss ``[B]``, correct for the session's grad_sample_mode.
+
+        Ghost clipping needs the per-sample losses (it runs two backward passes); the other modes
+        take the mean (``loss_reduction="mean"``). An empty batch does nothing; still call
+        ``optimizer.step()`` (see module docstring).
+        """
+        if loss_per_sample.ndim != 1:
+            raise ValueError(f"loss_per_sample must have shape [B], got {tuple(loss_per_sample.shape)}")
+        if loss_per_sample.numel() == 0:
+            # Zero-size per-sample gradients: opt.step() then adds pure noise and counts the step.
+            loss_per_sample.sum().backward()
+            return
+        if self.grad_sample_mode == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+            DPTensorFastGradientClipping(self.model, self.optimizer, loss_per_sample, self.loss_reduction).backward()
+        else:
+            loss_per_sample.mean().backward()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: torch.utils.data.DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    history: History | None = None,
+    accountant: str = "rdp",
+    poisson: bool = True,
+    grad_sample_mode: str = "hooks",
+    noise_generator: torch.Generator | None = None,
+):
+    """Wrap model, optimizer and loader for DP-SGD; returns ``(model, optimizer, loader, session)``.
+
+    ``history`` (the ledger's) is loaded into the new engine's accountant *before* ``make_private``
+    so ``session.history`` after training is the dataset's whole history. Load the round's
+    weights into ``model`` before calling this. ``poisson=False`` breaks the sampling assumption
+    of the accountant: use it for benchmarks only.
+    """
+    _check_positive("noise_multiplier", noise_multiplier)
+    _check_positive("max_grad_norm", max_grad_norm)
+    check_accountant(accountant)
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(f"grad_sample_mode: {grad_sample_mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}")
+    import_opacus()
+    from opacus import PrivacyEngine
+
+    # secure_mode=True needs torchcsprng (not installed here); Opacus' warning about it stays visible.
+    engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+    if history:
+        engine.accountant.load_state_dict(
+            {"history": [(float(s), float(q), int(n)) for s, q, n in history], "mechanism": engine.accountant.mechanism()}
+        )
+    wrapped = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=data_loader,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+        poisson_sampling=poisson,
+        grad_sample_mode=grad_sample_mode,
+        noise_generator=noise_generator,
+        # Ghost clipping's criterion wrapper is not used: DPSession.backward takes per-sample losses.
+        criterion=nn.MSELoss(),
+    )
+    if grad_sample_mode == "ghost":
+        private_model, private_opt, _criterion, private_loader = wrapped
+    else:
+        private_model, private_opt, private_loader = wrapped
+    session = DPSession(
+        privacy_engine=engine,
+        grad_sample_mode=grad_sample_mode,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+        sample_rate=1 / len(private_loader),
+        model=private_model,
+        optimizer=private_opt,
+    )
+    return private_model, private_opt, private_loader, session
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside an Opacus wrapper (the model itself if not wrapped)."""
+    while hasattr(model, "_module") and isinstance(model._module, nn.Module):
+        model = model._module
+    return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with the keys of the unwrapped model (no ``_module.`` prefix), detached copies."""
+    return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def is_empty_batch(batch: Any) -> bool:
+    """True when a (possibly nested) batch holds zero samples, as Poisson sampling can produce."""
+    if isinstance(batch, torch.Tensor):
+        return batch.ndim > 0 and batch.shape[0] == 0
+    if isinstance(batch, dict):
+        return any(is_empty_batch(v) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return any(is_empty_batch(v) for v in batch)
+    return False
+
+
+def warn_no_privacy(site: str, *, logger: logging.Logger | None = None) -> str:
+    """Log, loudly, that a site trains without DP. Returns the message (for replies and reports)."""
+    message = (
+        f"NON-DP MODE for site '{site}': training WITHOUT differential privacy. The model updates this site "
+        "sends carry NO privacy guarantee for its patients and its privacy ledger is NOT charged. "
+        "Use only for comparison experiments on data cleared for it."
+    )
+    banner = "!" * 100
+    (logger or log).warning("\n%s\n%s\n%s", banner, message, banner)
+    return message
