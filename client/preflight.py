@@ -1,0 +1,227 @@
+"""Preflight: everything a site admin can get wrong, checked before the SuperNode joins.
+
+Each check gives one line: what was found, or what is wrong and how to fix it. The checks are
+independent (a missing certificate does not hide a missing labels file), and every one runs
+against the real thing: the data files, the ledger on disk, the certificate, the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lsemvae.errors import LSEMVAEError
+from lsemvae.site import SiteConfig
+
+RECORDS_TO_OPEN = 5      # leads are checked on a few records; training reports every bad one
+CONNECT_TIMEOUT_S = 3.0
+CERT_WARN_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    message: str
+    warning: bool = False
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok and not self.warning else ("warn" if self.ok else "FAIL")
+        return f"[{mark}] {self.name}: {self.message}"
+
+
+def _fail(name: str, what: str, fix: str) -> Check:
+    return Check(name, False, f"{what}. Fix: {fix}")
+
+
+def check_data(cfg: SiteConfig) -> tuple[list[Check], list]:
+    """Data readable and non-empty, the site's leads present, every task with both classes."""
+    from lsemvae.federation.sitedata import index_site, label_matrix, site_tasks
+
+    d = cfg.data
+    where = f"data.root in the site config"
+    if not d.root.exists():
+        return [_fail("data", f"{d.root} does not exist", f"point {where} at the folder holding the ECG records")], []
+    if not os.access(d.root, os.R_OK | os.X_OK):
+        return [_fail("data", f"{d.root} is not readable by this user", f"grant read access or run as the data owner")], []
+    if d.format == "manifest" and not (d.labels and d.labels.is_file()):
+        return [_fail("labels", f"labels CSV {d.labels} not found",
+                      "set data.labels to the CSV with record_id, patient_id and the label columns")], []
+    try:
+        refs = index_site(cfg)
+    except LSEMVAEError as err:
+        return [_fail("data", str(err), "correct the file or column named above")], []
+    if not refs:
+        return [_fail("data", f"no records found under {d.root} (format {d.format})",
+                      "check data.root and data.format; records must be WFDB .hea/.dat or a registered format")], []
+    checks = [Check("data", True, f"{len(refs)} records indexed under {d.root}")]
+
+    missing_leads: list[str] = []
+    opened = 0
+    for ref in refs[:RECORDS_TO_OPEN]:
+        try:
+            rec = ref.load()
+        except LSEMVAEError as err:
+            checks.append(_fail("records", f"cannot read {ref.record_id}: {err}", "repair or remove that record"))
+            continue
+        opened += 1
+        absent = [lead for lead in cfg.lead_names if lead not in rec.leads]
+        if absent:
+            missing_leads.append(f"{ref.record_id} lacks {', '.join(absent)}")
+    if missing_leads:
+        checks.append(_fail("leads", "; ".join(missing_leads),
+                            f"set `leads` to what the records contain (now {list(cfg.lead_names)}), e.g. \"6L\""))
+    elif opened:
+        checks.append(Check("leads", True, f"{', '.join(cfg.lead_names)} present in the {opened} records opened"))
+
+    try:
+        tasks = site_tasks(cfg)
+    except LSEMVAEError as err:
+        return checks + [_fail("tasks", str(err), "use a known task name or bind it to a label column")], refs
+    for name, task in tasks.items():
+        try:
+            y = label_matrix(refs, task)
+        except (LSEMVAEError, ValueError) as err:
+            checks.append(_fail(f"labels {name}", str(err), "fix the label values (0/1, blank = unknown)"))
+            continue
+        pos, neg = np.nansum(y == 1, axis=0), np.nansum(y == 0, axis=0)
+        lacking = [f"{c} ({int(p)} positive, {int(n)} negative)" for c, p, n in zip(task.classes, pos, neg) if p == 0 or n == 0]
+        if lacking:
+            checks.append(_fail(f"labels {name}", f"one class never occurs: {'; '.join(lacking)}",
+                                "check the label column/rule, or drop this task from the site config"))
+        else:
+            checks.append(Check(f"labels {name}", True,
+                                f"{int(pos.min())}+ positives and {int(neg.min())}+ negatives per class"))
+    return checks, refs
+
+
+def check_budget(cfg: SiteConfig) -> Check:
+    """Budget left in the site's privacy ledger. No ledger and no anchor: a fresh budget. Corrupt,
+    missing-but-anchored or mismatched: a failure (fail closed). Nothing is written here."""
+    from lsemvae.privacy.ledger import LedgerError, LedgerMissing, PrivacyLedger
+
+    path = cfg.ledger_path
+    name = "privacy budget"
+    try:
+        ledger = PrivacyLedger.open(path, site=cfg.name, anchor_dir=cfg.anchor_dir)
+    except LedgerMissing as err:
+        return _fail(name, str(err), "restore the ledger file from backup; deleting it does not reset the budget")
+    except LedgerError as err:
+        if not path.exists():
+            return Check(name, True, f"no ledger yet: full budget epsilon {cfg.privacy.epsilon:g} at delta {cfg.privacy.delta:g} "
+                                     f"(will be created at {path})")
+        return _fail(name, str(err), "restore the ledger from backup; never delete or edit it")
+    if ledger.delta != cfg.privacy.delta or ledger.accountant != cfg.privacy.accountant:
+        return _fail(name, f"{path} is kept at delta {ledger.delta:g} ({ledger.accountant}), the site config says "
+                           f"delta {cfg.privacy.delta:g} ({cfg.privacy.accountant})",
+                     "set privacy.delta and privacy.accountant back to the ledger's values")
+    spent = ledger.epsilon()
+    budget = min(cfg.privacy.epsilon, ledger.max_epsilon)
+    left = budget - spent
+    if left <= 0:
+        return _fail(name, f"epsilon spent {spent:.3f} of {budget:g} (delta {cfg.privacy.delta:g}) in {path}",
+                     "this dataset's budget is used up; it cannot train again under DP")
+    return Check(name, True, f"epsilon spent {spent:.3f} of {budget:g}, {left:.3f} left ({path})")
+
+
+def check_certificate(path: Path | None) -> Check:
+    name = "TLS root certificate"
+    if path is None:
+        return _fail(name, "connection.root_certificates is not set",
+                     "set it to the CA certificate your coordinator sent you, or pass --insecure for a local test only")
+    if not path.is_file():
+        return _fail(name, f"{path} not found", "copy the coordinator's CA certificate there or correct connection.root_certificates")
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (ValueError, OSError) as err:
+        return _fail(name, f"{path} is not a readable PEM certificate ({err})", "ask the coordinator for the CA certificate in PEM format")
+    now = dt.datetime.now(dt.timezone.utc)
+    for cert in certs:
+        if cert.not_valid_after_utc <= now:
+            return _fail(name, f"{path} expired on {cert.not_valid_after_utc:%Y-%m-%d}", "ask the coordinator for a renewed CA certificate")
+        if cert.not_valid_before_utc > now:
+            return _fail(name, f"{path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+                         "check this machine's clock")
+    soonest = min(c.not_valid_after_utc for c in certs)
+    days = (soonest - now).days
+    return Check(name, True, f"{path} valid until {soonest:%Y-%m-%d}", warning=days < CERT_WARN_DAYS)
+
+
+def check_auth_key(path: Path | None) -> Check:
+    name = "SuperNode auth key"
+    if path is None:
+        return Check(name, True, "connection.auth_key not set: the SuperLink must not require node authentication", warning=True)
+    if not path.is_file():
+        return _fail(name, f"{path} not found",
+                     f"generate it with `ssh-keygen -t ecdsa -b 384 -N \"\" -f {path}` and send {path}.pub to the coordinator")
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    try:
+        key = load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, OSError) as err:
+        return _fail(name, f"{path} is not an unencrypted OpenSSH private key ({err})",
+                     "generate one with `ssh-keygen -t ecdsa -b 384 -N \"\"`")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return _fail(name, f"{path} is a {type(key).__name__}, Flower needs an ECDSA (NIST curve) key",
+                     "generate one with `ssh-keygen -t ecdsa -b 384 -N \"\"`")
+    if path.stat().st_mode & 0o077:
+        return Check(name, True, f"{path}: ECDSA {key.curve.name}, but readable by group/others (chmod 600 it)", warning=True)
+    return Check(name, True, f"{path}: ECDSA {key.curve.name}")
+
+
+def check_superlink(address: str, *, root_certificates: Path | None, insecure: bool) -> Check:
+    """TCP connect; with TLS also the handshake against the CA, which catches wrong CA and wrong host name."""
+    name = "SuperLink reachable"
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S)
+    except OSError as err:
+        return _fail(name, f"cannot connect to {address} ({err.strerror or err})",
+                     "check connection.superlink, that the coordinator is running and the firewall allows this port")
+    with sock:
+        if insecure or root_certificates is None or not root_certificates.is_file():
+            return Check(name, True, f"{address} accepts connections")
+        ctx = ssl.create_default_context(cafile=str(root_certificates))
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as err:
+            return _fail(name, f"{address} presented a certificate that {root_certificates} does not verify ({err.verify_message})",
+                         "use the CA certificate of this coordinator and its exact host name")
+        except (ssl.SSLError, OSError) as err:
+            return _fail(name, f"TLS handshake with {address} failed ({err})",
+                         "the SuperLink may be running without TLS; ask the coordinator, or use --insecure for a local test")
+    return Check(name, True, f"{address} reachable, TLS certificate verified")
+
+
+def run_preflight(cfg: SiteConfig, *, insecure: bool = False, superlink: str | None = None,
+                  check_network: bool = True, printer: Callable[[str], None] | None = print) -> list[Check]:
+    """All checks; prints one line each when ``printer`` is given. The site joins only if all are ok."""
+    checks: list[Check] = []
+
+    def add(c: Check | list[Check]) -> None:
+        for item in c if isinstance(c, list) else [c]:
+            checks.append(item)
+            if printer:
+                printer(item.line())
+
+    add(check_data(cfg)[0])
+    add(check_budget(cfg))
+    if not insecure:
+        add(check_certificate(cfg.connection.root_certificates))
+        add(check_auth_key(cfg.connection.auth_key))   # node authentication requires TLS
+    if check_network:
+        add(check_superlink(superlink or cfg.connection.superlink,
+                            root_certificates=cfg.connection.root_certificates, insecure=insecure))
+    return checks

@@ -1,0 +1,144 @@
+"""Join a hospital to the federation: ``python client/run.py --site aspire``.
+
+Reads ``configs/sites/<site>.toml``, runs the preflight (data, leads, labels, privacy budget,
+certificates, SuperLink), then replaces itself with ``flower-supernode`` (exec: the PID, signals
+and exit code become the SuperNode's) with the site in its node config, runtime dependency
+installation off and telemetry off. TLS is the default; ``--insecure`` is for local tests only.
+
+Examples:
+    python client/run.py --site aspire --check                # preflight only
+    python client/run.py --site aspire                        # preflight, then join
+    python client/run.py --site ptbxl-site0 --insecure --superlink 127.0.0.1:8000 --port 9094
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from client.preflight import run_preflight  # noqa: E402
+from lsemvae.errors import LSEMVAEError  # noqa: E402
+from lsemvae.site import SiteConfig, load_site_config, site_config_path  # noqa: E402
+
+INSECURE_BANNER = (
+    "INSECURE MODE: the connection to the SuperLink is NOT encrypted and the SuperLink is NOT authenticated.\n"
+    "Model updates travel in clear text and anyone on the path can impersonate the coordinator.\n"
+    "Use this only on a loopback test federation, never with patient data."
+)
+
+# Safe defaults for a hospital machine (flower-opacus-notes §8): no phoning home, no installs at run time.
+SUPERNODE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python client/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--site", required=True, help="site name: reads <sites-dir>/<site>.toml")
+    p.add_argument("--sites-dir", default=str(REPO / "configs" / "sites"), help="folder of site configs (default: configs/sites)")
+    p.add_argument("--config", help="explicit site config file (instead of <sites-dir>/<site>.toml)")
+    p.add_argument("--check", action="store_true", help="run the preflight only, then exit (0 = ready to join)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only; prints a warning)")
+    p.add_argument("--superlink", help="override connection.superlink (host:port)")
+    p.add_argument("--port", type=int, help="override connection.node_port (SuperNode runtime API on loopback)")
+    p.add_argument("--root-certificates", help="override connection.root_certificates")
+    p.add_argument("--auth-key", help="override connection.auth_key (OpenSSH ECDSA private key)")
+    p.add_argument("--state-dir", help="override state_dir (privacy ledger, cache, outgoing-message log)")
+    p.add_argument("--max-retries", type=int, help="give up after this many connection attempts (default: retry forever)")
+    p.add_argument("--skip-network-check", action="store_true", help="do not test the SuperLink connection in preflight")
+    p.add_argument("--dry-run", action="store_true", help="preflight and print the flower-supernode command, do not start it")
+    return p.parse_args(argv)
+
+
+def apply_overrides(cfg: SiteConfig, args: argparse.Namespace) -> SiteConfig:
+    conn = {}
+    if args.superlink:
+        conn["superlink"] = args.superlink
+    if args.port:
+        conn["node_port"] = args.port
+    if args.root_certificates:
+        conn["root_certificates"] = Path(args.root_certificates).resolve()
+    if args.auth_key:
+        conn["auth_key"] = Path(args.auth_key).resolve()
+    update = {"connection": cfg.connection.model_copy(update=conn)} if conn else {}
+    if args.state_dir:
+        update["state_dir"] = Path(args.state_dir).resolve()
+    # Re-validate: overrides get the same checks as the file.
+    return SiteConfig.model_validate({**cfg.model_dump(), **{k: v.model_dump() if hasattr(v, "model_dump") else v
+                                                             for k, v in update.items()}})
+
+
+def _toml_str(value: str, what: str) -> str:
+    # flower-supernode splits --node-config on spaces and needs quoted strings.
+    if any(c in value for c in ' "\\'):
+        raise LSEMVAEError(f"{what} {value!r} contains a space, quote or backslash, which --node-config cannot carry; "
+                           "move it to a path without them")
+    return f'"{value}"'
+
+
+def supernode_command(cfg: SiteConfig, config_path: Path, *, insecure: bool, max_retries: int | None) -> list[str]:
+    exe = shutil.which("flower-supernode", path=str(Path(sys.executable).parent)) or shutil.which("flower-supernode")
+    if exe is None:
+        raise LSEMVAEError("flower-supernode not found next to this Python or on PATH: install flwr==1.42.0 in this environment")
+    node_config = " ".join([
+        f"site={_toml_str(cfg.name, 'site name')}",
+        f"site-config={_toml_str(str(config_path), 'site config path')}",
+        f"state-dir={_toml_str(str(cfg.state_dir), 'state_dir')}",
+    ])
+    cmd = [exe, "--superlink", cfg.connection.superlink, "--port", str(cfg.connection.node_port),
+           "--node-config", node_config]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(cfg.connection.root_certificates)]
+        if cfg.connection.auth_key is not None:  # node authentication exists only over TLS
+            cmd += ["--auth-supernode-private-key", str(cfg.connection.auth_key)]
+    if max_retries is not None:
+        cmd += ["--max-retries", str(max_retries)]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
+        cfg = apply_overrides(load_site_config(config_path), args)
+        if cfg.name != args.site:
+            raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
+        if args.insecure:
+            banner = "!" * 100
+            print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
+        print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
+        checks = run_preflight(cfg, insecure=args.insecure, superlink=None, check_network=not args.skip_network_check)
+        failed = [c for c in checks if not c.ok]
+        if failed:
+            print(f"{len(failed)} check(s) failed: the site cannot join until they are fixed.", file=sys.stderr)
+            return 1
+        if args.check:
+            print("Preflight passed: the site is ready to join.")
+            return 0
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
+    except LSEMVAEError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    env = {**os.environ, **SUPERNODE_ENV}
+    print("Starting: " + " ".join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""A site's data as the federation sees it: record index, tasks and the train/evaluation split.
+
+Glue between a :class:`~lsemvae.site.SiteConfig` and the data layer (``lsemvae.data``): the
+preflight and the ClientApp both call these, so they check and train on the same records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from lsemvae.errors import ConfigError
+from lsemvae.site import SiteConfig
+
+
+def site_tasks(cfg: SiteConfig) -> dict[str, Any]:
+    """``{head name: Task}``: a label column bound to a head name, or the task's built-in rule."""
+    from lsemvae.data.tasks import column_task, get_task
+
+    out = {}
+    for binding in cfg.tasks:
+        if binding.column:
+            out[binding.name] = dataclasses.replace(column_task(binding.column), name=binding.name)
+        else:
+            out[binding.name] = get_task(binding.name)
+    return out
+
+
+def index_site(cfg: SiteConfig) -> list:
+    """The site's records (``RecordRef`` list), filtered as the site config says."""
+    from lsemvae.data import sources
+
+    d = cfg.data
+    if not d.root.exists():
+        raise ConfigError(f"data.root: {d.root} does not exist")
+    if d.format == "manifest":
+        columns = [b.column for b in cfg.tasks if b.column]
+        refs = sources.manifest_index(d.root, d.labels, id_column=d.id_column, patient_column=d.patient_column,
+                                      label_columns=columns or None)
+    elif d.format == "ptbxl":
+        refs = sources.ptbxl_index(d.root, rate=d.ptbxl_rate)
+        if d.ptbxl_sites is not None:
+            keep = set(d.ptbxl_sites)
+            refs = [r for r in refs if r.meta.get("site") is not None and int(r.meta["site"]) in keep]
+    else:
+        refs = sources.ludb_index(d.root)
+    refs = sorted(refs, key=lambda r: r.record_id)
+    if d.max_records:
+        refs = refs[: d.max_records]
+    return refs
+
+
+def label_matrix(refs: list, task) -> np.ndarray:
+    """``[N, n_outputs]`` labels of ``task`` from the records' metadata (NaN = unknown)."""
+    if not refs:
+        return np.zeros((0, task.n_outputs), np.float32)
+    return np.stack([task(r.meta) for r in refs])
+
+
+def is_evaluation_patient(patient_id: str, val_fraction: float) -> bool:
+    """Deterministic patient-level split: the same patient is always on the same side, on any machine."""
+    h = int.from_bytes(hashlib.sha256(str(patient_id).encode()).digest()[:8], "big")
+    return (h / 2**64) < val_fraction
+
+
+def split_indices(patient_ids, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train and evaluation indices, disjoint by patient."""
+    is_val = np.array([is_evaluation_patient(p, val_fraction) for p in patient_ids], dtype=bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,0 +1,229 @@
+"""Site and federation configuration: ``configs/sites/<site>.toml`` and the run config.
+
+A hospital edits one site file: where its ECGs and labels are, which leads it records, which
+tasks it labels, its privacy budget, how to reach the coordinator and where to keep local state
+(privacy ledger, data cache, outgoing-message log). Relative paths are relative to the site
+file, so the shipped examples work from any working directory.
+
+The run config (``[tool.flwr.app.config]`` in pyproject.toml, ``configs/federation.toml``,
+``flwr run --run-config``) is flat TOML with hyphenated keys; :class:`FederationConfig` parses
+it once so a typo fails at submission, not mid-run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lsemvae.config import StrictModel, load_toml, validate
+from lsemvae.errors import ConfigError
+from lsemvae.leads import resolve_lead_set
+
+SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+class DataConfig(StrictModel):
+    """Where the site's ECGs and labels are and how they are laid out."""
+
+    format: Literal["manifest", "ptbxl", "ludb"] = Field(
+        description="manifest: a folder of records + labels CSV (hospitals, synthetic cohort); "
+        "ptbxl / ludb: the public datasets in their original layout")
+    root: Path = Field(description="manifest: folder of record files; ptbxl/ludb: dataset root")
+    labels: Path | None = Field(None, description="manifest only: labels CSV (record id, patient id, label columns)")
+    id_column: str = "record_id"
+    patient_column: str = "patient_id"
+    ptbxl_sites: list[int] | None = Field(None, description="ptbxl only: keep records from these PTB-XL `site` values")
+    ptbxl_rate: Literal[100, 500] = 100
+    max_records: int | None = Field(None, gt=0, description="use at most this many records (smoke tests)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of patients held out for federated evaluation")
+
+    @model_validator(mode="after")
+    def _labels_for_manifest(self) -> "DataConfig":
+        if self.format == "manifest" and self.labels is None:
+            raise ValueError("format 'manifest' needs `labels` (path of the labels CSV)")
+        if self.format != "manifest" and self.labels is not None:
+            raise ValueError(f"`labels` is only for format 'manifest'; {self.format} labels come from its metadata")
+        if self.ptbxl_sites is not None and self.format != "ptbxl":
+            raise ValueError("`ptbxl_sites` is only for format 'ptbxl'")
+        return self
+
+
+class TaskBinding(StrictModel):
+    """A task the site trains: the model head ``name``, from a label ``column`` or the task's own rule."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    column: str | None = Field(None, description="manifest label column (0/1) for this task; omit for a built-in task rule")
+
+
+class PrivacyBudget(StrictModel):
+    """The site's differential-privacy budget for this dataset, across all rounds and runs."""
+
+    epsilon: float = Field(gt=0, le=100, description="total epsilon this dataset may ever spend")
+    delta: float = Field(1e-5, gt=0, lt=1e-2, description="delta; choose below 1/number of records")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
+    accountant: Literal["rdp", "prv"] = "rdp"
+    allow_non_dp: bool = Field(False, description="accept a server request to train WITHOUT DP (comparisons only)")
+
+
+class Connection(StrictModel):
+    """How this site's SuperNode reaches the coordinator."""
+
+    superlink: str = Field(description="SuperLink Fleet address host:port, e.g. coordinator.example.org:8000")
+    root_certificates: Path | None = Field(None, description="CA certificate (PEM) that signed the SuperLink's certificate")
+    auth_key: Path | None = Field(None, description="this site's OpenSSH ECDSA private key registered with the SuperLink")
+    node_port: int = Field(9094, ge=1024, le=65535, description="local port of the SuperNode's runtime API (loopback)")
+
+    @field_validator("superlink")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        m = ADDRESS.match(v)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            raise ValueError("must be host:port (IPv6 in brackets), e.g. coordinator.example.org:8000")
+        return v
+
+
+class SiteConfig(StrictModel):
+    """One hospital (or simulated site): ``configs/sites/<name>.toml``."""
+
+    name: str = Field(description="site name: lower case letters, digits, '-' or '_'")
+    description: str = ""
+    leads: str | list[str] = Field("12L", description='"12L", "6L" or a list of lead names')
+    tasks: list[TaskBinding] = Field(min_length=1)
+    data: DataConfig
+    privacy: PrivacyBudget
+    connection: Connection
+    state_dir: Path = Field(description="local state: privacy ledger, data cache, outgoing-message log")
+    anchor_dir: Path | None = Field(None, description="privacy-ledger anchors, outside state_dir "
+                                    "(default $LSEMVAE_LEDGER_ANCHOR_DIR or ~/.lsemvae/ledger-anchors)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SITE_NAME.match(v):
+            raise ValueError("use lower case letters, digits, '-' or '_' (max 63), starting with a letter or digit")
+        return v
+
+    @field_validator("leads")
+    @classmethod
+    def _leads(cls, v: str | list[str]) -> str | list[str]:
+        try:
+            resolve_lead_set(v)
+        except Exception as err:  # LeadError: say which field
+            raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, v: list[TaskBinding]) -> list[TaskBinding]:
+        names = [t.name for t in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique (got {names})")
+        return v
+
+    @property
+    def lead_names(self) -> tuple[str, ...]:
+        return resolve_lead_set(self.leads)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "privacy-ledger.json"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def outgoing_log(self) -> Path:
+        return self.state_dir / "outgoing-messages.jsonl"
+
+
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site file; relative paths become absolute, relative to the file."""
+    path = Path(path)
+    cfg = load_toml(path, SiteConfig)
+    base = path.resolve().parent
+    data = cfg.data.model_copy(update={"root": _resolve(cfg.data.root, base), "labels": _resolve(cfg.data.labels, base)})
+    conn = cfg.connection.model_copy(update={
+        "root_certificates": _resolve(cfg.connection.root_certificates, base),
+        "auth_key": _resolve(cfg.connection.auth_key, base)})
+    return cfg.model_copy(update={"data": data, "connection": conn, "state_dir": _resolve(cfg.state_dir, base),
+                                  "anchor_dir": _resolve(cfg.anchor_dir, base)})
+
+
+def site_config_path(site: str, sites_dir: str | Path) -> Path:
+    if not SITE_NAME.match(site):
+        raise ConfigError(f"site name {site!r}: use lower case letters, digits, '-' or '_'")
+    return Path(sites_dir) / f"{site}.toml"
+
+
+# --------------------------------------------------------------------------- run config
+
+def _hyphen(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class FederationConfig(StrictModel):
+    """The run config of one federated job (flat hyphenated keys, as Flower requires)."""
+
+    model_config = {**StrictModel.model_config, "alias_generator": _hyphen, "populate_by_name": True}
+
+    num_server_rounds: int = Field(3, ge=1, le=10_000)
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    min_sites: int = Field(2, ge=1, description="fewer answers than this in a round stops the run")
+    round_timeout: float = Field(600.0, gt=0, description="seconds to wait for sites in each round")
+    local_epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal weight (used with strategy fedprox)")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam/FedYogi server learning rate")
+    server_beta1: float = Field(0.9, ge=0, lt=1)
+    server_beta2: float = Field(0.99, ge=0, lt=1)
+    server_tau: float = Field(1e-3, gt=0)
+    dp: bool = Field(True, description="ask sites to train with DP-SGD (a site may still refuse non-DP)")
+    checkpoint: str = Field("", description="pretrained LS-EMVAE checkpoint (absolute path on the coordinator)")
+    out_dir: str = Field("", description="absolute output directory (server state, metrics, report)")
+    resume: bool = Field(False, description="continue from the server state in out-dir")
+    seed: int = 0
+    eval_bins: int = Field(20, ge=2, le=1000, description="score-histogram bins per class in evaluation replies")
+    sites_dir: str = Field("", description="directory of site TOMLs for simulated sites (absolute)")
+    sim_sites: str = Field("", description="simulation: comma-separated site names, partition i -> site i")
+    sim_state_dir: str = Field("", description="simulation: root of the simulated sites' local state")
+    sim_epsilon: float = Field(0.0, ge=0, description="simulation: override every simulated site's epsilon (0 = keep)")
+
+    @field_validator("eval_bins")
+    @classmethod
+    def _tiles_calibration(cls, v: int) -> int:
+        if v % 10:
+            raise ValueError("must be a multiple of 10 (calibration uses 10 bins built from these)")
+        return v
+
+    @property
+    def sim_site_names(self) -> list[str]:
+        return [s.strip() for s in self.sim_sites.split(",") if s.strip()]
+
+    def as_run_config(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+def federation_config(run_config: dict[str, Any], *, source: str = "run config") -> FederationConfig:
+    """Parse Flower's ``context.run_config`` (or a TOML dict) into :class:`FederationConfig`."""
+    return validate(FederationConfig, dict(run_config), source=source)
+
+
+def load_federation_config(path: str | Path) -> FederationConfig:
+    return load_toml(path, FederationConfig)
