@@ -108,15 +108,17 @@ def _group_score(group) -> tuple:
 
 def read(path: str | Path) -> ECGRecord:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     where = str(path)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
-        raise RecordError(where, f"cannot parse DICOM file ({err})", reason="corrupt") from None
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if tsyntax is not None and tsyntax.is_compressed and not tsyntax.is_deflated:
+        for _elem in ds.iterall():  # pydicom parses lazily: surface corruption here, with the file named
+            pass
+        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = tsyntax is not None and tsyntax.is_compressed and not tsyntax.is_deflated
+    except Exception as err:  # pydicom raises many types (InvalidDicomError, struct.error, EOFError...)
+        raise RecordError(where, f"cannot parse DICOM file ({type(err).__name__}: {err})", reason="corrupt") from None
+    if compressed:
         raise RecordError(where, f"compressed transfer syntax {tsyntax.name} is not supported for waveforms; "
                           "export uncompressed (Explicit VR Little Endian)", reason="unsupported-variant")
     groups = list(ds.get("WaveformSequence", []))
