@@ -1,0 +1,432 @@
+"""Preprocessed cohorts on disk as memory-mapped ``.npy`` arrays, built once and reused.
+
+A cache directory ``<cache_dir>/<name>-<key16>/`` holds ``signals.npy [N,12,T]``,
+``lead_mask.npy``, ``sample_mask.npy``, ``beats.npy [N,12,Tb]``, ``labels.<task>.npy`` and
+``index.json`` (ids, metadata, skipped records with reasons, config, pipeline version, key).
+The key hashes record ids, file sizes and mtimes, each record's metadata (labels), the
+preprocessing config, :data:`PIPELINE_VERSION` and the task definitions: change any and a new
+cache is built. Builds go to a temporary directory renamed into place, so a crash never leaves a
+half cache; reloads open every array read-only with ``mmap_mode="r"`` (nothing is copied into
+RAM until a sample is indexed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lsemvae.data.preprocess import PIPELINE_VERSION, Preprocessed, PreprocessConfig, preprocess
+from lsemvae.data.readers import record_files
+from lsemvae.data.sources import RecordRef
+from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks
+from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
+from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
+
+INDEX_FILE = "index.json"
+CACHE_FORMAT = 1
+
+
+class CacheError(LSEMVAEError):
+    """A cache directory is missing, incomplete or inconsistent. Delete it to rebuild."""
+
+
+@dataclass
+class Cohort:
+    """A preprocessed cohort; arrays are read-only memmaps (see module docstring)."""
+
+    signals: np.ndarray  # float32 [N, 12, T]
+    lead_mask: np.ndarray  # bool [N, 12]
+    sample_mask: np.ndarray  # bool [N, T]
+    beats: np.ndarray  # float32 [N, 12, Tb]
+    labels: dict[str, np.ndarray]  # task -> float32 [N, n_out], NaN = missing
+    record_ids: list[str]
+    patient_ids: list[str]
+    meta: list[dict]
+    skipped: list[dict]  # {"record", "reason", "message"}
+    key: str
+    config: PreprocessConfig
+    tasks: dict[str, Task]
+    path: Path
+    stats: dict = field(default_factory=dict)  # build time, records/s, flags
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s["reason"] for s in self.skipped).most_common())
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """Metadata as strict JSON: NaN -> None, numpy scalars -> Python, tuples/sets -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        items = sorted(value) if isinstance(value, set) else value
+        return [_json_safe(v) for v in items]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _task_spec(task: Task) -> dict:
+    # Custom tasks are reloaded by name; site columns (not in TASKS) as column tasks.
+    spec = task.name if task.name in TASKS and TASKS[task.name] is task else f"column:{task.name}"
+    return {"name": task.name, "spec": spec, "kind": task.kind, "classes": list(task.classes)}
+
+
+def cohort_key(refs: Sequence[RecordRef], tasks: dict[str, Task], cfg: PreprocessConfig) -> str:
+    """sha256 over inputs that change the arrays: record ids and files (size, mtime), metadata,
+    preprocessing config and version, task definitions."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, "pipeline": PIPELINE_VERSION, "config": cfg.model_dump(mode="json"),
+                         "tasks": [_task_spec(t) for t in tasks.values()]}, sort_keys=True).encode())
+    for ref in refs:
+        files = []
+        for f in record_files(ref.path):
+            try:
+                st = f.stat()
+                files.append((f.name, st.st_size, st.st_mtime_ns))
+            except OSError:
+                files.append((f.name, None, None))
+        h.update(json.dumps([ref.record_id, ref.patient_id, files, _json_safe(ref.meta)], sort_keys=True,
+                            default=str).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+
+
+def _process(args: tuple[RecordRef, PreprocessConfig]) -> Preprocessed | dict:
+    ref, cfg = args
+    try:
+        return preprocess(ref.load(), cfg)
+    except RecordError as err:
+        return {"record": ref.record_id, "path": str(ref.path), "reason": err.reason, "message": err.detail}
+
+
+def _results(refs: Sequence[RecordRef], cfg: PreprocessConfig, workers: int) -> Iterable[Preprocessed | dict]:
+    jobs = ((r, cfg) for r in refs)
+    if workers <= 1:
+        yield from map(_process, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_process, jobs, chunksize=16)
+
+
+def _open(path: Path, dtype, shape) -> np.memmap:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _shrink(tmp: Path, name: str, arr: np.memmap, n: int, chunk: int = 1024) -> None:
+    """Copy the first ``n`` rows of a capacity-sized array into its final file, chunk by chunk."""
+    out = _open(tmp / f"{name}.npy", arr.dtype, (n,) + arr.shape[1:])
+    for i in range(0, n, chunk):
+        out[i:i + chunk] = arr[i:min(n, i + chunk)]
+    out.flush()
+    del out
+
+
+def build_cohort(
+    refs: Sequence[RecordRef],
+    tasks: Iterable[Task | str],
+    cfg: PreprocessConfig | None,
+    cache_dir: str | Path,
+    *,
+    name: str,
+    progress: bool = True,
+    workers: int = 1,
+) -> Cohort:
+    """Preprocess ``refs`` into a cache (or reuse one with the same key) and open it.
+
+    Bad records are skipped with their reason (``cohort.skipped``), never fatal; an empty result
+    is an error. ``workers > 1`` preprocesses in a process pool (results kept in input order).
+    """
+    from tqdm import tqdm
+
+    cfg = cfg or PreprocessConfig()
+    task_map = resolve_tasks(tasks)
+    if not refs:
+        raise ConfigError(f"cohort {name!r}: no records to cache")
+    ids = [r.record_id for r in refs]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ConfigError(f"cohort {name!r}: duplicate record ids {dupes}")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ConfigError(f"cohort name {name!r} must be a plain folder name")
+    key = cohort_key(refs, task_map, cfg)
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"{name}-{key[:16]}"
+    if (final / INDEX_FILE).is_file():
+        return load_cohort(final, tasks=task_map.values())
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_dir))
+    try:
+        n_cap, T, Tb = len(refs), cfg.n_samples, cfg.beat_samples
+        arrays = {
+            "signals": _open(tmp / "signals.cap.npy", np.float32, (n_cap, 12, T)),
+            "lead_mask": _open(tmp / "lead_mask.cap.npy", np.bool_, (n_cap, 12)),
+            "sample_mask": _open(tmp / "sample_mask.cap.npy", np.bool_, (n_cap, T)),
+            "beats": _open(tmp / "beats.cap.npy", np.float32, (n_cap, 12, Tb)),
+        }
+        labels = {t: np.full((n_cap, task.n_outputs), np.nan, dtype=np.float32) for t, task in task_map.items()}
+        kept: list[RecordRef] = []
+        skipped: list[dict] = []
+        flags: Counter = Counter()
+        extra_meta: list[dict] = []
+        start = time.perf_counter()
+        bar = tqdm(_results(refs, cfg, workers), total=n_cap, desc=f"caching {name}", unit="rec", disable=not progress)
+        for ref, res in zip(refs, bar):
+            if isinstance(res, dict):
+                skipped.append(res)
+                bar.set_postfix(skipped=len(skipped), refresh=False)
+                continue
+            i = len(kept)
+            for t, task in task_map.items():
+                try:
+                    labels[t][i] = task(ref.meta)
+                except LSEMVAEError as err:  # a bad label cell: skip this record, name it
+                    skipped.append({"record": ref.record_id, "path": str(ref.path), "reason": "label",
+                                    "message": str(err)})
+                    break
+            else:
+                arrays["signals"][i] = res.signal
+                arrays["lead_mask"][i] = res.lead_mask
+                arrays["sample_mask"][i] = res.sample_mask
+                arrays["beats"][i] = res.beat
+                kept.append(ref)
+                extra_meta.append({"n_beats": res.n_beats, "heart_rate_bpm": res.heart_rate_bpm,
+                                   "qc_flags": list(res.flags)})
+                flags.update(f.split(":", 1)[0] for f in res.flags)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        n = len(kept)
+        if n == 0:
+            reasons = Counter(s["reason"] for s in skipped)
+            raise RecordError(name, f"every record was rejected ({dict(reasons)}); first: {skipped[0]['message']}",
+                              reason="empty-cohort")
+        for arr in arrays.values():
+            arr.flush()
+        if n < n_cap:
+            for arr_name, arr in arrays.items():
+                _shrink(tmp, arr_name, arr, n)
+        arrays.clear()  # close the capacity-sized maps before renaming or deleting their files
+        for arr_name in ("signals", "lead_mask", "sample_mask", "beats"):
+            cap = tmp / f"{arr_name}.cap.npy"
+            if n == n_cap:
+                os.replace(cap, tmp / f"{arr_name}.npy")
+            else:
+                cap.unlink()
+        for t, y in labels.items():
+            np.save(tmp / f"labels.{t}.npy", y[:n])
+        index = {
+            "format": CACHE_FORMAT, "key": key, "name": name, "pipeline_version": PIPELINE_VERSION,
+            "config": cfg.model_dump(mode="json"), "tasks": [_task_spec(t) for t in task_map.values()],
+            "leads": list(LEADS_12),
+            "record_ids": [r.record_id for r in kept], "patient_ids": [r.patient_id for r in kept],
+            "paths": [str(r.path) for r in kept],
+            "meta": [_json_safe({**r.meta, **m}) for r, m in zip(kept, extra_meta)],
+            "skipped": skipped,
+            "stats": {"records_in": n_cap, "records_kept": n, "records_skipped": len(skipped),
+                      "build_seconds": round(elapsed, 3), "records_per_second": round(n_cap / max(elapsed, 1e-9), 1),
+                      "workers": workers, "qc_flags": dict(flags), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                             time.gmtime())},
+        }
+        with open(tmp / INDEX_FILE, "w", encoding="utf-8") as fh:
+            json.dump(index, fh, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / INDEX_FILE).is_file():  # not a concurrent build that won the race
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_cohort(final, tasks=task_map.values())
+
+
+def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Cohort:
+    """Open a cache directory read-only (memmaps). ``tasks`` supplies custom Task objects whose
+    rules cannot be recovered by name; built-in and column tasks are resolved automatically."""
+    path = Path(path)
+    index_path = path / INDEX_FILE
+    if not index_path.is_file():
+        raise CacheError(f"{path}: not a cohort cache (no {INDEX_FILE}); build it with `lsemvae data prepare`")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheError(f"{index_path}: corrupt index ({err}); delete {path} to rebuild") from None
+    if index.get("format") != CACHE_FORMAT or index.get("pipeline_version") != PIPELINE_VERSION:
+        raise CacheError(f"{path}: built by cache format {index.get('format')} / pipeline "
+                         f"{index.get('pipeline_version')}, this code uses {CACHE_FORMAT} / {PIPELINE_VERSION}; "
+                         "rebuild it")
+    given = {t.name: t for t in (tasks or ())}
+    task_map: dict[str, Task] = {}
+    for spec in index["tasks"]:
+        nm = spec["name"]
+        task_map[nm] = given.get(nm) or (TASKS[nm] if spec["spec"] == nm else column_task(nm))
+
+    def arr(file: str) -> np.ndarray:
+        try:
+            return np.load(path / file, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CacheError(f"{path / file}: cannot open ({err}); delete {path} to rebuild") from None
+
+    n = len(index["record_ids"])
+    cohort = Cohort(
+        signals=arr("signals.npy"), lead_mask=arr("lead_mask.npy"), sample_mask=arr("sample_mask.npy"),
+        beats=arr("beats.npy"), labels={t: arr(f"labels.{t}.npy") for t in task_map},
+        record_ids=index["record_ids"], patient_ids=index["patient_ids"], meta=index["meta"],
+        skipped=index["skipped"], key=index["key"], config=PreprocessConfig(**index["config"]),
+        tasks=task_map, path=path, stats=index.get("stats", {}),
+    )
+    for nm, a in [("signals", cohort.signals), ("beats", cohort.beats), ("lead_mask", cohort.lead_mask),
+                  ("sample_mask", cohort.sample_mask), *cohort.labels.items()]:
+        if a.shape[0] != n:
+            raise CacheError(f"{path}: {nm} has {a.shape[0]} rows, index lists {n} records; delete to rebuild")
+    return cohort
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch dataset
+# ---------------------------------------------------------------------------------------------
+
+
+class CohortDataset:
+    """``torch.utils.data.Dataset`` over cohort rows ``indices``.
+
+    ``leads`` restricts the input (e.g. ``"6L"``): other leads are zeroed and masked, in ``x``
+    and in ``lead_mask``; ``beat`` keeps all recorded leads (the reconstruction target may ask
+    for leads the input lacks). ``tasks`` selects label keys (default: all cohort tasks).
+    """
+
+    def __init__(self, cohort: Cohort, indices: Sequence[int] | np.ndarray | None = None, *,
+                 leads: str | Sequence[str] = LEADS_12, tasks: Sequence[str] | None = None):
+        import torch
+
+        self._torch = torch
+        self.cohort = cohort
+        self.indices = np.arange(len(cohort)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(cohort)):
+            raise ConfigError(f"indices out of range for a cohort of {len(cohort)} records")
+        self.leads = resolve_lead_set(leads)
+        self.requested = np.zeros(12, dtype=bool)
+        self.requested[[lead_index(l) for l in self.leads]] = True
+        self.tasks = list(tasks) if tasks is not None else list(cohort.labels)
+        unknown = [t for t in self.tasks if t not in cohort.labels]
+        if unknown:
+            raise ConfigError(f"tasks {unknown} not in cohort {cohort.path.name} (has {list(cohort.labels)})")
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, item: int) -> dict:
+        torch = self._torch
+        i = int(self.indices[item])
+        mask = np.asarray(self.cohort.lead_mask[i]) & self.requested
+        x = np.array(self.cohort.signals[i])  # copy one row out of the memmap
+        x[~mask] = 0.0
+        return {
+            "x": torch.from_numpy(x),
+            "lead_mask": torch.from_numpy(mask),
+            "sample_mask": torch.from_numpy(np.array(self.cohort.sample_mask[i])),
+            "beat": torch.from_numpy(np.array(self.cohort.beats[i])),
+            "y": {t: torch.from_numpy(np.array(self.cohort.labels[t][i])) for t in self.tasks},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+
+
+def ptbxl_folds(cohort: Cohort) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Official PTB-XL patient-disjoint split: ``strat_fold`` 1-8 train, 9 validation, 10 test."""
+    folds = np.array([m.get("strat_fold") or 0 for m in cohort.meta])
+    if (folds == 0).any():
+        missing = [cohort.record_ids[i] for i in np.flatnonzero(folds == 0)[:5]]
+        raise ConfigError(f"records without strat_fold (not PTB-XL?): {missing}; use patient_split")
+    return np.flatnonzero(folds <= 8), np.flatnonzero(folds == 9), np.flatnonzero(folds == 10)
+
+
+def patient_split(cohort: Cohort, val_fraction: float = 0.1, seed: int = 0, *,
+                  test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random split by patient (no patient in two parts): ``(train, val, test)`` row indices.
+
+    Fractions are of patients; ``test`` is empty when ``test_fraction`` is 0.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must be in [0, 1)")
+    patients = np.array(sorted(set(cohort.patient_ids)))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(patients)
+    n_val = int(round(val_fraction * len(patients)))
+    n_test = int(round(test_fraction * len(patients)))
+    part = {p: 1 for p in patients[:n_val]} | {p: 2 for p in patients[n_val:n_val + n_test]}
+    which = np.array([part.get(p, 0) for p in cohort.patient_ids])
+    return np.flatnonzero(which == 0), np.flatnonzero(which == 1), np.flatnonzero(which == 2)
+
+
+def label_fraction(cohort: Cohort, indices: Sequence[int] | np.ndarray, fraction: float, *,
+                   task: str | None = None, seed: int = 0) -> np.ndarray:
+    """A seeded, stratified subset keeping ``fraction`` of ``indices`` (e.g. 10% of training labels).
+
+    Strata are the label patterns of ``task`` (default: the cohort's first task; NaN is its own
+    value); each stratum keeps its share, rounded by largest remainder so the total is exact.
+    Returns sorted indices.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"label fraction must be in (0, 1], got {fraction}")
+    task = task or next(iter(cohort.labels))
+    y = np.asarray(cohort.labels[task])[indices]
+    keys = [tuple(np.where(np.isnan(row), -1, row).tolist()) for row in y]
+    strata: dict[tuple, list[int]] = {}
+    for pos, k in enumerate(keys):
+        strata.setdefault(k, []).append(pos)
+    target = int(round(fraction * len(indices)))
+    order = sorted(strata)
+    exact = np.array([fraction * len(strata[k]) for k in order])
+    take = np.floor(exact).astype(int)
+    for j in np.argsort(-(exact - take), kind="stable")[: target - int(take.sum())]:
+        take[j] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for k, n in zip(order, take):
+        members = np.array(strata[k])
+        chosen.extend(members[rng.permutation(len(members))[:n]].tolist())
+    return np.sort(indices[chosen])
+
+
+def group_indices(cohort: Cohort, key: str) -> dict[Any, np.ndarray]:
+    """Row indices per value of ``meta[key]`` (e.g. ``"site"``, ``"device"``): natural federated partitions."""
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(cohort.meta):
+        groups.setdefault(m.get(key), []).append(i)
+    return {k: np.asarray(v) for k, v in groups.items()}

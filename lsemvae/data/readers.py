@@ -1,0 +1,376 @@
+"""Readers: ECG files on disk -> :class:`ECGRecord`. Nothing downstream sees a file format.
+
+WFDB (``.hea`` + ``.dat`` or ``.mat``) is built in. Other formats (DICOM, HL7 aECG, EDF...) plug in
+by appending a :class:`FormatReader` to :data:`FORMAT_READERS`; :func:`read_record` asks each
+reader's ``sniff`` in turn, so detection is by content/extension, never by caller flags.
+
+Every failure is a :class:`RecordError` naming the file and carrying a short ``reason`` (counted
+in batch summaries): a bad record is skipped by batch jobs, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from lsemvae.data.record import ECGRecord
+from lsemvae.errors import LSEMVAEError, RecordError
+from lsemvae.leads import canonical_leads
+
+# Plausible ECG sampling rates. Below 50 Hz the QRS complex is not resolved; above 20 kHz the
+# value is almost certainly a header error (e.g. a counter frequency in the fs field).
+MIN_FS_HZ = 50.0
+MAX_FS_HZ = 20_000.0
+
+# Physical units accepted for ECG channels and their factor to millivolts.
+UNIT_TO_MV: dict[str, float] = {
+    "mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3,
+    "millivolt": 1.0, "millivolts": 1.0, "v": 1e3, "volt": 1e3, "volts": 1e3, "nv": 1e-6,
+}
+
+
+class FormatReader(NamedTuple):
+    """One file format: ``sniff(path) -> bool`` (cheap, by content or extension) and ``read(path)``.
+
+    ``suffixes`` (lower case, with dot) lets :func:`find_records` skip files that cannot be a
+    record of this format without opening them; empty means "sniff every file".
+    """
+
+    name: str
+    sniff: Callable[[Path], bool]
+    read: Callable[[Path], ECGRecord]
+    suffixes: tuple[str, ...] = ()
+
+
+def _as_reader(entry: FormatReader | tuple) -> FormatReader:
+    # Other helpers may register plain (name, sniff, read) tuples, as the contract allows.
+    return entry if isinstance(entry, FormatReader) else FormatReader(*entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# WFDB
+# ---------------------------------------------------------------------------------------------
+
+_WFDB_SIGNAL_SUFFIXES = (".dat", ".mat")
+
+
+def _wfdb_header_path(path: Path) -> Path | None:
+    """The ``.hea`` for ``path`` (a header, its signal file, or the extension-less record name)."""
+    if path.suffix.lower() == ".hea":
+        return path
+    if path.suffix.lower() in _WFDB_SIGNAL_SUFFIXES or path.suffix == "":
+        candidate = path.with_suffix(".hea") if path.suffix else path.parent / (path.name + ".hea")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sniff_wfdb(path: Path) -> bool:
+    """A ``.hea`` file (or a file/record name with a sibling ``.hea``)."""
+    return _wfdb_header_path(Path(path)) is not None
+
+
+def _decode_header(hea: Path) -> list[str]:
+    try:
+        raw = hea.read_bytes()
+    except OSError as err:
+        raise RecordError(hea, f"cannot read header: {err.strerror}", reason="unreadable") from None
+    if not raw.strip():
+        raise RecordError(hea, "header file is empty: re-export the record", reason="empty-file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(
+            hea, f"header is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            "re-save the header as UTF-8", reason="header-encoding",
+        ) from None
+    if "\x00" in text:
+        raise RecordError(hea, "header contains NUL bytes: it is binary or corrupt", reason="corrupt-header")
+    return text.splitlines()
+
+
+def _header_fields(hea: Path, lines: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Split a header into (record-line tokens, signal-line tokens, comment lines) and check the
+    fields wfdb would silently default (missing fs -> 250 Hz, missing units -> mV)."""
+    content = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    comments = [ln.strip().lstrip("#").strip() for ln in lines if ln.lstrip().startswith("#")]
+    if not content:
+        raise RecordError(hea, "header has no record line (only comments or blank lines)", reason="corrupt-header")
+    record = content[0].split()
+    if "/" in record[0]:
+        raise RecordError(hea, "multi-segment WFDB records are not supported: export as one segment",
+                          reason="unsupported")
+    if len(record) < 2 or not record[1].isdigit() or int(record[1]) < 1:
+        raise RecordError(hea, f"record line {content[0]!r} has no valid signal count", reason="corrupt-header")
+    if len(record) < 3:
+        raise RecordError(hea, "sampling frequency missing from the record line (WFDB would assume 250 Hz); "
+                          "add it after the signal count", reason="fs")
+    n_sig = int(record[1])
+    signals = [ln.split() for ln in content[1:1 + n_sig]]
+    if len(signals) != n_sig:
+        raise RecordError(hea, f"record line declares {n_sig} signals but the header has {len(signals)} "
+                          "signal lines: header truncated or corrupt", reason="corrupt-header")
+    return record, signals, comments
+
+
+def _units_factor(hea: Path, signals: list[list[str]]) -> np.ndarray:
+    """mV factor per channel from the gain field ``gain(baseline)/units``; refuse unknown units."""
+    factors = []
+    for k, tokens in enumerate(signals):
+        lead = tokens[-1] if len(tokens) >= 9 else f"channel {k}"
+        gain = tokens[2] if len(tokens) >= 3 else ""
+        if "/" not in gain:
+            raise RecordError(hea, f"{lead}: physical units not stated in the gain field {gain!r} "
+                              "(expected e.g. 1000(0)/mV): cannot know the voltage scale", reason="units")
+        unit = gain.split("/", 1)[1].strip().lower()
+        if unit not in UNIT_TO_MV:
+            raise RecordError(hea, f"{lead}: unknown physical unit {unit!r}; ECG channels must be in "
+                              "mV, uV or V", reason="units")
+        factors.append(UNIT_TO_MV[unit])
+    return np.asarray(factors, dtype=np.float64)
+
+
+_FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+
+
+def _expected_bytes(hea: Path, record: list[str], signals: list[list[str]]) -> tuple[str, float]:
+    """(signal file name, bytes it must hold for the header's sample count): catches truncated files
+    before decoding, and a corrupt sample count before a huge read."""
+    from wfdb.io._signal import BYTES_PER_SAMPLE
+
+    names = {t[0] for t in signals}
+    if len(names) != 1:
+        raise RecordError(hea, "signals spread over several files are not supported", reason="unsupported")
+    sig_len = int(record[3]) if len(record) > 3 and record[3].isdigit() else 0
+    need = 0.0
+    offsets = set()
+    for tokens in signals:
+        m = _FMT.match(tokens[1]) if len(tokens) > 1 else None
+        if m is None:
+            raise RecordError(hea, f"invalid storage format field {tokens[1:2]!r} in signal line {' '.join(tokens)!r}",
+                              reason="corrupt-header")
+        fmt, spf, _skew, offset = m.groups()
+        offsets.add(int(offset or 0))
+        need += BYTES_PER_SAMPLE.get(fmt, 0) * int(spf or 1) * sig_len
+    return names.pop(), need + max(offsets)
+
+
+def _read_mat_signal(hea: Path, rec) -> np.ndarray:
+    """Digital samples ``[T, n_sig]`` from a MATLAB ``.mat`` signal file (PhysioNet Challenge layout)."""
+    from scipy.io import loadmat
+
+    mat_path = hea.parent / rec.file_name[0]
+    try:
+        content = loadmat(mat_path)
+    except Exception as err:  # scipy raises several types for corrupt files
+        raise RecordError(mat_path, f"cannot read MATLAB signal file: {err}", reason="corrupt-signal") from None
+    arrays = [v for k, v in content.items() if not k.startswith("__") and isinstance(v, np.ndarray)
+              and v.ndim == 2 and np.issubdtype(v.dtype, np.number)]
+    val = content.get("val", arrays[0] if len(arrays) == 1 else None)
+    if val is None:
+        raise RecordError(mat_path, "no signal matrix: expected one 2-D numeric variable (usually 'val')",
+                          reason="corrupt-signal")
+    val = np.asarray(val)
+    if val.shape[0] != rec.n_sig and val.shape[1] == rec.n_sig:
+        val = val.T
+    if val.shape[0] != rec.n_sig:
+        raise RecordError(mat_path, f"signal matrix shape {val.shape} does not match {rec.n_sig} signals "
+                          "in the header", reason="corrupt-signal")
+    return val.T
+
+
+def _checksums_ok(digital: np.ndarray, rec) -> list[int]:
+    """Channels whose WFDB checksum (16-bit sum of samples) disagrees with the header."""
+    if rec.checksum is None:
+        return []
+    bad = []
+    total = np.nansum(digital, axis=0).astype(np.int64)
+    for k, (got, want) in enumerate(zip(total, rec.checksum)):
+        if want is not None and (int(got) - int(want)) % 65536 != 0:
+            bad.append(k)
+    return bad
+
+
+def read_wfdb(path: str | Path) -> ECGRecord:
+    """Read a WFDB record (``.hea`` with ``.dat`` or ``.mat``) as physical millivolts.
+
+    Gains and baselines are applied (``(digital - baseline) / gain``), units converted to mV,
+    WFDB "invalid sample" codes become NaN (preprocessing decides what to do with them) and lead
+    names are canonicalised from the header (never by position). Header comments of the form
+    ``key: value`` (``#Age: 51``, ``#<sex>: F``) land in ``meta``.
+    """
+    import wfdb
+
+    hea = _wfdb_header_path(Path(path))
+    if hea is None:
+        raise RecordError(path, "no WFDB header (.hea) for this path", reason="missing-file")
+    lines = _decode_header(hea)
+    record_tokens, signals, comments = _header_fields(hea, lines)
+    factors = _units_factor(hea, signals)
+    base = str(hea.with_suffix(""))
+    file_name, need = _expected_bytes(hea, record_tokens, signals)
+    sig_file = hea.parent / file_name
+    if not sig_file.is_file():
+        raise RecordError(hea, f"signal file {file_name} not found next to the header", reason="missing-file")
+    size = sig_file.stat().st_size
+    if size == 0:
+        raise RecordError(sig_file, "signal file is empty", reason="empty-file")
+    if size < need:
+        raise RecordError(sig_file, f"signal file truncated: {size} bytes, header needs {int(need)} "
+                          f"({record_tokens[3]} samples x {len(signals)} signals)", reason="truncated-signal")
+    mat_without_offset = sig_file.suffix.lower() == ".mat" and not any("+" in t[1] for t in signals)
+    try:
+        # The .mat layout without byte offset is not decodable by wfdb: read header only, samples via scipy.
+        rec = wfdb.rdheader(base) if mat_without_offset else wfdb.rdrecord(base, physical=False, return_res=64)
+    except Exception as err:  # wfdb raises ValueError/HeaderSyntaxError/IndexError... for bad files
+        raise RecordError(hea, f"invalid WFDB record: {type(err).__name__}: {err}", reason="corrupt") from None
+
+    if rec.fs is None or not np.isfinite(rec.fs) or not MIN_FS_HZ <= float(rec.fs) <= MAX_FS_HZ:
+        raise RecordError(hea, f"sampling frequency {record_tokens[2]!r} is outside {MIN_FS_HZ:g}-{MAX_FS_HZ:g} "
+                          "Hz: fix the record line", reason="fs")
+    if any(not name or not str(name).strip() for name in (rec.sig_name or [None])):
+        raise RecordError(hea, "a signal line has no lead name (description field): cannot identify leads",
+                          reason="missing-lead")
+    leads = canonical_leads(rec.sig_name, record=str(hea))
+    if any(g == 0 for g in rec.adc_gain):
+        raise RecordError(hea, "ADC gain 0 (uncalibrated signal): cannot convert to mV", reason="units")
+
+    if mat_without_offset:
+        digital = _read_mat_signal(hea, rec).astype(np.float64)
+        invalid = None
+    else:
+        digital = np.asarray(rec.d_signal, dtype=np.float64)
+        from wfdb.io._signal import INVALID_SAMPLE_VALUE
+
+        invalid = [INVALID_SAMPLE_VALUE.get(str(f)) for f in rec.fmt]
+    if digital.ndim != 2 or digital.shape[0] == 0:
+        raise RecordError(sig_file, "signal file holds no samples", reason="empty-file")
+    if rec.sig_len and digital.shape[0] < rec.sig_len:
+        raise RecordError(sig_file, f"signal truncated: {digital.shape[0]} of {rec.sig_len} samples",
+                          reason="truncated-signal")
+    if invalid is not None:
+        bad = _checksums_ok(digital, rec)
+        if bad:
+            names = ", ".join(leads[k] for k in bad)
+            raise RecordError(sig_file, f"checksum mismatch for {names}: the signal file is corrupt or does not "
+                              "belong to this header", reason="checksum")
+        for k, code in enumerate(invalid):
+            if code is not None:
+                digital[digital[:, k] == code, k] = np.nan
+    if np.isinf(digital).any():
+        raise RecordError(sig_file, "signal contains infinite values", reason="non-finite")
+
+    baseline = np.asarray(rec.baseline, dtype=np.float64)
+    gain = np.asarray(rec.adc_gain, dtype=np.float64)
+    physical = (digital - baseline) / gain * factors
+    if np.isnan(physical).all():
+        raise RecordError(sig_file, "every sample is missing (NaN)", reason="nan-share")
+    meta = _comment_meta(comments)
+    return ECGRecord(
+        signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads,
+        record_id=hea.stem, patient_id=hea.stem, source=str(hea), meta=meta,
+    )
+
+
+_COMMENT_KV = re.compile(r"^<?([A-Za-z][\w \-]*?)>?\s*:\s*(.*)$")
+
+
+def _comment_meta(comments: Iterable[str]) -> dict:
+    """``#Age: 51`` / ``#<sex>: F`` comment lines -> ``{"age": "51", "sex": "F"}`` plus raw comments."""
+    meta: dict = {}
+    for line in comments:
+        m = _COMMENT_KV.match(line)
+        if m and m.group(2).strip():
+            meta.setdefault(m.group(1).strip().lower(), m.group(2).strip())
+    if comments:
+        meta["header_comments"] = list(comments)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and public entry points
+# ---------------------------------------------------------------------------------------------
+
+#: Registered formats, asked in order. Append ``FormatReader(name, sniff, read, suffixes)``.
+FORMAT_READERS: list[FormatReader | tuple] = [
+    FormatReader("wfdb", sniff_wfdb, read_wfdb, (".hea",)),
+]
+
+# Hospital formats (DICOM, HL7 aECG, GE MUSE, CardioSoft, EDF), sniffed by content: lsemvae/data/formats.
+from lsemvae.data.formats import FORMATS as _HOSPITAL_FORMATS  # noqa: E402
+
+FORMAT_READERS += [FormatReader(*f) for f in _HOSPITAL_FORMATS]
+
+
+def read_record(path: str | Path) -> ECGRecord:
+    """Read one ECG record of any registered format, detected from the file itself.
+
+    Raises :class:`RecordError` (with ``record`` = the path and a ``reason``) for anything unusable.
+    """
+    path = Path(path)
+    if not path.exists() and _wfdb_header_path(path) is None:
+        raise RecordError(path, "file not found", reason="missing-file")
+    for entry in FORMAT_READERS:
+        reader = _as_reader(entry)
+        try:
+            claimed = reader.sniff(path)
+        except OSError:
+            claimed = False
+        if claimed:
+            try:
+                return reader.read(path)
+            except LSEMVAEError:
+                raise
+            except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, MemoryError) as err:
+                # A reader bug or an exotic corruption must still name the file, not crash a batch.
+                raise RecordError(path, f"{reader.name} reader failed: {type(err).__name__}: {err}",
+                                  reason="corrupt") from None
+    names = ", ".join(_as_reader(e).name for e in FORMAT_READERS)
+    raise RecordError(path, f"not a recognised ECG record (formats known: {names})", reason="unknown-format")
+
+
+def find_records(folder: str | Path) -> list[Path]:
+    """Every record in a folder tree, one path per record (the ``.hea`` for WFDB), sorted.
+
+    Hidden files/folders are ignored. Signal files that belong to a WFDB header are not listed
+    separately.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LSEMVAEError(f"{folder}: not a folder of records")
+    readers = [_as_reader(e) for e in FORMAT_READERS]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        names = set(filenames)
+        headers = {Path(n).stem for n in names if n.lower().endswith(".hea")}
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            suffix = path.suffix.lower()
+            if suffix != ".hea" and path.stem in headers:
+                continue  # signal/annotation file of a WFDB record already listed by its header
+            for reader in readers:
+                if reader.suffixes and suffix not in reader.suffixes:
+                    continue
+                try:
+                    if reader.sniff(path):
+                        found.append(path)
+                        break
+                except OSError:
+                    continue
+    return found
+
+
+def record_files(path: str | Path) -> list[Path]:
+    """The files a record is made of (header + signal for WFDB), for cache keys and checks."""
+    path = Path(path)
+    hea = _wfdb_header_path(path)
+    if hea is None:
+        return [path]
+    return [hea] + [p for p in (hea.with_suffix(s) for s in _WFDB_SIGNAL_SUFFIXES) if p.is_file()]
