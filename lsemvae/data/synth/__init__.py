@@ -1,0 +1,1 @@
+"""Internals of the synthetic cohort generator (public API: :mod:`lsemvae.data.synthetic`)."""
