@@ -87,3 +87,14 @@ def test_convert_cli_arguments():
     assert (str(args.src), args.to, str(args.dest)) == ("in_dir", "wfdb", "out_dir") and callable(args.func)
     with pytest.raises(SystemExit):
         parser.parse_args(["convert", "in_dir", "--to", "scp", "out_dir"])
+
+
+def test_sniffers_reject_empty_binary_and_foreign_text(tmp_path, ptbxl_root):
+    from lsemvae.data.formats import FORMATS
+
+    files = {"empty": b"", "binary": bytes(range(256)) * 4, "html": b"<html><body>ECG</body></html>",
+             "hea": (ptbxl_root / (PTBXL_RECORD + ".hea")).read_bytes()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        claimed = [fmt for fmt, sniff, _read in FORMATS if sniff(tmp_path / name)]
+        assert claimed == [], f"{name} claimed by {claimed}"

@@ -68,3 +68,11 @@ def test_bad_base64_is_corrupt(tmp_path, ecg_mv):
     with pytest.raises(RecordError) as info:
         muse.read(path)
     assert info.value.reason == "corrupt" and "base64" in str(info.value)
+
+
+def test_utf16_export_is_sniffed_and_read(tmp_path, ecg_mv):
+    path = write_muse(tmp_path / "u16.xml", _digits(ecg_mv, ("I", "II")))
+    text = path.read_text(encoding="iso-8859-1").replace('encoding="ISO-8859-1"', 'encoding="UTF-16"')
+    path.write_bytes(text.encode("utf-16"))  # with BOM, as some MUSE exports are written
+    assert muse.sniff(path)
+    assert muse.read(path).leads == ("I", "II", "III", "aVR", "aVL", "aVF")

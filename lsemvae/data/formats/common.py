@@ -98,8 +98,9 @@ def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
             head = fh.read(head_bytes)
     except OSError:
         return None
-    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if not stripped.startswith(b"<"):
+    # Some vendor exports are UTF-16 with a byte-order mark; expat decodes it, the "<" check must too.
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    if not head.decode(encoding, errors="ignore").lstrip().startswith("<"):
         return None
     parser = ET.XMLPullParser(events=("start",))
     try:
