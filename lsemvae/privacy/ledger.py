@@ -509,7 +509,9 @@ class PrivacyLedger:
                 f"{anchor['epsilon']:.3f}, {anchor['resets']} resets). Was an older copy restored? The site refuses "
                 f"to train. Restore the newest ledger, or run `{RESET_COMMAND.format(path=self.path, site=self.site)}`."
             )
-        if anchor != self._anchor_record() | {"time": anchor["time"]}:
+        same = (anchor["ledger"], anchor["total_steps"], anchor["resets"], anchor["max_epsilon"]) == (
+            str(self.path), steps, self.resets, self.max_epsilon)
+        if not same:
             self._write_anchor_only()  # ledger ahead (crash between the two writes) or moved: catch up
 
     def _write_anchor_only(self) -> None:

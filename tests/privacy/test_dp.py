@@ -1,0 +1,139 @@
+"""DP-SGD helpers: sigma planned once for the whole plan; real Opacus training whose history round-trips the ledger."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsemvae.errors import ConfigError
+from lsemvae.privacy import (
+    BudgetExhausted,
+    PrivacyLedger,
+    epsilon_of,
+    is_empty_batch,
+    make_private,
+    plain_state_dict,
+    plan_noise_multiplier,
+    warn_no_privacy,
+)
+
+DELTA = 1e-5
+
+
+def test_plan_hits_target_over_all_planned_steps():
+    q, rounds, steps = 1 / 13, 2, 13
+    sigma = plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=q, total_steps=rounds * steps)
+    assert sigma == pytest.approx(1.108, abs=0.005)  # notes §7.1 item 4
+    final = epsilon_of([(sigma, q, rounds * steps)], delta=DELTA)
+    assert 3.0 * 0.99 <= final <= 3.0
+    assert final == pytest.approx(2.998, abs=0.01)
+
+
+def test_plan_per_round_would_overspend():
+    """Why sigma is planned once: the one-round sigma, used for 10 rounds, ends far above the target."""
+    q = 1 / 13
+    per_round = plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=q, total_steps=13)
+    whole = plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=q, total_steps=130)
+    assert epsilon_of([(per_round, q, 130)], delta=DELTA) == pytest.approx(6.73, abs=0.05)
+    assert epsilon_of([(whole, q, 130)], delta=DELTA) == pytest.approx(3.0, rel=0.01)
+
+
+def test_plan_accounts_for_spending_already_on_the_ledger():
+    q, spent = 1 / 13, [(1.0, 1 / 13, 13)]
+    sigma = plan_noise_multiplier(target_epsilon=6.0, delta=DELTA, sample_rate=q, total_steps=26, already_spent_history=spent)
+    assert epsilon_of(spent + [(sigma, q, 26)], delta=DELTA) == pytest.approx(6.0, rel=0.01)
+    with pytest.raises(BudgetExhausted):
+        plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=q, total_steps=13,
+                              already_spent_history=[(1.0, q, 26)])
+
+
+@pytest.mark.parametrize("bad", [{"target_epsilon": -1.0}, {"delta": 0.5}, {"sample_rate": 1.5}, {"total_steps": 0}])
+def test_plan_rejects_bad_numbers_naming_them(bad):
+    args = {"target_epsilon": 3.0, "delta": DELTA, "sample_rate": 0.1, "total_steps": 10} | bad
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        plan_noise_multiplier(**args)
+
+
+def tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 4, 5, stride=2), nn.GroupNorm(2, 4), nn.GELU(),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 1))
+
+
+def train_one_round(ledger: PrivacyLedger, *, round_number: int, mode: str = "hooks", sigma: float = 1.2):
+    torch.manual_seed(round_number)
+    data = TensorDataset(torch.randn(26, 2, 60), torch.randint(0, 2, (26,)).float())
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(data, batch_size=2)  # sample rate 1/13
+    q, steps = 1 / len(loader), len(loader)
+    ledger.check_can_train(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    model, opt, loader, session = make_private(model, opt, loader, noise_multiplier=sigma, max_grad_norm=1.0,
+                                               history=ledger.history, grad_sample_mode=mode)
+    for x, y in loader:
+        opt.zero_grad()
+        logits = model(x).squeeze(1)
+        session.backward(nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none"))
+        opt.step()
+    eps = ledger.record_round(round_number=round_number, run_id="test-run", history=session.history)
+    return model, session, eps
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_real_opacus_training_round_trips_through_the_ledger(tmp_path, mode):
+    path, anchors = tmp_path / "ledger.json", tmp_path / "anchors"
+    ledger = PrivacyLedger.open_or_create(path, site="tiny", delta=DELTA, max_epsilon=20.0, anchor_dir=anchors)
+    _, s1, eps1 = train_one_round(ledger, round_number=1, mode=mode)
+    assert s1.history == [(1.2, 1 / 13, 13)]  # every Poisson step counted, empty batches included
+    assert eps1 == pytest.approx(s1.get_epsilon(DELTA), rel=1e-12)
+    reopened = PrivacyLedger.open(path, site="tiny", anchor_dir=anchors)  # the next round is a new process
+    model, s2, eps2 = train_one_round(reopened, round_number=2, mode=mode)
+    assert s2.history == [(1.2, 1 / 13, 26)]  # the new engine continued from the restored history
+    assert eps2 > eps1 and eps2 == pytest.approx(s2.get_epsilon(DELTA), rel=1e-12)
+    assert PrivacyLedger.open(path, site="tiny", anchor_dir=anchors).epsilon() == pytest.approx(eps2, rel=1e-12)
+    state = plain_state_dict(model)
+    assert set(state) == set(tiny_model().state_dict()) and not any(k.startswith("_module") for k in state)
+
+
+def test_empty_poisson_batch_is_a_noise_step(tmp_path):
+    """hooks mode: an empty batch runs, adds pure noise, and the accountant counts it."""
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = TensorDataset(torch.randn(4, 2, 60), torch.ones(4))
+    model, opt, loader, session = make_private(model, opt, DataLoader(data, batch_size=1), noise_multiplier=1.0,
+                                               max_grad_norm=1.0)
+    x, y = torch.zeros(0, 2, 60), torch.zeros(0)
+    assert is_empty_batch((x, y)) and not is_empty_batch({"x": torch.zeros(2, 2, 60)})
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    session.backward(nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y, reduction="none"))
+    opt.step()
+    assert session.history == [(1.0, 0.25, 1)]
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_non_dp_mode_warns_loudly(caplog):
+    with caplog.at_level(logging.WARNING):
+        msg = warn_no_privacy("aspire")
+    assert "WITHOUT differential privacy" in msg and "NO privacy guarantee" in caplog.text and "aspire" in caplog.text
+
+
+@pytest.mark.e2e
+def test_importing_opacus_through_us_does_not_duplicate_flower_logs():
+    import sys
+    import subprocess
+
+    code = (
+        "import logging\n"
+        "from lsemvae.privacy.dp import import_opacus\n"
+        "before = list(logging.getLogger().handlers)\n"
+        "import_opacus()\n"
+        "assert logging.getLogger().handlers == before, logging.getLogger().handlers\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
