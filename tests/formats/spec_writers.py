@@ -177,7 +177,8 @@ def write_cardiosoft(path: Path, digits: dict[str, np.ndarray], *, fs: int = 500
 
 def write_dicom_ecg(path: Path, digits: dict[str, np.ndarray], *, fs: float = 500.0, sensitivity: float = 2.5,
                     units: str = "uV", baseline: float = 0.0, scheme: str = "MDC", bits: int = 16,
-                    interpretation: str = "SS", patient_id: str = "PAT-7", label_rhythm: str = "RHYTHM") -> Path:
+                    interpretation: str = "SS", patient_id: str = "PAT-7", label_rhythm: str = "RHYTHM",
+                    padding: int | None = None) -> Path:
     """12-Lead ECG IOD with one ORIGINAL multiplex group; channel sources coded in the MDC scheme
     (``2:<n>``) or SCP-ECG (``5.6.3-9-<n>``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -226,6 +227,8 @@ def write_dicom_ecg(path: Path, digits: dict[str, np.ndarray], *, fs: float = 50
     dtype = {(16, "SS"): "<i2", (16, "US"): "<u2", (8, "SB"): "i1", (8, "UB"): "u1"}.get((bits, interpretation), "<i2")
     multiplexed = np.stack([np.asarray(digits[k]) for k in names], axis=1).astype(dtype)  # [samples, channels]
     group.WaveformData = multiplexed.tobytes()
+    if padding is not None:
+        group.WaveformPaddingValue = np.array([padding], dtype=dtype).tobytes()
     ds.WaveformSequence = Sequence([group])
     ds.save_as(path, enforce_file_format=True)
     return path

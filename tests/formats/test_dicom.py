@@ -142,3 +142,11 @@ def test_compressed_transfer_syntax_is_unsupported(real_path, tmp_path):
     with pytest.raises(RecordError) as info:
         dicom.read(path)
     assert info.value.reason == "unsupported-variant" and "RLE" in str(info.value)
+
+
+def test_padding_value_samples_become_nan(tmp_path, ecg_mv):
+    digits = {k: quantise(ecg_mv[k], 2.5) for k in ("I", "II")}
+    digits["II"][:250] = -32768  # lead II starts half a second late
+    rec = dicom.read(write_dicom_ecg(tmp_path / "pad.dcm", digits, padding=-32768))
+    assert np.isnan(rec.lead("II")[:250]).all() and not np.isnan(rec.lead("II")[250:]).any()
+    assert not np.isnan(rec.lead("I")).any()

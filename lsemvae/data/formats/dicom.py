@@ -14,6 +14,7 @@ Lead identity comes from each channel's ``ChannelSourceSequence`` code: SCP-ECG 
 is the MDC_ECG_LEAD number; otherwise from the code meaning (``Lead aVL``) or ``ChannelLabel``. If
 the code and the meaning name different leads the record is refused (``lead-conflict``).
 
+Samples equal to ``WaveformPaddingValue`` become NaN.
 Amplitude: ``(sample × ChannelSensitivity × ChannelSensitivityCorrectionFactor) + ChannelBaseline``
 in the units of ``ChannelSensitivityUnitsSequence`` (uV/mV/V), converted to mV. Channels without
 a sensitivity are uncalibrated and refused (``units``).
@@ -172,7 +173,12 @@ def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str],
         raise RecordError(where, f"{label}: WaveformData holds {len(raw)} bytes, expected {expected} "
                           f"({n_ch} channels × {n_samp} samples × {dtype.itemsize} bytes)", reason="sample-count")
     # Multiplexed: sample-major, channels interleaved. Trailing byte is padding to even length.
-    data = np.frombuffer(raw[:expected], dtype=dtype).reshape(n_samp, n_ch).T.astype(np.float64)
+    digital = np.frombuffer(raw[:expected], dtype=dtype).reshape(n_samp, n_ch).T
+    data = digital.astype(np.float64)
+    padding = group.get("WaveformPaddingValue")
+    if padding is not None and len(bytes(padding)) >= dtype.itemsize:
+        # Samples equal to the padding value carry no data (e.g. a lead that starts late): NaN, not a voltage.
+        data[digital == np.frombuffer(bytes(padding)[:dtype.itemsize], dtype=dtype)[0]] = np.nan
 
     labels = [_channel_label(ch, i, where) for i, ch in enumerate(channels)]
     keep, leads, dropped = select_leads(labels, record=where)
