@@ -12,6 +12,7 @@ RAM until a sample is indexed).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,7 +24,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -90,9 +91,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def _task_spec(task: Task) -> dict:
-    # Custom tasks are reloaded by name; site columns (not in TASKS) as column tasks.
-    spec = task.name if task.name in TASKS and TASKS[task.name] is task else f"column:{task.name}"
-    return {"name": task.name, "spec": spec, "kind": task.kind, "classes": list(task.classes)}
+    """How to get the task back when the cache is opened by path alone."""
+    if TASKS.get(task.name) is task:
+        spec = task.name
+    elif task.column is not None:
+        spec = f"column:{task.column}"
+    else:
+        spec = "custom"  # its rule is code: load_cohort(path, tasks=[...]) must supply it
+    return {"name": task.name, "spec": spec, "kind": task.kind, "classes": list(task.classes),
+            "description": task.description}
 
 
 def cohort_key(refs: Sequence[RecordRef], tasks: dict[str, Task], cfg: PreprocessConfig) -> str:
@@ -151,7 +158,7 @@ def _shrink(tmp: Path, name: str, arr: np.memmap, n: int, chunk: int = 1024) -> 
 
 def build_cohort(
     refs: Sequence[RecordRef],
-    tasks: Iterable[Task | str],
+    tasks: Mapping[str, Task] | Iterable[Task | str],
     cfg: PreprocessConfig | None,
     cache_dir: str | Path,
     *,
@@ -290,7 +297,14 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
     task_map: dict[str, Task] = {}
     for spec in index["tasks"]:
         nm = spec["name"]
-        task_map[nm] = given.get(nm) or (TASKS[nm] if spec["spec"] == nm else column_task(nm))
+        if nm in given:
+            task_map[nm] = given[nm]
+        elif spec["spec"] == nm and nm in TASKS:
+            task_map[nm] = TASKS[nm]
+        elif spec["spec"].startswith("column:"):
+            task_map[nm] = dataclasses.replace(column_task(spec["spec"][len("column:"):]), name=nm)
+        else:
+            raise CacheError(f"{path}: task {nm!r} is a custom rule; pass it: load_cohort(path, tasks=[...])")
 
     def arr(file: str) -> np.ndarray:
         try:

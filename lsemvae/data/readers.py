@@ -374,3 +374,19 @@ def record_files(path: str | Path) -> list[Path]:
     if hea is None:
         return [path]
     return [hea] + [p for p in (hea.with_suffix(s) for s in _WFDB_SIGNAL_SUFFIXES) if p.is_file()]
+
+
+def _register_hospital_formats() -> None:
+    """Add DICOM, HL7 aECG, GE MUSE, CardioSoft and EDF (``lsemvae.data.formats``) after WFDB.
+
+    Their libraries are the optional ``formats`` extra: without them WFDB still works.
+    """
+    try:
+        from lsemvae.data.formats import FORMATS
+    except ImportError:
+        return
+    known = {_as_reader(e).name for e in FORMAT_READERS}
+    FORMAT_READERS.extend(FormatReader(*f) for f in FORMATS if f[0] not in known)
+
+
+_register_hospital_formats()

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from lsemvae.data.readers import find_records, read_record
 from lsemvae.data.record import ECGRecord
-from lsemvae.data.tasks import parse_binary
+from lsemvae.data.tasks import TASKS, parse_binary
 from lsemvae.errors import ConfigError, LSEMVAEError
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def manifest_index(
             unknown.append(f"{row.record_id} (line {line})")
             continue
         used.add(path)
-        meta = {"source": site, "site": site, **row.extra, **row.labels}
+        meta = {"source": site, "site": site, **row.extra, **row.labels, "label_columns": list(row.labels)}
         refs.append(RecordRef(row.record_id, row.patient_id, path, meta))
 
     if unknown:
@@ -308,6 +308,26 @@ def manifest_index(
     return refs
 
 
+_LINE = object()  # key under which _NumberedReader stores each row's line number
+
+
+class _NumberedReader(csv.DictReader):
+    """DictReader that remembers the line each row ends on (rows can span lines: quoted cells)."""
+
+    def __next__(self) -> dict:
+        row = super().__next__()
+        row[_LINE] = self.line_num
+        return row
+
+
+def _is_binary(value: Any) -> bool:
+    try:
+        parse_binary(value)
+        return True
+    except ConfigError:
+        return False
+
+
 def _read_labels_csv(
     path: Path, id_column: str, patient_column: str, label_columns: Sequence[str] | None,
 ) -> list[tuple[int, _ManifestRow]]:
@@ -317,7 +337,7 @@ def _read_labels_csv(
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not UTF-8 text (byte offset {err.start}); save the CSV as UTF-8") from None
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = _NumberedReader(text.splitlines(keepends=True))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:
         raise ManifestError(f"{path}: empty file, expected a header row with {id_column}, {patient_column}, labels")
@@ -325,20 +345,27 @@ def _read_labels_csv(
     if len(set(header)) != len(header):
         dupes = sorted({h for h in header if header.count(h) > 1})
         raise ManifestError(f"{path}: duplicate column names {dupes}")
-    labels = list(label_columns) if label_columns is not None else [
-        h for h in header if h not in (id_column, patient_column)]
-    missing = [c for c in (id_column, patient_column, *labels) if c not in header]
+    missing = [c for c in (id_column, patient_column, *(label_columns or ())) if c not in header]
     if missing:
         raise ManifestError(f"{path}: column(s) {missing} missing; found columns: {', '.join(header)}")
+    records = list(reader)
+    if label_columns is not None:
+        labels = list(label_columns)
+    else:
+        # Default: columns named like a task are labels (checked strictly); other columns are labels
+        # when every cell is 0/1/blank, else kept as text metadata (age, sex, notes...).
+        labels = [h for h in header if h not in (id_column, patient_column)
+                  and (h in TASKS or all(_is_binary(r.get(h)) for r in records))]
     if not labels:
-        raise ManifestError(f"{path}: no label columns (found only {', '.join(header)})")
+        raise ManifestError(f"{path}: no label columns (found only {', '.join(header)}); label columns hold 0/1, "
+                            "blank for unknown")
     extra_cols = [h for h in header if h not in (id_column, patient_column, *labels)]
 
     rows: list[tuple[int, _ManifestRow]] = []
     seen: dict[str, int] = {}
     errors: list[str] = []
-    for cells in reader:
-        line = reader.line_num
+    for cells in records:
+        line = cells.pop(_LINE)
         if None in cells:
             errors.append(f"{path}: line {line}: more cells than header columns")
             continue

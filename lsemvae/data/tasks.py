@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 
@@ -53,6 +53,7 @@ class Task:
     classes: tuple[str, ...]
     rule: Rule
     description: str
+    column: str | None = None  # set for site label columns (column_task): the meta key read
 
     @property
     def n_outputs(self) -> int:
@@ -200,7 +201,7 @@ def column_task(column: str) -> Task:
         return parse_binary(meta.get(column), where=f"label column {column!r}")
 
     return Task(column, "binary", (column,), lambda meta: np.array([rule(meta)], dtype=np.float32),
-                f"Site label column {column!r} (0/1, blank = unknown).")
+                f"Site label column {column!r} (0/1, blank = unknown).", column=column)
 
 
 def get_task(name: str) -> Task:
@@ -213,12 +214,15 @@ def get_task(name: str) -> Task:
                       f"or '{COLUMN_PREFIX}<label column>' for a site's own label column")
 
 
-def resolve_tasks(tasks) -> dict[str, Task]:
-    """Task objects or names -> ``{name: Task}`` (order kept, duplicates refused)."""
+def resolve_tasks(tasks: Mapping[str, Task] | Iterable[Task | str]) -> dict[str, Task]:
+    """Task objects, names, or a ``{name: Task}`` mapping -> ``{name: Task}`` (order kept)."""
+    items = tasks.values() if isinstance(tasks, Mapping) else tasks
     out: dict[str, Task] = {}
-    for t in tasks:
+    for t in items:
         task = t if isinstance(t, Task) else get_task(str(t))
         if task.name in out:
             raise ConfigError(f"task {task.name!r} listed twice")
+        if not task.name or "/" in task.name or "\\" in task.name or task.name.startswith("."):
+            raise ConfigError(f"task name {task.name!r} must be a plain identifier (it names files and model heads)")
         out[task.name] = task
     return out

@@ -1,0 +1,316 @@
+"""``lsemvae data ...``: inspect a data folder, prepare a cached cohort, download PTB-XL.
+
+Sub-commands owned by other modules register here too (``data synth`` from
+:mod:`lsemvae.data.synthetic`, ``data convert`` from :mod:`lsemvae.data.convert`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
+from lsemvae.data.sources import (
+    RecordRef, folder_index, label_counts, ludb_index, manifest_index, ptbxl_index,
+)
+from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks
+from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
+from lsemvae.leads import LEADS_12, LEAD_SETS
+
+DATASETS = ("ptb-xl", "ludb", "manifest", "folder")
+MANIFEST_NAMES = ("labels.csv", "manifest.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and indexing a data folder
+# ---------------------------------------------------------------------------------------------
+
+
+def detect_dataset(root: Path) -> str:
+    """``ptb-xl`` / ``ludb`` / ``manifest`` / ``folder`` from what the folder holds."""
+    if (root / "ptbxl_database.csv").is_file():
+        return "ptb-xl"
+    if (root / "ludb.csv").is_file() and (root / "data").is_dir():
+        return "ludb"
+    if any((root / n).is_file() for n in MANIFEST_NAMES):
+        return "manifest"
+    return "folder"
+
+
+def _manifest_paths(root: Path, labels: Path | None) -> tuple[Path, Path]:
+    labels = labels or next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
+    if labels is None:
+        raise ConfigError(f"{root}: no labels CSV ({' or '.join(MANIFEST_NAMES)}); pass --labels")
+    records = root / "records" if (root / "records").is_dir() else root
+    return records, labels
+
+
+def index_dataset(dataset: str, root: Path, *, labels: Path | None = None, rate: int = 100) -> list[RecordRef]:
+    if not root.exists():
+        raise ConfigError(f"{root}: not found")
+    if dataset == "ptb-xl":
+        return ptbxl_index(root, rate=rate)
+    if dataset == "ludb":
+        return ludb_index(root)
+    if dataset == "manifest":
+        records, labels = _manifest_paths(root, labels)
+        return manifest_index(records, labels)
+    return folder_index(root)
+
+
+def default_tasks(dataset: str, refs: Sequence[RecordRef]) -> dict[str, Task]:
+    """PTB-XL: every built-in task; LUDB: the PH proxies; manifest: its label columns; folder: none."""
+    if dataset == "ptb-xl":
+        return dict(TASKS)
+    if dataset == "ludb":
+        return {k: t for k, t in TASKS.items() if k != "superclass"}
+    if dataset == "manifest":
+        columns = dict.fromkeys(c for r in refs for c in r.meta.get("label_columns", ()))
+        return {c: TASKS[c] if c in TASKS else column_task(c) for c in columns}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------
+
+
+def _lead_set_name(leads: Sequence[str]) -> str:
+    for name, members in LEAD_SETS.items():
+        if tuple(sorted(leads, key=LEADS_12.index)) == members:
+            return name
+    return " ".join(sorted(leads, key=LEADS_12.index))
+
+
+def inspect_refs(refs: Sequence[RecordRef], cfg: PreprocessConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Read and preprocess every record; count rates, durations, leads, failures. Never raises on a
+    bad record."""
+    from tqdm import tqdm
+
+    rates, durations, lead_sets, read_fail, qc_fail, flags = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
+    examples: dict[str, list[str]] = {}
+    n_ok = 0
+    hr: list[float] = []
+    for ref in tqdm(refs, desc="inspecting", unit="rec", disable=not progress, file=sys.stderr):
+        try:
+            rec = ref.load()
+        except RecordError as err:
+            read_fail[err.reason] += 1
+            examples.setdefault(err.reason, []).append(str(err))
+            continue
+        rates[f"{rec.fs:g} Hz"] += 1
+        durations[f"{rec.duration_s:.1f} s"] += 1
+        lead_sets[_lead_set_name(rec.leads)] += 1
+        try:
+            out = preprocess(rec, cfg)
+        except RecordError as err:
+            qc_fail[err.reason] += 1
+            examples.setdefault(err.reason, []).append(str(err))
+            continue
+        n_ok += 1
+        hr.append(out.heart_rate_bpm)
+        flags.update(f.split(":", 1)[0] for f in out.flags)
+    return {
+        "records": len(refs), "read_ok": len(refs) - sum(read_fail.values()), "read_failures": dict(read_fail),
+        "qc_passed": n_ok, "qc_failures": dict(qc_fail), "qc_flags": dict(flags),
+        "sampling_rates": dict(rates.most_common()), "durations": dict(durations.most_common()),
+        "lead_sets": dict(lead_sets.most_common()), "patients": len({r.patient_id for r in refs}),
+        "heart_rate_bpm_median": float(np.nanmedian(hr)) if hr else None,
+        "examples": {k: v[:3] for k, v in examples.items()},
+    }
+
+
+def _meta_counts(refs: Sequence[RecordRef], key: str) -> dict[str, int]:
+    return {str(k): v for k, v in Counter(r.meta.get(key) for r in refs).most_common() if k is not None}
+
+
+def _print_summary(title: str, s: dict[str, Any]) -> None:
+    def line(label: str, counts: dict) -> None:
+        print(f"  {label}: " + (", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"))
+
+    print(title)
+    print(f"  records: {s['records']} ({s['patients']} patients), read OK: {s['read_ok']}")
+    line("sampling rates", s["sampling_rates"])
+    line("durations", s["durations"])
+    line("leads", s["lead_sets"])
+    if s["read_failures"]:
+        line("read failures by reason", s["read_failures"])
+    print(f"  QC at {s['qc_fs']} Hz (pipeline {PIPELINE_VERSION}): passed {s['qc_passed']}, "
+          f"failed {sum(s['qc_failures'].values())}")
+    for reason, n in s["qc_failures"].items():
+        print(f"    {reason}: {n}")
+    if s["qc_flags"]:
+        line("QC flags (kept)", s["qc_flags"])
+    for reason, ex in s["examples"].items():
+        print(f"    e.g. [{reason}] {ex[0]}")
+    if s.get("heart_rate_bpm_median"):
+        print(f"  median heart rate: {s['heart_rate_bpm_median']:.0f} bpm")
+    for key in ("site", "strat_fold", "device"):
+        if s.get(key):
+            line(key, dict(list(s[key].items())[:12]))
+    if s.get("labels"):
+        print("  labels (positives / labelled records):")
+        for task, counts in s["labels"].items():
+            labelled = counts.pop("labelled")
+            shown = ", ".join(f"{c} {n}" for c, n in counts.items()) if len(counts) > 1 else str(sum(counts.values()))
+            print(f"    {task}: {shown} / {labelled}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    root = Path(args.path)
+    cfg = PreprocessConfig(fs=args.fs)
+    if root.is_file():
+        refs, dataset = [RecordRef(root.stem, root.stem, root, {"source": str(root)})], "record"
+        groups = {"record": refs}
+    else:
+        dataset = args.dataset or ("manifest" if args.labels else detect_dataset(root))
+        if dataset == "ptb-xl":
+            groups = {}
+            for rate in (100, 500):
+                try:
+                    groups[f"{rate} Hz files"] = ptbxl_index(root, rate=rate)
+                except LSEMVAEError as err:
+                    print(f"note: {err}", file=sys.stderr)
+            if not groups:
+                raise ConfigError(f"{root}: no PTB-XL record files found")
+        else:
+            groups = {dataset: index_dataset(dataset, root, labels=args.labels)}
+    report: dict[str, Any] = {"path": str(root), "dataset": dataset, "groups": {}}
+    for name, refs in groups.items():
+        if args.limit:
+            refs = refs[:args.limit]
+        s = inspect_refs(refs, cfg, progress=not args.no_progress)
+        s["qc_fs"] = cfg.fs
+        for key in ("site", "strat_fold", "device"):
+            s[key] = _meta_counts(refs, key)
+        tasks = default_tasks(dataset, refs)
+        s["labels"] = label_counts(refs, tasks) if tasks else {}
+        report["groups"][name] = s
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        for name, s in report["groups"].items():
+            _print_summary(f"{dataset} at {root} ({name})", s)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from lsemvae.data.cache import build_cohort
+
+    root = Path(args.root)
+    dataset = args.dataset or detect_dataset(root)
+    refs = index_dataset(dataset, root, labels=args.labels, rate=args.rate)
+    if args.limit:
+        refs = refs[:args.limit]
+    if args.tasks is not None:
+        tasks = resolve_tasks([t for t in args.tasks.split(",") if t.strip()])
+    else:
+        tasks = default_tasks(dataset, refs)
+    cfg = PreprocessConfig(fs=args.fs, seconds=args.seconds, powerline_hz=args.powerline or None)
+    name = args.name or f"{dataset}-{args.fs}hz"
+    cohort = build_cohort(refs, tasks, cfg, args.cache_dir, name=name, progress=not args.no_progress,
+                          workers=args.workers)
+    st = cohort.stats
+    print(f"cohort {name}: {len(cohort)} records kept, {len(cohort.skipped)} skipped, in {cohort.path}")
+    print(f"  arrays: signals {tuple(cohort.signals.shape)}, beats {tuple(cohort.beats.shape)}; "
+          f"tasks: {', '.join(cohort.labels) or 'none'}")
+    if st:
+        print(f"  built in {st.get('build_seconds')} s ({st.get('records_per_second')} records/s, "
+              f"{st.get('workers')} worker(s)) at {st.get('built_at')}")
+    for reason, n in cohort.skipped_by_reason().items():
+        example = next(s for s in cohort.skipped if s["reason"] == reason)
+        print(f"  skipped {reason}: {n} (e.g. {example['record']}: {example['message']})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from lsemvae.data.download import download
+
+    summary = download(args.dataset, args.dest, base_url=args.base_url, include=args.include or (),
+                       limit=args.limit, progress=not args.no_progress)
+    print(f"{args.dataset} -> {args.dest}: downloaded {len(summary.downloaded)} file(s) "
+          f"({summary.bytes_fetched / 1e6:.1f} MB, {len(summary.resumed)} resumed), "
+          f"{len(summary.present)} already present and verified")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="inspect, prepare and download ECG data",
+                                 description="ECG data: inspect folders, build preprocessed caches, download PTB-XL.")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("inspect", formatter_class=fmt, help="summarise a folder of ECG records",
+                       description="Read every record under PATH (a WFDB folder, the PTB-XL root, the LUDB root, a "
+                       "site folder with labels.csv, or one record file) and print: records, sampling rates, "
+                       "durations, leads present, read and QC failures by reason (the preprocessing pipeline at "
+                       "--fs), QC flags, and label counts where labels are known. A bad record is counted, never "
+                       "fatal.")
+    p.add_argument("path", type=Path, help="folder or record file")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout (default: detected)")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV of a site folder (implies manifest)")
+    p.add_argument("--fs", type=int, default=100, help="model sampling rate for the QC run, Hz")
+    p.add_argument("--limit", type=int, default=None, help="inspect only the first N records")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("prepare", formatter_class=fmt, help="preprocess a dataset into a memory-mapped cache",
+                       description="Index a dataset, run the preprocessing pipeline on every record and write a "
+                       "memory-mapped cohort cache under --cache-dir (reused when inputs, config and pipeline "
+                       "version are unchanged). Bad records are skipped and listed by reason.")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout of --root (default: detected)")
+    p.add_argument("--root", type=Path, required=True, help="dataset folder")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV for --dataset manifest")
+    p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="PTB-XL files to read")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where caches live")
+    p.add_argument("--name", default=None, help="cache name (default: <dataset>-<fs>hz)")
+    p.add_argument("--fs", type=int, default=100, help="model sampling rate, Hz")
+    p.add_argument("--seconds", type=float, default=10.0, help="fixed record length, s")
+    p.add_argument("--powerline", type=int, choices=(0, 50, 60), default=50, help="mains frequency (0: no notch)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all that apply; "
+                   f"known: {', '.join(TASKS)}, or column:<label column>)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("download", formatter_class=fmt, help="download PTB-XL (or LUDB) from PhysioNet",
+                       description="Fetch SHA256SUMS.txt, then each file with sha256 verification; interrupted "
+                       "downloads resume (HTTP Range). Files already present and verified are skipped.")
+    p.add_argument("dataset", choices=("ptb-xl", "ludb"), help="dataset to download")
+    p.add_argument("--dest", type=Path, required=True, help="destination folder")
+    p.add_argument("--base-url", default=None, help="mirror URL of the dataset folder (default: PhysioNet)")
+    p.add_argument("--include", action="append", metavar="GLOB",
+                   help="only files whose relative path matches (repeatable), e.g. 'records100/*'")
+    p.add_argument("--limit", type=int, default=None, help="at most N files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_download)
+
+    # Sub-commands owned by other modules of lsemvae.data.
+    from lsemvae.data.convert import register_convert
+    from lsemvae.data.synthetic import register_synth
+
+    register_synth(sub)
+    register_convert(sub)
