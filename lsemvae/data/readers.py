@@ -312,7 +312,8 @@ def read_record(path: str | Path) -> ECGRecord:
     Raises :class:`RecordError` (with ``record`` = the path and a ``reason``) for anything unusable.
     """
     path = Path(path)
-    if not path.exists() and _wfdb_header_path(path) is None:
+    hea = _wfdb_header_path(path)
+    if not path.exists() and (hea is None or not hea.is_file()):
         raise RecordError(path, "file not found", reason="missing-file")
     for entry in FORMAT_READERS:
         reader = _as_reader(entry)
