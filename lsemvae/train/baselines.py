@@ -61,7 +61,7 @@ class ResNet1D(nn.Module):
         self.leads = resolve_lead_set(leads)
         self.register_buffer("lead_rows", torch.tensor([lead_index(n) for n in self.leads]), persistent=False)
         self.stem = nn.Sequential(
-            nn.Conv1d(len(self.leads), widths[0], 15, stride=2, padding=7, bias=False), _group_norm(widths[0]), nn.ReLU(),
+            nn.Conv1d(len(self.leads), widths[0], 15, stride=2, padding=7), _group_norm(widths[0]), nn.ReLU(),
         )
         blocks, c = [], widths[0]
         for i, w in enumerate(widths):
