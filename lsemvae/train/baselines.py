@@ -16,12 +16,29 @@ record (mask False) are zeroed, so the same network serves records missing some 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from lsemvae.config import StrictModel
 from lsemvae.leads import LIMB_LEADS, lead_index, resolve_lead_set
+
+
+class ResNet1DConfig(StrictModel):
+    """Everything needed to rebuild a :class:`ResNet1D`; ``architecture`` tells checkpoints apart.
+
+    ``ResNet1D.config.model_dump()`` is what ``lsemvae.train.checkpoint.save_checkpoint`` stores as
+    ``model_config``, so the CNN is saved and reloaded with the same checkpoint code as LS-EMVAE.
+    """
+
+    architecture: Literal["resnet1d"] = "resnet1d"
+    tasks: dict[str, int] = Field(description="task name -> number of outputs")
+    leads: tuple[str, ...] = LIMB_LEADS
+    widths: tuple[int, ...] = (32, 64, 96, 112)
+    kernel: int = Field(7, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -59,6 +76,8 @@ class ResNet1D(nn.Module):
                  widths: Sequence[int] = (32, 64, 96, 112), kernel: int = 7, dropout: float = 0.2):
         super().__init__()
         self.leads = resolve_lead_set(leads)
+        self.config = ResNet1DConfig(tasks={n: int(getattr(t, "n_outputs", t)) for n, t in tasks.items()},
+                                     leads=self.leads, widths=tuple(widths), kernel=kernel, dropout=dropout)
         self.register_buffer("lead_rows", torch.tensor([lead_index(n) for n in self.leads]), persistent=False)
         self.stem = nn.Sequential(
             nn.Conv1d(len(self.leads), widths[0], 15, stride=2, padding=7), _group_norm(widths[0]), nn.ReLU(),
@@ -86,6 +105,12 @@ class ResNet1D(nn.Module):
 
     def forward(self, x: Tensor, lead_mask: Tensor) -> dict[str, Tensor]:
         return self.forward_logits(x, lead_mask)
+
+
+def build_resnet1d(config: ResNet1DConfig | Mapping) -> ResNet1D:
+    """Rebuild a :class:`ResNet1D` from its config (e.g. a checkpoint's ``model_config``)."""
+    cfg = config if isinstance(config, ResNet1DConfig) else ResNet1DConfig.model_validate(dict(config))
+    return ResNet1D(cfg.tasks, leads=cfg.leads, widths=cfg.widths, kernel=cfg.kernel, dropout=cfg.dropout)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -70,3 +70,18 @@ def test_learns_a_separable_task():
     with torch.no_grad():
         score = model.forward_logits(x[120:], mask[120:])["t"][:, 0].numpy()
     assert roc_auc_score(y[120:].numpy(), score) > 0.95
+
+
+def test_checkpoint_round_trip_through_the_shared_checkpoint_code(tmp_path):
+    from lsemvae.train.checkpoint import load_checkpoint, save_checkpoint
+    from lsemvae.train.baselines import build_resnet1d
+
+    torch.manual_seed(0)
+    model = ResNet1D({"t": 2}, leads=["I", "II"], widths=(8, 16)).eval()
+    save_checkpoint(tmp_path / "cnn.pt", model=model, epoch=3)
+    ckpt = load_checkpoint(tmp_path / "cnn.pt")
+    assert ckpt["model_config"]["architecture"] == "resnet1d"
+    clone = build_resnet1d(ckpt["model_config"]).eval()
+    clone.load_state_dict(ckpt["model_state"])
+    x = torch.randn(2, 12, 100)
+    assert torch.equal(clone.forward_logits(x, _mask(2))["t"], model.forward_logits(x, _mask(2))["t"])
