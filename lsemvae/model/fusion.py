@@ -138,7 +138,10 @@ class GroupGate(nn.Module):
         self.group_bias = nn.Parameter(torch.zeros(len(LEAD_GROUPS)))
 
     def forward(self, g_mu: Tensor, g_logvar: Tensor) -> Tensor:
-        return self.score(torch.cat([g_mu, g_logvar], dim=-1)).squeeze(-1) + self.group_bias[:, None]
+        # Batch first inside ([B, K, 2D]): Opacus computes per-sample gradients over dim 0, so the
+        # group axis must not come first (it would be taken for the batch).
+        x = torch.cat([g_mu, g_logvar], dim=-1).transpose(0, 1)
+        return self.score(x).squeeze(-1).transpose(0, 1) + self.group_bias[:, None]
 
 
 class Fusion(nn.Module):
