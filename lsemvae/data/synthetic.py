@@ -39,7 +39,7 @@ from lsemvae.data.synth import dipole
 from lsemvae.data.synth.artefacts import Artefacts, add_artefacts
 
 #: Bump when the same spec would produce different files.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 LABEL_COLUMNS = ("record_id", "patient_id", "right_heart", "phenotype", "left_atrial", "severity", "age", "sex")
 _CHUNK_RECORDS = 256  # records per generation chunk: bounds memory, fixed so output never depends on it
 _ADC_GAIN = 1000.0  # digital units per mV (1 uV resolution), 16-bit: +-32 mV range

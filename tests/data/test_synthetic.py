@@ -114,7 +114,9 @@ def test_left_sided_disease_left_atrial_p_and_lvh_voltage(counterfactual):
     sokolow_h = h["v1_s_mv"] + h["v6_r_mv"]
     sokolow_l = left["v1_s_mv"] + left["v6_r_mv"]
     assert np.mean(sokolow_l > sokolow_h) > 0.9
-    assert np.all(np.abs(left["qrs_axis_deg"] - h["qrs_axis_deg"]) < 30)  # no right axis from left disease
+    # Left-sided disease does not mimic the right-heart axis.
+    assert np.median(np.abs(left["qrs_axis_deg"] - h["qrs_axis_deg"])) < 15
+    assert np.mean(left["qrs_axis_deg"] > 90) <= np.mean(h["qrs_axis_deg"] > 90)
 
 
 def test_severity_is_graded():

@@ -33,7 +33,7 @@ LOBES: tuple[tuple[str, float, float, float], ...] = (
     ("Q_septal", -0.024, 0.008, 0.22),
     ("R_LV", 0.0, 0.0115, 1.45),
     ("S_basal", 0.026, 0.010, 0.45),
-    ("R_RV", 0.010, 0.013, 0.0),  # absent in a normal heart; grows with right-heart severity
+    ("R_RV", 0.010, 0.013, 0.12),  # small and variable in normal hearts; grows with right-heart severity
     ("T_early", 0.200, 0.055, 0.20),
     ("T_late", 0.265, 0.038, 0.24),
 )
@@ -127,7 +127,8 @@ def sample_population(
     t_elev = rng.normal(22, 8, p)
     voltage = _lognormal(rng, 0.18, p) * np.where(female, 0.88, 1.0) * (1 - 0.004 * (age - 50))
     t_scale = _lognormal(rng, 0.22, p)
-    lobe_amp = _lognormal(rng, 0.15, (p, K))
+    # Normal variants that resemble the phenotypes (a larger RV or RA lobe) keep the task honest.
+    lobe_amp = _lognormal(rng, np.where(np.isin(np.arange(K), [_IDX["P_RA"], _IDX["R_RV"]]), 0.4, 0.15), (p, K))
     lobe_width = _lognormal(rng, 0.08, (p, K))
     lobe_shift = rng.standard_normal((p, K)) * np.array([0.012, 0.012, 0.003, 0.0, 0.003, 0.003, 0.012, 0.012])
     rotation = rng.normal(0, 1, (p, 3)) * np.array([6.0, 10.0, 4.0])  # deg about x, y, z: heart position
@@ -159,7 +160,7 @@ def sample_population(
     # Pre-capillary PH: right axis deviation, RV hypertrophy, P pulmonale, RV strain.
     alpha[:, ix["R_LV"]] += 60 * s * rad_gain
     amp[:, ix["R_LV"]] *= 1 - 0.2 * s
-    amp[:, ix["R_RV"]] = 1.1 * s
+    amp[:, ix["R_RV"]] += 1.1 * s
     amp[:, ix["S_basal"]] *= 1 + 0.8 * s
     amp[:, ix["P_RA"]] *= 1 + 3.5 * s
     width[:, ix["P_RA"]] *= 1 - 0.2 * s
