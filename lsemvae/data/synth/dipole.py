@@ -40,6 +40,8 @@ LOBES: tuple[tuple[str, float, float, float], ...] = (
 K = len(LOBES)
 _IDX = {name: i for i, (name, *_rest) in enumerate(LOBES)}
 _T_LOBES = np.array([name.startswith("T_") for name, *_ in LOBES])
+_T_SLICE = slice(int(np.argmax(_T_LOBES)), K)  # T lobes are the last ones
+assert _T_LOBES[_T_SLICE].all() and _T_LOBES.sum() == K - _T_SLICE.start
 
 MIN_HR, MAX_HR = 40.0, 150.0
 
@@ -256,15 +258,17 @@ def render_dipole(pop: Population, rhythm: Rhythm, t: np.ndarray) -> np.ndarray:
     centres = pop.centres[:, :, None]
     inv_2w2 = (0.5 / pop.widths**2)[:, :, None]
     t_coef = (pop.centres * _T_LOBES)[:, :, None]
-    for beat in (current, current - 1):
+    # A sample's own beat contributes every lobe; the previous beat reaches it only with its T wave
+    # (its QRS is at least RR - 0.3 s, i.e. > 7 lobe widths, away even at 150 bpm).
+    for beat, lobes in ((current, slice(None)), (current - 1, _T_SLICE)):
         rel = (t32[None, :] - rhythm.beats.ravel()[beat].astype(np.float32))[:, None, :]
         stretch = rhythm.qt_stretch.ravel()[beat][:, None, :]
-        arg = rel - centres - t_coef * stretch
+        arg = rel - centres[:, lobes] - t_coef[:, lobes] * stretch
         np.square(arg, out=arg)
-        arg *= -inv_2w2
+        arg *= -inv_2w2[:, lobes]
         np.exp(arg, out=arg)
         arg *= rhythm.amplitude.ravel()[beat][:, None, :]
-        weights += arg
+        weights[:, lobes] += arg
     return np.matmul(pop.vectors.transpose(0, 2, 1), weights)
 
 
