@@ -38,6 +38,11 @@ from lsemvae.leads import LEADS_12, LIMB_LEADS
 from lsemvae.data.synth import dipole
 from lsemvae.data.synth.artefacts import Artefacts, add_artefacts
 
+__all__ = [
+    "GENERATOR_VERSION", "LABEL_COLUMNS", "Artefacts", "SiteSpec", "CohortSpec", "default_cohort", "load_cohort_spec",
+    "generate_signals", "write_cohort", "write_wfdb", "spec_with_overrides", "register_synth",
+]
+
 #: Bump when the same spec would produce different files.
 GENERATOR_VERSION = "2"
 LABEL_COLUMNS = ("record_id", "patient_id", "right_heart", "phenotype", "left_atrial", "severity", "age", "sex")
@@ -304,7 +309,8 @@ def write_cohort(spec: CohortSpec, dest: str | Path, *, progress: bool = True) -
 
     Idempotent: if ``dest/cohort.json`` records a complete cohort of the same spec and generator
     version, nothing is written and that summary is returned. A cohort from another spec is
-    replaced site by site; a non-empty ``dest`` that is not a synthetic cohort is refused.
+    replaced site by site (sites it no longer has are removed); a non-empty ``dest`` that is not a
+    synthetic cohort is refused.
     """
     dest = Path(dest)
     manifest_path = dest / "cohort.json"
@@ -320,6 +326,12 @@ def write_cohort(spec: CohortSpec, dest: str | Path, *, progress: bool = True) -
         raise ConfigError(f"{dest}: folder is not empty and holds no synthetic cohort (no readable cohort.json); "
                           "choose an empty or new folder")
     dest.mkdir(parents=True, exist_ok=True)
+    if existing is not None:  # sites of the previous spec that the new one drops
+        keep = {site.name for site in spec.sites}
+        for old in existing.get("spec", {}).get("sites", []):
+            folder = dest / str(old.get("name", ""))
+            if old.get("name") and old["name"] not in keep and folder.parent == dest and folder.is_dir():
+                shutil.rmtree(folder)
     started = time.perf_counter()
     _atomic_json(manifest_path, {**wanted, "status": "writing"})
     sites = []

@@ -270,6 +270,9 @@ def test_write_is_idempotent_and_replaces_another_spec(tmp_path):
     assert other["sites"][0]["n_records"] == 2
     assert len(list((tmp_path / "cart500" / "records").glob("*.hea"))) == 2  # no stale records left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    fewer = CohortSpec(seed=5, seconds=4.0, sites=[_small_spec(records=2).sites[0]])
+    write_cohort(fewer, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cart500", "cohort.json"]
 
 
 def test_write_refuses_a_foreign_non_empty_folder(tmp_path):
@@ -299,6 +302,12 @@ def test_default_cohort_matches_the_config_file_and_its_brief():
     assert 1500 <= total <= 2500
     assert {s.leads for s in spec.sites} == {"12L", "6L"} and len({s.fs for s in spec.sites}) >= 3
     assert len({s.prevalence for s in spec.sites}) == len(spec.sites)
+
+
+def test_public_names_exist():
+    import lsemvae.data.synthetic as synthetic
+
+    assert all(hasattr(synthetic, name) for name in synthetic.__all__)
 
 
 def test_bad_specs_are_refused_with_the_field_named(tmp_path):
