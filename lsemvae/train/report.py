@@ -227,6 +227,25 @@ def write_report(out_dir: Path, results: dict, *, predictions: Mapping[str, tupl
         figures.append((f"{task}: reliability diagram (test)",
                         plot_calibration(rel, fig_dir / f"calibration_{task}.png", title=f"Reliability ({task})")))
     figures += _interpretability_figures(results, fig_dir)
+    for task, g in results.get("gates", {}).items():
+        header = ("records", *g["groups"])
+        rows = [["all", *(_fmt(v) for v in g["mean"])]]
+        rows += [[f"{cls} positives", *(_fmt(v) for v in w)] for cls, w in g.get("per_class", {}).items()]
+        heading = f"HiME gate weights: `{task}` (mean per lead group)"
+        md += [f"## {heading}", "", _md_table(header, rows), ""]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
+    for task, s in results.get("lead_shares", {}).items():
+        header = ("target", *s["leads"])
+        rows = [["mean of classes", *(_fmt(v) for v in s["overall"])]]
+        rows += [[f"{cls} (n={s.get('n_records', {}).get(cls, '?')})", *(_fmt(v) for v in w)]
+                 for cls, w in s.get("per_class", {}).items()]
+        comp = s.get("completeness", {})
+        note = (f"Integrated gradients, zero baseline, {s.get('n_steps', '?')} steps; share of |attribution summed over "
+                f"time| per lead. Completeness: median |sum(attr) - (f(x) - f(0))| = {_fmt(comp.get('median_abs_error'))} "
+                f"({_fmt(comp.get('median_rel_error'))} of median |f(x) - f(0)|).")
+        heading = f"Lead shares (integrated gradients): `{task}`"
+        md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>"]
     for task, a in results.get("lead_ablation", {}).items():
         rows = [[lead, _fmt(v["macro_auroc"]), _fmt(v["delta"])] for lead, v in a["drop"].items()]
         heading = f"Lead ablation: `{task}` (macro AUROC with all leads {_fmt(a['full'])})"

@@ -39,6 +39,7 @@ def test_report_writes_all_files_and_embeds_images(tmp_path):
     assert "abc123" in html and "pp-1" in paths["md"].read_text()
     md = paths["md"].read_text()
     assert "| **macro** |" in md and "figures/roc_superclass.png" in md
+    assert "| MI (n=?) | 0.200 | 0.800 |" in md and "| NORM positives | 0.700 | 0.300 |" in md
     assert json.loads(paths["json"].read_text())["tasks"]["superclass"]["classes"] == ["NORM", "MI", "CD"]
 
 

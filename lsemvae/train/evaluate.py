@@ -1,0 +1,226 @@
+"""Evaluate any classifier on a cohort split: metrics with CIs, gates, IG lead shares, lead ablation, report.
+
+The classifier is any module with ``forward_logits(x, lead_mask)`` (LS-EMVAE, the CNN baseline,
+a random-encoder probe). Test scores use the same crop averaging as fine-tuning's validation
+(``predict_kwargs`` from the fine-tuning result), thresholds come from the validation split,
+never from test. Per-record scores are written to ``predictions.csv`` so that two methods
+evaluated on the same records can be compared with :func:`compare_predictions` (paired bootstrap).
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsemvae.errors import ConfigError
+from lsemvae.leads import lead_index, resolve_lead_set
+from lsemvae.train import interpret, metrics
+from lsemvae.train.report import write_report
+
+
+def _kind(task: Any) -> str:
+    return task.kind if hasattr(task, "kind") else str(task)
+
+
+def _class_names(task: Any, n: int) -> list[str]:
+    classes = list(getattr(task, "classes", ()) or ())
+    if getattr(task, "kind", None) == "binary" or len(classes) != n:
+        return [getattr(task, "name", "positive")] if n == 1 else [f"class_{i}" for i in range(n)]
+    return classes
+
+
+def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64) -> interpret.LogitsFn:
+    """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated)."""
+    from lsemvae.train.finetune import crop_windows
+
+    @torch.no_grad()
+    def fn(model: nn.Module, x: torch.Tensor, lead_mask: torch.Tensor) -> dict[str, np.ndarray]:
+        model.eval()
+        windows = crop_windows(x.shape[-1], crop_samples, n_crops)
+        out: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(x), batch_size):
+            xb, mb = x[i:i + batch_size], lead_mask[i:i + batch_size]
+            logits = [model.forward_logits(xb[..., w], mb) for w in windows]
+            for task in logits[0]:
+                out.setdefault(task, []).append(torch.stack([o[task] for o in logits]).mean(0).float().numpy())
+        return {t: np.concatenate(v) for t, v in out.items()}
+
+    return fn
+
+
+def load_split(cohort, indices: Sequence[int], leads: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [N,12,T]`` and ``lead_mask [N,12]`` of cohort rows, restricted to ``leads`` (others zeroed)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    requested = np.zeros(12, dtype=bool)
+    requested[[lead_index(n) for n in leads]] = True
+    mask = np.asarray(cohort.lead_mask[idx]) & requested
+    x = np.array(cohort.signals[idx], dtype=np.float32)
+    x[~mask] = 0.0
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_predictions(path: Path, record_ids: Sequence[str], predictions: Mapping[str, tuple],
+                      class_names: Mapping[str, Sequence[str]]) -> Path:
+    """One row per record: ``y:<task>:<class>`` and ``p:<task>:<class>`` columns (empty = no label)."""
+    cols, arrays = ["record_id"], []
+    for task, (y, p) in predictions.items():
+        for c, name in enumerate(class_names[task]):
+            cols += [f"y:{task}:{name}", f"p:{task}:{name}"]
+            arrays += [y[:, c], p[:, c]]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for i, rid in enumerate(record_ids):
+            w.writerow([rid] + ["" if np.isnan(a[i]) else f"{a[i]:.6g}" for a in arrays])
+    return path
+
+
+def read_predictions(path: Path) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray, list[str]]]]:
+    """Inverse of :func:`write_predictions`: record ids and ``{task: (y, p, class_names)}``."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    ids = [r[0] for r in body]
+    out: dict[str, tuple[list, list, list]] = {}
+    for j, col in enumerate(header[1:], start=1):
+        kind, task, name = col.split(":", 2)
+        vals = np.array([float(r[j]) if r[j] else np.nan for r in body])
+        entry = out.setdefault(task, ([], [], []))
+        (entry[0] if kind == "y" else entry[1]).append(vals)
+        if kind == "y":
+            entry[2].append(name)
+    return ids, {t: (np.stack(y, 1), np.stack(p, 1), names) for t, (y, p, names) in out.items()}
+
+
+def compare_predictions(path_a: Path, path_b: Path, *, n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = 0) -> dict:
+    """Paired bootstrap of AUROC differences (a - b) per task from two ``predictions.csv`` on the same records."""
+    ids_a, pa = read_predictions(path_a)
+    ids_b, pb = read_predictions(path_b)
+    if ids_a != ids_b:
+        raise ConfigError(f"{path_a} and {path_b} score different records (or in another order): "
+                          "a paired comparison needs the same split.")
+    return {task: metrics.paired_bootstrap(y, p, pb[task][1], names, n_boot=n_boot, seed=seed)
+            for task, (y, p, names) in pa.items() if task in pb}
+
+
+def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indices: Sequence[int] | None = None,
+             tasks: Mapping[str, Any] | None = None, leads: str | Sequence[str] = "6L",
+             out_dir: str | Path | None = None, predict_kwargs: Mapping[str, Any] | None = None,
+             n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = 0, threshold_method: str = "youden",
+             target_sensitivity: float = 0.9, interpretability: bool = True, ig_steps: int = 32,
+             ig_per_class: int = 16, config: Mapping[str, Any] | None = None,
+             provenance: Mapping[str, Any] | None = None, title: str | None = None, progress: bool = True) -> dict:
+    """Score ``model`` on cohort rows ``test_indices`` and (with ``out_dir``) write the report.
+
+    ``tasks`` defaults to the cohort tasks the model has heads for. Thresholds are chosen on
+    ``val_indices`` (fixed 0.5 without them). Returns the results dict (also ``report.json``).
+    """
+    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.preprocess import PIPELINE_VERSION
+    from lsemvae.train.finetune import predict
+
+    lead_names = resolve_lead_set(leads)
+    model.eval()
+    if tasks is None:
+        probe_x, probe_m = load_split(cohort, [int(test_indices[0])], lead_names)
+        with torch.no_grad():
+            heads = set(model.forward_logits(probe_x, probe_m))
+        tasks = {n: t for n, t in cohort.tasks.items() if n in heads}
+    if not tasks:
+        raise ConfigError(f"the model's heads and the cohort's tasks ({list(cohort.tasks)}) have nothing in common")
+    kw = dict(predict_kwargs or {})
+    say = print if progress else (lambda *a, **k: None)
+    say(f"evaluating on {len(test_indices)} records, leads {','.join(lead_names)}, tasks {', '.join(tasks)}")
+    test = predict(model, CohortDataset(cohort, test_indices, leads=lead_names, tasks=list(tasks)), tasks, **kw)
+    val = (predict(model, CohortDataset(cohort, val_indices, leads=lead_names, tasks=list(tasks)), tasks, **kw)
+           if val_indices is not None and len(val_indices) else None)
+    names = {t: _class_names(task, test[t][0].shape[1]) for t, task in tasks.items()}
+    results: dict[str, Any] = {"title": title or "LS-EMVAE evaluation", "tasks": {}}
+    for t, task in tasks.items():
+        y, p = test[t]
+        yv, pv = val[t] if val is not None else (None, None)
+        results["tasks"][t] = metrics.summarize(y, p, yv, pv, names[t], threshold_method=threshold_method,
+                                                target_sensitivity=target_sensitivity, n_boot=n_boot, seed=seed,
+                                                multiclass=_kind(task) == "multiclass")
+        say(f"  {t}: macro AUROC {results['tasks'][t]['macro']['auroc']:.3f} "
+            f"(95% CI {results['tasks'][t]['macro']['auroc_ci'][0]:.3f}-{results['tasks'][t]['macro']['auroc_ci'][1]:.3f})")
+
+    x, mask = load_split(cohort, test_indices, lead_names)
+    record_ids = [cohort.record_ids[int(i)] for i in test_indices]
+    gates_rows = None
+    if interpretability:
+        logits_fn = crop_logits_fn(kw.get("crop_samples"), kw.get("n_crops", 1))
+        gated = interpret.gate_weights(model, x, mask)
+        if gated is not None:
+            gates_rows, group_names = gated
+            results["gates"] = {t: interpret.gate_summary(gates_rows, test[t][0], group_names, names[t]) for t in tasks}
+        results["lead_shares"], results["lead_ablation"] = {}, {}
+        for t, task in tasks.items():
+            say(f"  {t}: integrated gradients ({ig_steps} steps, up to {ig_per_class} records per class) ...")
+            results["lead_shares"][t] = interpret.ig_lead_shares(model, x, mask, test[t][0], t, names[t],
+                                                                 n_steps=ig_steps, max_per_class=ig_per_class, seed=seed)
+            say(f"  {t}: lead ablation ...")
+            results["lead_ablation"][t] = interpret.lead_ablation(model, x, mask, test[t][0], t, kind=_kind(task),
+                                                                  logits_fn=logits_fn)
+    results["provenance"] = {
+        "cache_key": cohort.key, "cache_path": str(cohort.path), "pipeline_version": PIPELINE_VERSION,
+        "preprocess_config": cohort.config.model_dump(mode="json"), "n_test": len(test_indices),
+        "n_val": 0 if val_indices is None else len(val_indices), "leads": list(lead_names),
+        "code_commit": _git_commit(), **dict(provenance or {}),
+    }
+    results["config"] = {"n_boot": n_boot, "seed": seed, "threshold_method": threshold_method,
+                         "predict_kwargs": kw, "ig_steps": ig_steps, "ig_per_class": ig_per_class, **dict(config or {})}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_report(out, results, predictions={t: test[t] for t in tasks})
+        write_predictions(out / "predictions.csv", record_ids, test, names)
+        if gates_rows is not None:
+            with open(out / "gates.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["record_id", *group_names])
+                w.writerows([rid, *(f"{v:.6g}" for v in row)] for rid, row in zip(record_ids, gates_rows))
+        say(f"report: {paths['html']}")
+    return results
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a fine-tuned classifier (LS-EMVAE or the CNN baseline) from a checkpoint, strictly.
+
+    Returns the module and the checkpoint (for its provenance and ``state.predict_kwargs``).
+    """
+    from lsemvae.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["model_config"]
+    if cfg.get("architecture") == "resnet1d":
+        from lsemvae.train.baselines import build_resnet1d
+        model = build_resnet1d(cfg)
+    else:
+        from lsemvae.model.config import ModelConfig
+        from lsemvae.model.lsemvae import build_model
+        model = build_model(ModelConfig.model_validate(cfg))
+    missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"{path}: checkpoint does not match its own model config: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+    heads = getattr(model, "heads", {})
+    if not len(heads):
+        raise ConfigError(f"{path}: the model has no task heads: evaluate a fine-tuned checkpoint "
+                          "(`lsemvae finetune ... --out DIR` writes DIR/model.pt), not a pretraining one")
+    return model.eval(), ckpt
