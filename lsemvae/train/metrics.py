@@ -562,3 +562,36 @@ def calibration_from_histograms(hist: dict, *, n_bins: int = DEFAULT_CAL_BINS) -
         per_class[name]["brier"] = _f((sq[c].sum() - 2 * ps[c].sum() + pos[c].sum()) / n) if n else None
     return {"per_class": per_class,
             "macro": {key: _f(_nanmean([v[key] for v in per_class.values()])) for key in ("ece", "brier")}}
+
+
+def confusion_from_histograms(hist: dict, thresholds: Sequence[float] | float) -> dict:
+    """Pooled confusion counts and metrics per class at ``score >= threshold``, from histograms.
+
+    Exact when each threshold is a bin edge (a record's side of the threshold is then known
+    from its bin); otherwise the threshold is moved to the nearest edge, reported as ``threshold``.
+    """
+    edges = np.asarray(hist["edges"], dtype=np.float64)
+    pos = np.asarray(hist["pos"], dtype=np.int64)
+    neg = np.asarray(hist["neg"], dtype=np.int64)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(hist["classes"]),))
+    out = {}
+    for c, name in enumerate(hist["classes"]):
+        k = int(np.clip(np.argmin(np.abs(edges - thr[c])), 0, len(edges) - 2))
+        tp, fp = int(pos[c, k:].sum()), int(neg[c, k:].sum())
+        out[name] = {"threshold": float(edges[k]),
+                     **confusion_metrics(tp=tp, fp=fp, tn=int(neg[c, :k].sum()), fn=int(pos[c, :k].sum()))}
+    return out
+
+
+def summarize_histograms(hist: dict, *, n_bins: int = DEFAULT_CAL_BINS,
+                         thresholds: Sequence[float] | float | None = None) -> dict:
+    """Server-side pooled evaluation: AUROC, AUPRC, ECE, Brier (and confusion metrics at ``thresholds``)."""
+    disc = auroc_from_histograms(hist)
+    cal = calibration_from_histograms(hist, n_bins=n_bins)
+    conf = confusion_from_histograms(hist, thresholds) if thresholds is not None else {}
+    per_class = {name: {**disc["per_class"][name], **cal["per_class"][name], **conf.get(name, {})}
+                 for name in hist["classes"]}
+    macro = {**disc["macro"], **cal["macro"]}
+    for key in ("sensitivity", "specificity", "f1", "mcc") if conf else ():
+        macro[key] = _f(_nanmean([per_class[n][key] for n in hist["classes"]]))
+    return {"per_class": per_class, "macro": macro}

@@ -157,3 +157,19 @@ def test_calibration_from_histograms_equals_raw():
         assert got["ece"] == pytest.approx(raw["ece"], abs=1e-9)
         assert got["brier"] == pytest.approx(raw["brier"], abs=1e-12)
         assert got["reliability"]["count"] == raw["reliability"]["count"]
+
+
+def test_confusion_and_summary_from_histograms_match_raw():
+    sites = [_sample(n=n, seed=k) for k, n in enumerate((100, 250))]
+    merged = M.merge_histograms([M.score_histograms(y, s) for y, s in sites])
+    y_all = np.concatenate([y for y, _ in sites])
+    s_all = np.concatenate([s for _, s in sites])
+    out = M.summarize_histograms(merged, thresholds=[0.5, 0.3, 0.7])
+    for c, thr in enumerate((0.5, 0.3, 0.7)):
+        raw = M.threshold_metrics(y_all[:, c], s_all[:, c], thr)
+        got = out["per_class"][f"class_{c}"]
+        assert (got["tp"], got["fp"], got["tn"], got["fn"]) == (raw["tp"], raw["fp"], raw["tn"], raw["fn"])
+        assert got["threshold"] == pytest.approx(thr)
+        assert abs(got["auroc"] - roc_auc_score(y_all[:, c], s_all[:, c])) <= got["max_error"] + 1e-12
+    assert set(out["macro"]) >= {"auroc", "ece", "brier", "mcc"}
+    json.dumps(out)
