@@ -263,11 +263,12 @@ def manifest_index(
     ``meta`` as text. Record ids match a file's path relative to ``records_dir`` without extension
     (``sub/rec001``) or, when unique, its name (``rec001``).
 
-    Errors name the file, line and column. Ids in the CSV without a record file are an error
+    ``site`` (default: the name of the folder holding the labels CSV) becomes ``meta["source"]`` and
+    ``meta["site"]``. Errors name the file, line and column. Ids in the CSV without a record file are an error
     (``strict=False``: logged and dropped); records without a CSV row are logged and left out.
     """
     records_dir, labels_csv = Path(records_dir), Path(labels_csv)
-    site = site or records_dir.resolve().name
+    site = site or labels_csv.resolve().parent.name  # the site's folder, which holds its labels CSV
     rows = _read_labels_csv(labels_csv, id_column, patient_column, label_columns)
 
     if not records_dir.is_dir():

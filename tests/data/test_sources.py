@@ -114,6 +114,7 @@ def test_manifest_unknown_ids_and_unlabelled_records(site, caplog):
     with caplog.at_level(logging.WARNING):
         refs = manifest_index(site / "records", labels, strict=False)
     assert [r.record_id for r in refs] == ["r0", "r1"]
+    assert refs[0].meta["site"] == site.name  # default site: the folder holding labels.csv
     assert "r2, r3" in caplog.text and "no row" in caplog.text
 
 
