@@ -183,6 +183,7 @@ class FederationConfig(StrictModel):
     model_config = {**StrictModel.model_config, "alias_generator": _hyphen, "populate_by_name": True}
 
     num_server_rounds: int = Field(3, ge=1, le=10_000)
+    tasks: str = Field("right_heart,left_atrial", description="comma-separated task heads the federation trains")
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
     min_sites: int = Field(2, ge=1, description="fewer answers than this in a round stops the run")
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for sites in each round")
@@ -211,6 +212,17 @@ class FederationConfig(StrictModel):
         if v % 10:
             raise ValueError("must be a multiple of 10 (calibration uses 10 bins built from these)")
         return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_list(cls, v: str) -> str:
+        if not [t for t in v.split(",") if t.strip()]:
+            raise ValueError("name at least one task, e.g. \"right_heart\"")
+        return v
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
     @property
     def sim_site_names(self) -> list[str]:

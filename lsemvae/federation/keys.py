@@ -42,3 +42,14 @@ SITE_NAME = "name"
 SITE_LEADS = "leads"
 SITE_TASKS = "tasks"
 SITE_DP = "dp"
+MODEL_CONFIG = "model-config"            # JSON of lsemvae.model.config.ModelConfig (heads = federation tasks)
+PREPROCESS_CONFIG = "preprocess-config"  # JSON of lsemvae.data.preprocess.PreprocessConfig (from the checkpoint)
+HIST_CLASSES = "classes"
+HIST_PARTS = "parts"
+
+# Error-reply codes (Message(Error(code, reason))): the server logs them per site.
+ERR_INTERNAL = 4000
+ERR_BUDGET = 4001            # next round would exceed the site's privacy budget
+ERR_SITE_SETUP = 4002        # site config / data problem at the site
+ERR_NON_DP_REFUSED = 4003    # server asked for non-DP training, site does not allow it
+ERR_BAD_MESSAGE = 4004       # malformed or mismatched server message

@@ -7,7 +7,6 @@ preflight and the ClientApp both call these, so they check and train on the same
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -58,15 +57,3 @@ def label_matrix(refs: list, task) -> np.ndarray:
     if not refs:
         return np.zeros((0, task.n_outputs), np.float32)
     return np.stack([task(r.meta) for r in refs])
-
-
-def is_evaluation_patient(patient_id: str, val_fraction: float) -> bool:
-    """Deterministic patient-level split: the same patient is always on the same side, on any machine."""
-    h = int.from_bytes(hashlib.sha256(str(patient_id).encode()).digest()[:8], "big")
-    return (h / 2**64) < val_fraction
-
-
-def split_indices(patient_ids, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Train and evaluation indices, disjoint by patient."""
-    is_val = np.array([is_evaluation_patient(p, val_fraction) for p in patient_ids], dtype=bool)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

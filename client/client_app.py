@@ -1,0 +1,199 @@
+"""Flower ClientApp: a hospital's side of federated DP fine-tuning of LS-EMVAE.
+
+train: load the global weights of the federated groups, check the privacy ledger, fine-tune with
+Opacus DP-SGD (Poisson sampling, per-sample clipping, noise multiplier planned once per run for
+the site's remaining budget), record the round in the ledger, reply with the trained groups and
+aggregate metrics. evaluate: reply with loss and binned score histograms only.
+
+A site that cannot or must not train (budget exhausted, data unreadable, non-DP refused, a
+malformed server message) replies with an error naming the reason; the server logs it and the
+round goes on. Every reply is summarised in ``<state_dir>/outgoing-messages.jsonl`` (names,
+shapes, bytes and the metric values of what left the site) by :func:`client.audit.outgoing_log_mod`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.audit import outgoing_log_mod
+from lsemvae.errors import LSEMVAEError
+from lsemvae.federation import keys as K
+from lsemvae.federation.groups import is_federated
+
+log = logging.getLogger("lsemvae.client")
+
+app = ClientApp(mods=[outgoing_log_mod])
+
+
+class SiteRefusal(LSEMVAEError):
+    """The site will not do what the message asks; ``code`` tells the server why."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def _error_reply(msg: Message, code: int, reason: str) -> Message:
+    log.error("refusing %s: %s", msg.metadata.message_type, reason)
+    return Message(Error(code=code, reason=reason), reply_to=msg)
+
+
+def _guard(handler):
+    """Turn every failure into an error reply the server can log; never a traceback to the server."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except SiteRefusal as err:
+            return _error_reply(msg, err.code, str(err))
+        except LSEMVAEError as err:
+            return _error_reply(msg, K.ERR_SITE_SETUP, str(err))
+        except Exception as err:  # a bug: keep the traceback in the site's log, send only its type and message
+            log.error("unexpected failure:\n%s", traceback.format_exc())
+            return _error_reply(msg, K.ERR_INTERNAL, f"{type(err).__name__}: {err}")
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _read_message(msg: Message, context: Context):
+    """Site config, local data and a model holding the server's weights; refuses malformed messages."""
+    from client.site_runtime import check_tasks_match, load_site_data, model_from_config, resolve_site
+
+    site = resolve_site(dict(context.node_config), dict(context.run_config))
+    if K.ARRAYS not in msg.content.array_records or K.CONFIG not in msg.content.config_records:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"message lacks '{K.ARRAYS}' or '{K.CONFIG}' records")
+    cfg = msg.content[K.CONFIG]
+    missing = [k for k in (K.MODEL_CONFIG, K.PREPROCESS_CONFIG, K.ROUND) if k not in cfg]
+    if missing:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server config lacks {missing}")
+    model = model_from_config(str(cfg[K.MODEL_CONFIG]))
+    incoming = msg.content[K.ARRAYS].to_torch_state_dict()
+    own = model.state_dict()
+    wrong = [k for k in incoming if k not in own or not is_federated(k) or tuple(incoming[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server sent parameters this model does not have or with other shapes: {wrong[:5]}")
+    model.load_state_dict(incoming, strict=False)
+    data = load_site_data(site, str(cfg[K.PREPROCESS_CONFIG]))
+    check_tasks_match(site, data, model)
+    return site, cfg, model, data
+
+
+def _plan_sigma(context: Context, site, ledger, *, run_id: int, server_round: int, num_rounds: int,
+                sample_rate: float, steps_per_round: int) -> float:
+    """Noise multiplier planned ONCE per run (kept in Context.state) for the rounds left in it.
+
+    A restarted SuperNode loses Context.state; it then plans again for the rounds still to come
+    from the ledger's history, which keeps the run within the budget.
+    """
+    from lsemvae.privacy.dp import plan_noise_multiplier
+
+    state = context.state.config_records.get("dp-plan")
+    if state is not None and int(state["run-id"]) == run_id:
+        return float(state["noise-multiplier"])
+    rounds_left = num_rounds - server_round + 1
+    sigma = plan_noise_multiplier(
+        target_epsilon=site.privacy.epsilon, delta=site.privacy.delta, sample_rate=sample_rate,
+        total_steps=rounds_left * steps_per_round, accountant=site.privacy.accountant,
+        already_spent_history=ledger.history)
+    context.state.config_records["dp-plan"] = ConfigRecord({"run-id": run_id, "noise-multiplier": sigma})
+    log.info("site %s: noise multiplier %.4f planned for %d rounds x %d steps (q=%.4f), budget epsilon %g",
+             site.name, sigma, rounds_left, steps_per_round, sample_rate, site.privacy.epsilon)
+    return sigma
+
+
+@app.train()
+@_guard
+def train(msg: Message, context: Context) -> Message:
+    from client.local_training import train_round
+    from client.site_runtime import site_info
+    from lsemvae.privacy.dp import BudgetExhausted, warn_no_privacy
+    from lsemvae.privacy.ledger import PrivacyLedger
+
+    site, cfg, model, data = _read_message(msg, context)
+    server_round = int(cfg[K.ROUND])
+    dp = bool(cfg.get(K.DP, True))
+    batch = int(cfg[K.BATCH_SIZE])
+    epochs = int(cfg[K.LOCAL_EPOCHS])
+    n_train = len(data.train_idx)
+    if n_train == 0:
+        raise SiteRefusal(K.ERR_SITE_SETUP, f"site {site.name}: no training records after the evaluation split")
+    batch = min(batch, n_train)
+    sample_rate = batch / n_train
+    steps_per_round = epochs * math.ceil(n_train / batch)
+    sigma, history, ledger = None, None, None
+    if dp:
+        ledger = PrivacyLedger.open_or_create(site.ledger_path, site=site.name, delta=site.privacy.delta,
+                                              max_epsilon=site.privacy.epsilon, accountant=site.privacy.accountant,
+                                              anchor_dir=site.anchor_dir)
+        try:
+            sigma = _plan_sigma(context, site, ledger, run_id=int(msg.metadata.run_id), server_round=server_round,
+                                num_rounds=int(cfg[K.NUM_ROUNDS]), sample_rate=sample_rate, steps_per_round=steps_per_round)
+            ledger.check_can_train(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_per_round)
+        except BudgetExhausted as err:
+            raise SiteRefusal(K.ERR_BUDGET, str(err)) from None
+        history = ledger.history
+    else:
+        if not site.privacy.allow_non_dp:
+            raise SiteRefusal(K.ERR_NON_DP_REFUSED,
+                              f"site {site.name}: the server asked for training WITHOUT differential privacy and this "
+                              "site does not allow it (privacy.allow_non_dp = false)")
+        warn_no_privacy(site.name, logger=log)
+    result = train_round(model, data, site, lr=float(cfg[K.LR]), batch_size=batch, local_epochs=epochs,
+                         proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), dp=dp, noise_multiplier=sigma,
+                         history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
+    epsilon = 0.0
+    if dp:
+        epsilon = ledger.record_round(round_number=server_round, run_id=msg.metadata.run_id, history=result.history)
+    metrics = MetricRecord({
+        K.NUM_EXAMPLES: int(result.num_examples),
+        K.TRAIN_LOSS: float(result.train_loss),
+        K.EPSILON: float(epsilon),
+        K.DELTA: float(site.privacy.delta),
+        K.NOISE_MULTIPLIER: float(sigma or 0.0),
+        K.TRAIN_SECONDS: float(result.seconds),
+    })
+    content = RecordDict({
+        K.ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in result.arrays.items()}),
+        K.GROUP_WEIGHTS: MetricRecord({g: float(w) for g, w in result.group_weights.items()}),
+        K.METRICS: metrics,
+        K.SITE: ConfigRecord(site_info(site, dp=dp)),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+@_guard
+def evaluate(msg: Message, context: Context) -> Message:
+    from client.local_training import evaluate as evaluate_local
+    from client.site_runtime import site_info
+    from lsemvae.privacy.ledger import LedgerError, PrivacyLedger
+
+    site, cfg, model, data = _read_message(msg, context)
+    bins = int(cfg.get(K.HIST_BINS, 20))
+    summary, hists = evaluate_local(model, data, site, bins=bins)
+    try:
+        epsilon = PrivacyLedger.open(site.ledger_path, site=site.name, anchor_dir=site.anchor_dir).epsilon()
+    except LedgerError:
+        epsilon = 0.0  # no ledger: this site never trained under DP
+    flat: dict[str, list] = {}
+    for task, h in hists.items():
+        flat[f"{task}/{K.HIST_CLASSES}"] = [str(c) for c in h["classes"]]
+        parts = [p for p in h if p not in ("edges", "classes")]   # per-class binned counts and sums
+        flat[f"{task}/{K.HIST_PARTS}"] = parts
+        for part in parts:
+            flat[f"{task}/{part}"] = list(np.asarray(h[part], dtype=np.float64).ravel().tolist())
+    content = RecordDict({
+        K.METRICS: MetricRecord({K.NUM_EXAMPLES: int(summary["n"]), K.EVAL_LOSS: float(summary["loss"]),
+                                 K.EPSILON: float(epsilon)}),
+        K.HISTOGRAMS: ConfigRecord(flat),
+        K.SITE: ConfigRecord(site_info(site, dp=bool(cfg.get(K.DP, True)))),
+    })
+    return Message(content, reply_to=msg)

@@ -1,0 +1,150 @@
+"""One site's local work in a round: DP-SGD fine-tuning of its groups, and aggregate-only evaluation.
+
+Only the groups the site trains (its leads' encoders, the fusion, its tasks' heads) have
+``requires_grad``: the rest of the model is frozen, so a 6-lead site cannot move a precordial
+encoder, and Opacus computes per-sample gradients only where they are needed.
+
+FedProx: the proximal term mu/2 ||w - w_global||^2 does not depend on any record, so it is
+applied after the private step as a decoupled pull toward the global weights
+(w <- w - lr * mu * (w - w_global)). Adding it to the per-sample loss instead would be wrong
+under DP-SGD: Opacus' hooks would never see it and the noisy gradient would overwrite it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lsemvae.federation.groups import group_of, groups_for
+from lsemvae.model.losses import positive_weights
+
+
+@dataclass
+class RoundResult:
+    arrays: dict[str, np.ndarray]
+    group_weights: dict[str, float]
+    num_examples: int
+    train_loss: float
+    history: list | None
+    seconds: float
+
+
+def per_sample_task_loss(logits: Tensor, target: Tensor, kind: str, pos_weight: Tensor | None) -> Tensor:
+    """``[B]`` loss of one task per record (0 where the record has no label for it)."""
+    if kind == "multiclass":
+        valid = ~torch.isnan(target).any(-1)
+        safe = torch.where(torch.isnan(target), torch.zeros_like(target), target)
+        loss = F.cross_entropy(logits, safe.argmax(-1), reduction="none")
+        return loss * valid
+    valid = ~torch.isnan(target)
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
+    return (loss * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+
+
+def per_sample_loss(logits: dict[str, Tensor], y: dict[str, Tensor], tasks: dict, pos_weights: dict) -> Tensor:
+    return sum(per_sample_task_loss(logits[t], y[t], tasks[t].kind, pos_weights.get(t)) for t in tasks)
+
+
+# Parameters used directly by a module whose forward takes several tensors: Opacus cannot compute
+# their per-sample gradients, so under DP they keep their (pretrained/global) value. The HiME gate's
+# four group biases; the gate's scoring network (the rest of "fusion") does train.
+DP_FROZEN = ("fusion.gate.group_bias",)
+
+
+def freeze_outside(model: torch.nn.Module, groups: set[str], *, dp: bool) -> list[torch.nn.Parameter]:
+    """Train only parameters of ``groups`` (minus DP_FROZEN under DP); return them."""
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(group_of(name) in groups and not (dp and name in DP_FROZEN))
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable
+
+
+def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: int, proximal_mu: float,
+                dp: bool, noise_multiplier: float | None, history: list | None, seed: int) -> RoundResult:
+    """Fine-tune ``model`` (already holding the global weights) on the site's training split."""
+    from lsemvae.privacy.dp import make_private, plain_state_dict
+
+    started = time.perf_counter()
+    groups = groups_for(site.lead_names, data.tasks) & {group_of(k) for k in model.state_dict()}
+    trainable = freeze_outside(model, groups, dp=dp)
+    global_copy = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    train_set = data.dataset(data.train_idx, site.lead_names)
+    labels = {t: np.asarray(data.cohort.labels[t])[data.train_idx] for t in data.tasks}
+    pos_weights = {t: positive_weights(labels[t]) for t, task in data.tasks.items() if task.kind != "multiclass"}
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True, generator=gen)
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    session = None
+    torch.manual_seed(seed)
+    if dp:
+        model, optimizer, loader, session = make_private(
+            model, optimizer, loader, noise_multiplier=noise_multiplier, max_grad_norm=site.privacy.max_grad_norm,
+            history=history, accountant=site.privacy.accountant, noise_generator=torch.Generator().manual_seed(seed + 1))
+    model.train()
+    named = dict(model.named_parameters())
+    prox = {n: named[n] for n in named if n.removeprefix("_module.") in global_copy} if proximal_mu > 0 else {}
+    total, count = 0.0, 0
+    for _ in range(local_epochs):
+        for batch in loader:
+            optimizer.zero_grad()
+            out = model(batch["x"], batch["lead_mask"], decode=False)
+            loss = per_sample_loss(out.logits, batch["y"], data.tasks, pos_weights)
+            if session is not None:
+                session.backward(loss)
+            else:
+                loss.mean().backward()
+            optimizer.step()
+            if prox:
+                with torch.no_grad():
+                    for n, p in prox.items():
+                        p.sub_(lr * proximal_mu * (p - global_copy[n.removeprefix("_module.")]))
+            if loss.numel():
+                total += float(loss.detach().sum())
+                count += int(loss.numel())
+    state = plain_state_dict(model)
+    arrays = {k: v.numpy() for k, v in state.items() if group_of(k) in groups}
+    return RoundResult(
+        arrays=arrays,
+        group_weights={g: w for g, w in data.group_weights(site.lead_names).items() if g in groups},
+        num_examples=len(data.train_idx),
+        train_loss=total / count if count else math.nan,
+        history=session.history if session is not None else None,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[dict, dict[str, dict]]:
+    """Loss and per-task score histograms on the evaluation split: no per-record value leaves here."""
+    from lsemvae.train.metrics import score_histograms
+
+    model.eval()
+    ds = data.dataset(data.eval_idx, site.lead_names)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    scores: dict[str, list] = {t: [] for t in data.tasks}
+    targets: dict[str, list] = {t: [] for t in data.tasks}
+    total, n = 0.0, 0
+    for batch in loader:
+        logits = model(batch["x"], batch["lead_mask"], decode=False).logits
+        loss = per_sample_loss(logits, batch["y"], data.tasks, {})
+        total, n = total + float(loss.sum()), n + int(loss.numel())
+        for t, task in data.tasks.items():
+            p = torch.softmax(logits[t], -1) if task.kind == "multiclass" else torch.sigmoid(logits[t])
+            scores[t].append(p.numpy())
+            targets[t].append(batch["y"][t].numpy())
+    hists = {}
+    for t, task in data.tasks.items():
+        if scores[t]:
+            hists[t] = score_histograms(np.concatenate(targets[t]), np.concatenate(scores[t]).astype(np.float64),
+                                        bins=bins, class_names=list(task.classes))
+    return {"loss": total / n if n else math.nan, "n": n}, hists

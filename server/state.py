@@ -1,0 +1,100 @@
+"""The whole server state, checkpointed atomically after every round, and resumed from.
+
+One file, ``<out-dir>/server-state.pt``: global weights of the full model (decoders included,
+so the final model is complete), the server optimiser's moments, the last completed round,
+the server RNG, the metric rows so far, which node was which site, and the model/preprocessing
+configs and run config of the run. Written as temp file + fsync + rename + directory fsync: a
+crash leaves the previous round's state or this one's, never half of one. Loaded with
+``torch.load(weights_only=True)``: tensors and plain data only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lsemvae.errors import ConfigError
+from server.aggregation import ServerOptimizerState
+
+STATE_FILE = "server-state.pt"
+FORMAT = 1
+
+
+@dataclass
+class ServerState:
+    round: int                               # last completed round (0 = none yet)
+    model: dict[str, np.ndarray]             # full state_dict of the global model
+    opt: ServerOptimizerState
+    rng: dict[str, Any]                      # numpy Generator state (seeds sent to sites)
+    model_config: str                        # JSON of ModelConfig
+    preprocess_config: str                   # JSON of PreprocessConfig
+    run_config: dict[str, Any]
+    metrics: list[dict] = field(default_factory=list)
+    node_sites: dict[str, str] = field(default_factory=dict)   # node id -> site name (as last reported)
+
+    def generator(self) -> np.random.Generator:
+        gen = np.random.default_rng()
+        gen.bit_generator.state = self.rng
+        return gen
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def _arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in tensors.items()}
+
+
+def save_state(out_dir: Path, state: ServerState) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / STATE_FILE
+    payload = {
+        "format": FORMAT,
+        "round": state.round,
+        "model": _tensors(state.model),
+        "opt_m": _tensors(state.opt.m),
+        "opt_v": _tensors(state.opt.v),
+        "opt_steps": state.opt.steps,
+        # JSON strings: plain data of any depth, loadable with weights_only=True
+        "meta": json.dumps({"rng": state.rng, "model_config": state.model_config,
+                            "preprocess_config": state.preprocess_config, "run_config": state.run_config,
+                            "metrics": state.metrics, "node_sites": state.node_sites}),
+    }
+    tmp = path.with_suffix(".pt.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def load_state(out_dir: Path) -> ServerState:
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"resume: no server state at {path}; run without resume=true to start fresh")
+    try:
+        p = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(p["meta"])
+    except Exception as err:
+        raise ConfigError(f"resume: {path} is not a readable server state ({type(err).__name__}: {err})") from None
+    if p.get("format") != FORMAT:
+        raise ConfigError(f"resume: {path} has format {p.get('format')}, expected {FORMAT}")
+    return ServerState(
+        round=int(p["round"]), model=_arrays(p["model"]),
+        opt=ServerOptimizerState(_arrays(p["opt_m"]), _arrays(p["opt_v"]), int(p["opt_steps"])),
+        rng=meta["rng"], model_config=meta["model_config"], preprocess_config=meta["preprocess_config"],
+        run_config=meta["run_config"], metrics=meta["metrics"], node_sites=meta["node_sites"],
+    )
