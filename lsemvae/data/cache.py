@@ -65,6 +65,12 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.record_ids)
 
+    def __reduce__(self):
+        # Pickling (DataLoader workers under spawn, process pools, Ray actors) must not copy the
+        # arrays: the cohort travels as its path and is reopened read-only on the other side.
+        # Custom task rules (code) cannot travel this way; load_cohort then says so.
+        return (load_cohort, (self.path,))
+
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s["reason"] for s in self.skipped).most_common())
 
@@ -342,9 +348,6 @@ class CohortDataset:
 
     def __init__(self, cohort: Cohort, indices: Sequence[int] | np.ndarray | None = None, *,
                  leads: str | Sequence[str] = LEADS_12, tasks: Sequence[str] | None = None):
-        import torch
-
-        self._torch = torch
         self.cohort = cohort
         self.indices = np.arange(len(cohort)) if indices is None else np.asarray(indices, dtype=np.int64)
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(cohort)):
@@ -361,7 +364,8 @@ class CohortDataset:
         return int(self.indices.size)
 
     def __getitem__(self, item: int) -> dict:
-        torch = self._torch
+        import torch
+
         i = int(self.indices[item])
         mask = np.asarray(self.cohort.lead_mask[i]) & self.requested
         x = np.array(self.cohort.signals[i])  # copy one row out of the memmap

@@ -161,3 +161,12 @@ def test_empty_cohort_and_duplicate_ids(subset, tmp_path):
     assert not list(tmp_path.iterdir())  # the temporary build was removed
     with pytest.raises(ConfigError, match="duplicate"):
         build_cohort(subset[:2] + subset[:1], [], None, tmp_path, name="x", progress=False)
+
+
+def test_pickling_sends_the_path_not_the_arrays(cohort):
+    import pickle
+
+    blob = pickle.dumps(CohortDataset(cohort, [0, 1], leads="6L"))
+    assert len(blob) < cohort.signals.nbytes / 10
+    ds = pickle.loads(blob)
+    assert isinstance(ds.cohort.signals, np.memmap) and ds[1]["lead_mask"].sum() == 6  # what spawn workers get
