@@ -99,8 +99,11 @@ def _plan_sigma(context: Context, site, ledger, *, run_id: int, server_round: in
     if state is not None and int(state["run-id"]) == run_id:
         return float(state["noise-multiplier"])
     rounds_left = num_rounds - server_round + 1
+    target = site.privacy.epsilon
+    if site.privacy.run_epsilon is not None:  # leave budget for later runs
+        target = min(target, ledger.epsilon() + site.privacy.run_epsilon)
     sigma = plan_noise_multiplier(
-        target_epsilon=site.privacy.epsilon, delta=site.privacy.delta, sample_rate=sample_rate,
+        target_epsilon=target, delta=site.privacy.delta, sample_rate=sample_rate,
         total_steps=rounds_left * steps_per_round, accountant=site.privacy.accountant,
         already_spent_history=ledger.history)
     context.state.config_records["dp-plan"] = ConfigRecord({"run-id": run_id, "noise-multiplier": sigma})

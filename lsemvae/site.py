@@ -65,6 +65,7 @@ class PrivacyBudget(StrictModel):
     epsilon: float = Field(gt=0, le=100, description="total epsilon this dataset may ever spend")
     delta: float = Field(1e-5, gt=0, lt=1e-2, description="delta; choose below 1/number of records")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
+    run_epsilon: float | None = Field(None, gt=0, description="most one federated run may spend (default: all that is left)")
     accountant: Literal["rdp", "prv"] = "rdp"
     allow_non_dp: bool = Field(False, description="accept a server request to train WITHOUT DP (comparisons only)")
 

@@ -1,0 +1,139 @@
+"""Helpers for the federation tests: tiny synthetic sites, a checkpoint, real processes cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_sites(tmp: Path, n_sites: int = 2, records: int = 24, *, epsilon: float = 8.0) -> list[str]:
+    """A tiny synthetic cohort (site 3 of the default spec is 6-lead) and one site config each under tmp/sites."""
+    from lsemvae.data.synthetic import default_cohort, spec_with_overrides, write_cohort
+    from simulation.run import dump_site_toml
+
+    spec = spec_with_overrides(default_cohort(), sites=n_sites, records=records, seed=7)
+    write_cohort(spec, tmp / "cohort", progress=False)
+    (tmp / "sites").mkdir(exist_ok=True)
+    names = []
+    for i, site in enumerate(spec.sites):
+        name = site.name.lower()
+        cfg = {
+            "name": name, "leads": site.leads, "state_dir": str(tmp / "state" / name),
+            "anchor_dir": str(tmp / "anchors"),
+            "data": {"format": "manifest", "root": str(tmp / "cohort" / site.name / "records"),
+                     "labels": str(tmp / "cohort" / site.name / "labels.csv"), "val_fraction": 0.3},
+            "tasks": [{"name": "right_heart", "column": "right_heart"}, {"name": "left_atrial", "column": "left_atrial"}],
+            "privacy": {"epsilon": epsilon, "delta": 1e-3, "allow_non_dp": True},
+            "connection": {"superlink": "127.0.0.1:8000", "node_port": 9094 + i},
+        }
+        (tmp / "sites" / f"{name}.toml").write_text(dump_site_toml(cfg))
+        names.append(name)
+    return names
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A compact LS-EMVAE checkpoint in the real format (untrained: the tests check mechanics)."""
+    import torch
+
+    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.checkpoint import save_checkpoint
+
+    pre = PreprocessConfig()
+    torch.manual_seed(0)
+    model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples))
+    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": pre.model_dump(mode="json")})
+
+
+def run_config_arg(cfg: dict) -> str:
+    from simulation.run import run_config_arg as fmt
+
+    return fmt(cfg)
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a process in its own session (its group is killed as a whole in stop_all)."""
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **(env or {})},
+                            cwd=cwd, start_new_session=True)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, *, scheme: str = "http", cafile: str | None = None,
+                 timeout: float = 60) -> None:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile) if scheme == "https" else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"process exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=ctx) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"no healthy server on port {port} after {timeout} s")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_outgoing(rows: list[dict], *, site_groups: set[str], forbidden: set[str]) -> None:
+    """Every message a site sent: arrays only in the 'arrays' record and only of its groups; no record
+    or patient id anywhere; metrics are scalars; histogram counts are counts."""
+    from lsemvae.federation.groups import group_of
+
+    assert rows, "the site sent nothing"
+    for row in rows:
+        if "error" in row:
+            continue
+        for name in row["arrays"]:
+            record, key = name.split("/", 1)
+            assert record == "arrays", f"array outside the parameter record: {name}"
+            assert group_of(key) in site_groups, f"{key} is not a group this site trains"
+            assert not key.startswith("decoders"), key
+        text = json.dumps(row)
+        leaked = [v for v in forbidden if f'"{v}"' in text]
+        assert not leaked, f"record/patient ids left the site: {leaked[:3]}"
+        for rec in row["metrics"].values():
+            for k, v in rec.items():
+                assert isinstance(v, (int, float)), f"metric {k} is not a scalar: {v!r}"
+        for rec_name, rec in row["configs"].items():
+            for k, v in rec.items():
+                if k.endswith(("/pos", "/neg")):
+                    assert all(float(c).is_integer() and c >= 0 for c in v), f"{k} holds non-counts"
