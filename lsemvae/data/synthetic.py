@@ -73,6 +73,7 @@ class SiteSpec(StrictModel):
     gain_sd: Annotated[float, Field(ge=0.0, le=0.3)] = 0.02
     lead_case: Literal["canonical", "upper"] = "canonical"  # "upper" writes AVR, AVL, AVF
     lead_order: Literal["standard", "derived_last"] = "standard"  # derived_last: I II V1..V6 III aVR aVL aVF
+    units: Literal["mV", "uV"] = "mV"  # physical unit in the headers (same 1 uV resolution)
     seed_offset: int | None = None  # None: derived from the name, so adding a site changes no other
 
     @model_validator(mode="after")
@@ -127,7 +128,7 @@ def default_cohort() -> CohortSpec:
     """The embedded default (mirrored by ``configs/synthetic.toml``): four sites, 2,000 records.
 
     Sites differ as hospitals do: a 500 Hz tertiary centre, a 250 Hz hospital on 60 Hz mains whose
-    devices write upper-case lead names and derived leads last, a 6-lead handheld-device clinic with
+    devices write upper-case lead names, derived leads last and microvolts, a 6-lead handheld-device clinic with
     few cases and noisy recordings, a 100 Hz PH referral centre with many (and more severe) cases.
     """
     return CohortSpec(seed=0, seconds=10.0, sites=[
@@ -135,7 +136,7 @@ def default_cohort() -> CohortSpec:
                  noise_mv=0.01, wander_mv=0.1, powerline_hz=50, powerline_mv=0.01),
         SiteSpec(name="hospital_b", n_records=500, fs=250, prevalence=0.2, left_prevalence=0.4,
                  noise_mv=0.015, wander_mv=0.15, powerline_hz=60, powerline_mv=0.02, gain_sd=0.03,
-                 lead_case="upper", lead_order="derived_last"),
+                 lead_case="upper", lead_order="derived_last", units="uV"),
         SiteSpec(name="clinic_c", n_records=400, fs=250, leads="6L", prevalence=0.12, left_prevalence=0.3,
                  noise_mv=0.03, wander_mv=0.25, powerline_hz=50, powerline_mv=0.03, gain_sd=0.05,
                  repeat_share=0.3),
@@ -236,8 +237,9 @@ def _chunks(patients: np.ndarray) -> list[slice]:
 
 
 def write_wfdb(folder: Path, record_id: str, signal_mv: np.ndarray, *, fs: int, lead_names: list[str],
-               comments: list[str]) -> None:
-    """Write one WFDB record (format 16, 1 uV per unit, mV), byte for byte what ``wfdb.wrsamp`` writes.
+               comments: list[str], units: str = "mV") -> None:
+    """Write one WFDB record (format 16, 1 uV per digital unit, header in ``units`` "mV" or "uV"),
+    byte for byte what ``wfdb.wrsamp`` writes.
 
     ``wfdb.wrsamp`` spends ~60 ms per record building its header through pandas lookups, which
     makes the default cohort take minutes; a test pins this writer's bytes to ``wfdb.wrsamp``'s.
@@ -247,7 +249,8 @@ def write_wfdb(folder: Path, record_id: str, signal_mv: np.ndarray, *, fs: int, 
     digital.astype("<i2").tofile(folder / f"{record_id}.dat")
     checksums = digital.sum(axis=0) % 65536
     lines = [f"{record_id} {len(lead_names)} {fs} {digital.shape[0]}"]
-    lines += [f"{record_id}.dat 16 {_ADC_GAIN}(0)/mV 16 0 {first} {cs} 0 {name}"
+    gain = _ADC_GAIN if units == "mV" else 1.0  # digital units per physical unit
+    lines += [f"{record_id}.dat 16 {gain}(0)/{units} 16 0 {first} {cs} 0 {name}"
               for first, cs, name in zip(digital[0], checksums, lead_names)]
     lines += [f"# {c}" for c in comments]
     (folder / f"{record_id}.hea").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -279,7 +282,8 @@ def _write_site(site: SiteSpec, spec: CohortSpec, folder: Path, bar: tqdm) -> di
             patient_id = f"{site.name}-p{patients[j]:05d}"
             age, sex = int(meta["age"][i]), str(meta["sex"][i])
             write_wfdb(records, record_id, signals[i], fs=site.fs, lead_names=names,
-                       comments=[f"Age: {age}", f"Sex: {'Female' if sex == 'F' else 'Male'}", "Synthetic ECG (lsemvae)"])
+                       comments=[f"Age: {age}", f"Sex: {'Female' if sex == 'F' else 'Male'}", "Synthetic ECG (lsemvae)"],
+                       units=site.units)
             rows.append([record_id, patient_id, int(labels["right_heart"][i]), _fmt(labels["phenotype"][i]),
                          int(labels["left_atrial"][i]), f"{labels['severity'][i]:.3f}", age, sex])
             counts["right_heart"] += int(labels["right_heart"][i])
@@ -292,7 +296,7 @@ def _write_site(site: SiteSpec, spec: CohortSpec, folder: Path, bar: tqdm) -> di
     return {
         "name": site.name, "records_dir": f"{site.name}/records", "labels_csv": f"{site.name}/labels.csv",
         "n_records": site.n_records, "n_patients": int(patients[-1]) + 1, "fs": site.fs,
-        "leads": list(site.lead_names), "lead_names_in_files": names,
+        "leads": list(site.lead_names), "lead_names_in_files": names, "units": site.units,
         "right_heart": counts["right_heart"], "left_atrial": counts["left_atrial"],
     }
 

@@ -194,7 +194,8 @@ def _small_spec(records: int = 10, **site_overrides) -> CohortSpec:
         SiteSpec(name="cart500", n_records=records, fs=500, prevalence=0.5, **site_overrides),
         SiteSpec(name="handheld", n_records=records, fs=100, leads="6L", lead_case="upper", repeat_share=0.5,
                  powerline_hz=60),
-        SiteSpec(name="reordered", n_records=records, fs=250, lead_case="upper", lead_order="derived_last"),
+        SiteSpec(name="reordered", n_records=records, fs=250, lead_case="upper", lead_order="derived_last",
+                 units="uV"),
     ])
 
 
@@ -208,19 +209,21 @@ def test_written_records_read_back_with_wfdb(cohort):
     dest, summary = cohort
     assert json.loads((dest / "cohort.json").read_text())["status"] == "complete"
     expected = {
-        "cart500": (500, list(LEADS_12)),
-        "handheld": (100, ["I", "II", "III", "AVR", "AVL", "AVF"]),
-        "reordered": (250, ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6", "III", "AVR", "AVL", "AVF"]),
+        "cart500": (500, list(LEADS_12), "mV"),
+        "handheld": (100, ["I", "II", "III", "AVR", "AVL", "AVF"], "mV"),
+        "reordered": (250, ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6", "III", "AVR", "AVL", "AVF"], "uV"),
     }
     for site in summary["sites"]:
-        fs, names = expected[site["name"]]
+        fs, names, units = expected[site["name"]]
         heads = sorted((dest / site["records_dir"]).glob("*.hea"))
         assert len(heads) == site["n_records"] == 10
         rec = wfdb.rdrecord(str(heads[0].with_suffix("")))
-        assert rec.fs == fs and rec.sig_name == names and set(rec.units) == {"mV"}
+        assert rec.fs == fs and rec.sig_name == names and set(rec.units) == {units}
         assert rec.p_signal.shape == (int(4.0 * fs), len(names))
         assert any(c.startswith("Age: ") for c in rec.comments)
-        assert check_limb_identities(rec.p_signal.T, [n.replace("AV", "aV") for n in names], tolerance_mv=0.003).ok
+        mv = rec.p_signal.T / (1000.0 if units == "uV" else 1.0)
+        assert 0.3 < np.abs(mv).max() < 10
+        assert check_limb_identities(mv, [n.replace("AV", "aV") for n in names], tolerance_mv=0.003).ok
 
 
 def test_labels_csv_is_well_formed(cohort):
@@ -282,14 +285,16 @@ def test_write_refuses_a_foreign_non_empty_folder(tmp_path):
     assert (tmp_path / "precious.txt").exists()
 
 
-def test_writer_is_byte_identical_to_wfdb_wrsamp(tmp_path):
+@pytest.mark.parametrize("units", ["mV", "uV"])
+def test_writer_is_byte_identical_to_wfdb_wrsamp(tmp_path, units):
     sig = (np.random.default_rng(0).standard_normal((6, 700)) * 0.8).astype(np.float32)
     names = ["I", "II", "III", "AVR", "AVL", "AVF"]
     (tmp_path / "ours").mkdir()
     (tmp_path / "wfdb").mkdir()
-    write_wfdb(tmp_path / "ours", "r1", sig, fs=250, lead_names=names, comments=["Age: 50", "Sex: Male"])
-    wfdb.wrsamp("r1", fs=250, units=["mV"] * 6, sig_name=names, p_signal=sig.T.astype(np.float64), fmt=["16"] * 6,
-                adc_gain=[1000.0] * 6, baseline=[0] * 6, comments=["Age: 50", "Sex: Male"],
+    write_wfdb(tmp_path / "ours", "r1", sig, fs=250, lead_names=names, comments=["Age: 50", "Sex: Male"], units=units)
+    scale, gain = (1.0, 1000.0) if units == "mV" else (1000.0, 1.0)
+    wfdb.wrsamp("r1", fs=250, units=[units] * 6, sig_name=names, p_signal=sig.T.astype(np.float64) * scale,
+                fmt=["16"] * 6, adc_gain=[gain] * 6, baseline=[0] * 6, comments=["Age: 50", "Sex: Male"],
                 write_dir=str(tmp_path / "wfdb"))
     for ext in ("hea", "dat"):
         assert filecmp.cmp(tmp_path / "ours" / f"r1.{ext}", tmp_path / "wfdb" / f"r1.{ext}", shallow=False), ext
