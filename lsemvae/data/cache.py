@@ -341,9 +341,11 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
 class CohortDataset:
     """``torch.utils.data.Dataset`` over cohort rows ``indices``.
 
-    ``leads`` restricts the input (e.g. ``"6L"``): other leads are zeroed and masked, in ``x``
-    and in ``lead_mask``; ``beat`` keeps all recorded leads (the reconstruction target may ask
-    for leads the input lacks). ``tasks`` selects label keys (default: all cohort tasks).
+    Item: ``x`` [12, T], ``lead_mask`` [12], ``sample_mask`` [T], ``beat`` [12, Tb], ``beat_mask``
+    [12], ``y`` {task: [n_out]}. ``leads`` restricts the input (e.g. ``"6L"``): other leads are
+    zeroed in ``x`` and False in ``lead_mask``. ``beat`` keeps every recorded lead and
+    ``beat_mask`` says which (the record's own lead mask), so a model can be scored on
+    reconstructing leads its input lacks. ``tasks`` selects label keys (default: all).
     """
 
     def __init__(self, cohort: Cohort, indices: Sequence[int] | np.ndarray | None = None, *,
@@ -367,7 +369,8 @@ class CohortDataset:
         import torch
 
         i = int(self.indices[item])
-        mask = np.asarray(self.cohort.lead_mask[i]) & self.requested
+        recorded = np.array(self.cohort.lead_mask[i])
+        mask = recorded & self.requested
         x = np.array(self.cohort.signals[i])  # copy one row out of the memmap
         x[~mask] = 0.0
         return {
@@ -375,6 +378,7 @@ class CohortDataset:
             "lead_mask": torch.from_numpy(mask),
             "sample_mask": torch.from_numpy(np.array(self.cohort.sample_mask[i])),
             "beat": torch.from_numpy(np.array(self.cohort.beats[i])),
+            "beat_mask": torch.from_numpy(recorded),
             "y": {t: torch.from_numpy(np.array(self.cohort.labels[t][i])) for t in self.tasks},
         }
 

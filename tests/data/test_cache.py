@@ -86,6 +86,7 @@ def test_dataset_items_mask_requested_leads(cohort):
     assert item["lead_mask"].tolist() == [True] * 6 + [False] * 6
     assert (item["x"][6:] == 0).all() and (item["x"][:6] != 0).any()
     assert item["beat"].shape == (12, 80) and item["sample_mask"].all()
+    assert item["beat_mask"].all() and (item["beat"][6:] != 0).any()  # 12-lead target from a 6-lead input
     assert set(item["y"]) == {"right_heart"} and item["y"]["right_heart"].shape == (1,)
     batch = torch.utils.data.default_collate([ds[0], ds[1]])
     assert batch["x"].shape == (2, 12, 1000) and batch["y"]["right_heart"].shape == (2, 1)
