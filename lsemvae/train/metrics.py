@@ -178,23 +178,27 @@ def _strata(yt: np.ndarray, min_stratum: int) -> list[np.ndarray]:
 
 
 def bootstrap_weights(y_true, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, stratified: bool = True,
-                      min_stratum: int = 5) -> np.ndarray:
-    """Resample multiplicities ``[n_boot, N]`` (how often each record is drawn), seeded.
+                      min_stratum: int = 5, chunk_cells: int = 4_000_000):
+    """Yield resample multiplicities in chunks ``[b, N]`` (how often each record is drawn), seeded.
 
     Shared by every metric and method evaluated on the same records, which is what makes
-    paired comparisons paired.
+    paired comparisons paired. Chunks of at most ``chunk_cells`` entries bound the memory for
+    large test sets; the stream, hence every result, depends only on ``seed`` and the data.
     """
     yt = np.asarray(y_true, dtype=np.float64)
     yt = yt[:, None] if yt.ndim == 1 else yt
     n = yt.shape[0]
     rng = np.random.default_rng(seed)
     groups = _strata(yt, min_stratum) if stratified else [np.arange(n)]
-    w = np.zeros((n_boot, n))
-    rows = np.arange(n_boot)[:, None]
-    for members in groups:
-        draw = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
-        np.add.at(w, (rows, draw), 1.0)
-    return w
+    step = max(1, chunk_cells // max(n, 1))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        w = np.zeros((b, n))
+        rows = np.arange(b)[:, None]
+        for members in groups:
+            draw = members[rng.integers(0, len(members), size=(b, len(members)))]
+            np.add.at(w, (rows, draw), 1.0)
+        yield w
 
 
 def _boot_class_metrics(yt: np.ndarray, ys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +234,9 @@ def bootstrap_auroc(y_true, y_score, class_names: Sequence[str] | None = None, *
     names = _names(class_names, yt.shape[1])
     point_au, point_ap = auroc(yt, ys), auprc(yt, ys)
     evaluable = np.isfinite(point_au)
-    w = bootstrap_weights(yt, n_boot=n_boot, seed=seed, stratified=stratified)
-    au, ap = _boot_class_metrics(yt, ys, w)
+    parts = [_boot_class_metrics(yt, ys, w)
+             for w in bootstrap_weights(yt, n_boot=n_boot, seed=seed, stratified=stratified)]
+    au, ap = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     keep = np.isfinite(au[:, evaluable]).all(axis=1)
     au, ap = au[keep], ap[keep]
     out = {
@@ -268,9 +273,12 @@ def paired_bootstrap(y_true, score_a, score_b, class_names: Sequence[str] | None
     fn = auroc if metric == "auroc" else auprc
     pa, pb = fn(yt, sa), fn(yt, sb)
     evaluable = np.isfinite(pa)
-    w = bootstrap_weights(yt, n_boot=n_boot, seed=seed)
-    ma = _boot_class_metrics(yt, sa, w)[0 if metric == "auroc" else 1]
-    mb = _boot_class_metrics(yt, sb, w)[0 if metric == "auroc" else 1]
+    k = 0 if metric == "auroc" else 1
+    ma, mb = [], []
+    for w in bootstrap_weights(yt, n_boot=n_boot, seed=seed):
+        ma.append(_boot_class_metrics(yt, sa, w)[k])
+        mb.append(_boot_class_metrics(yt, sb, w)[k])
+    ma, mb = np.concatenate(ma), np.concatenate(mb)
     keep = np.isfinite(ma[:, evaluable]).all(axis=1)
     diff = ma[keep] - mb[keep]
 

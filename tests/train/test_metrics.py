@@ -173,3 +173,11 @@ def test_confusion_and_summary_from_histograms_match_raw():
         assert abs(got["auroc"] - roc_auc_score(y_all[:, c], s_all[:, c])) <= got["max_error"] + 1e-12
     assert set(out["macro"]) >= {"auroc", "ece", "brier", "mcc"}
     json.dumps(out)
+
+
+def test_bootstrap_chunking_bounds_memory_without_changing_small_results():
+    y, s = _sample(n=200)
+    whole = np.concatenate(list(M.bootstrap_weights(y, n_boot=50, seed=3)))
+    chunks = list(M.bootstrap_weights(y, n_boot=50, seed=3, chunk_cells=200 * 7))
+    assert len(chunks) == 8 and all(c.shape[0] <= 7 for c in chunks)
+    assert whole.shape == (50, 200) and np.all(whole.sum(1) == 200)
