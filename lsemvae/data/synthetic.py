@@ -103,7 +103,8 @@ class SiteSpec(StrictModel):
             return [_UPPER.get(name, name) for name in self.lead_names]
         return list(self.lead_names)
 
-    def seed(self, cohort_seed: int) -> list[int]:
+    def seed_for(self, cohort_seed: int) -> list[int]:
+        """Entropy of this site's random streams within a cohort seeded ``cohort_seed``."""
         offset = self.seed_offset if self.seed_offset is not None else zlib.crc32(self.name.encode())
         return [cohort_seed, offset]
 
@@ -263,7 +264,7 @@ def _fmt(value: float) -> str:
 def _write_site(site: SiteSpec, spec: CohortSpec, folder: Path, bar: tqdm) -> dict:
     records = folder / "records"
     records.mkdir(parents=True)
-    seed = site.seed(spec.seed)  # stream 0 lays out patients, stream k+1 generates chunk k
+    seed = site.seed_for(spec.seed)  # stream 0 lays out patients, stream k+1 generates chunk k
     patients = _assign_patients(site.n_records, site.repeat_share, np.random.default_rng([*seed, 0]))
     rows_idx = [LEADS_12.index(name) for name in site.lead_names]
     names = site.file_lead_names
@@ -281,9 +282,9 @@ def _write_site(site: SiteSpec, spec: CohortSpec, folder: Path, bar: tqdm) -> di
             record_id = f"{site.name}_{j:05d}"
             patient_id = f"{site.name}-p{patients[j]:05d}"
             age, sex = int(meta["age"][i]), str(meta["sex"][i])
+            comments = [f"Age: {age}", f"Sex: {'Female' if sex == 'F' else 'Male'}", "Synthetic ECG (lsemvae)"]
             write_wfdb(records, record_id, signals[i], fs=site.fs, lead_names=names,
-                       comments=[f"Age: {age}", f"Sex: {'Female' if sex == 'F' else 'Male'}", "Synthetic ECG (lsemvae)"],
-                       units=site.units)
+                       comments=comments, units=site.units)
             rows.append([record_id, patient_id, int(labels["right_heart"][i]), _fmt(labels["phenotype"][i]),
                          int(labels["left_atrial"][i]), f"{labels['severity'][i]:.3f}", age, sex])
             counts["right_heart"] += int(labels["right_heart"][i])

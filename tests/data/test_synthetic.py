@@ -133,7 +133,8 @@ def test_labels_are_consistent_and_follow_prevalence():
     assert 0.24 < right.mean() < 0.36
     assert np.all(np.isnan(lab["phenotype"][~right]))
     assert np.array_equal(lab["phenotype"][right], lab["left_atrial"][right].astype(np.float32))
-    assert np.all(lab["severity"][~right] == 0) and np.all((lab["severity"][right] >= 0) & (lab["severity"][right] <= 1))
+    assert np.all(lab["severity"][~right] == 0)
+    assert np.all((lab["severity"][right] >= 0) & (lab["severity"][right] <= 1))
     assert 0.4 < lab["left_atrial"][right].mean() < 0.6 and lab["left_atrial"][~right].mean() < 0.16
     assert set(np.unique(meta["sex"])) == {"F", "M"} and meta["age"].min() >= 18
 
@@ -333,7 +334,7 @@ def test_overrides_repeat_sites_with_new_names_and_seeds():
     names = [s.name for s in spec.sites]
     assert len(set(names)) == 6 and names[4] == "hospital_a_2"
     assert all(s.n_records == 7 for s in spec.sites) and spec.seed == 3 and spec.seconds == 5
-    assert spec.sites[4].seed(3) != spec.sites[0].seed(3)
+    assert spec.sites[4].seed_for(3) != spec.sites[0].seed_for(3)
 
 
 def test_synth_command_writes_a_cohort(tmp_path, capsys):

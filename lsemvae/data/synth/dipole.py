@@ -232,8 +232,8 @@ def sample_rhythm(rng: np.random.Generator, heart_rate: np.ndarray, seconds: flo
     n_beats = int(np.ceil((seconds + 3 * 60 / MIN_HR + 1.0) / (0.88 * 60 / MAX_HR))) + 2
     b = np.arange(n_beats)
     jitter = np.clip(rng.standard_normal((n, n_beats)), -3, 3) * 0.015
-    rr = rr0[:, None] * (1 + rsa[:, None] * np.sin(2 * np.pi * resp_hz[:, None] * rr0[:, None] * b + resp_phase[:, None])
-                         + jitter)
+    breathing = np.sin(2 * np.pi * resp_hz[:, None] * rr0[:, None] * b + resp_phase[:, None])
+    rr = rr0[:, None] * (1 + rsa[:, None] * breathing + jitter)
     first = -rr[:, 0] - rng.uniform(0, 1, n) * rr[:, 1]
     beats = first[:, None] + np.concatenate([np.zeros((n, 1)), np.cumsum(rr[:, :-1], axis=1)], axis=1)
     prev_rr = np.concatenate([rr0[:, None], rr[:, :-1]], axis=1)
