@@ -16,6 +16,7 @@ from lsemvae.privacy.ledger import (
     LedgerError,
     LedgerMismatch,
     LedgerMissing,
+    LedgerWriteError,
     PrivacyLedger,
     default_anchor_dir,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LedgerError",
     "LedgerMismatch",
     "LedgerMissing",
+    "LedgerWriteError",
     "PrivacyLedger",
     "default_anchor_dir",
     "epsilon_of",

@@ -21,15 +21,16 @@ Why sigma is planned once: calling ``make_private_with_epsilon`` each round spen
 budget every round (notes §7.1 item 4). Why ``history`` goes in: the engine is new every round and
 its accountant must continue from everything this dataset has already spent.
 
-**Empty Poisson batches.** With Poisson sampling a batch can be empty (probability (1-q)^N, tiny for
-real sites, common in tests with a handful of records). Skip the *loss* (never average over zero
-samples: NaN), not the *step*: ``dp.backward`` of a zero-length ``loss_per_sample`` does nothing,
-then ``opt.step()`` adds pure noise and the accountant counts the step, which is exactly what the
-accountant assumes. A caller whose objective cannot run on an empty batch checks
-:func:`is_empty_batch` first, skips the forward/backward and still calls ``opt.step()``: Opacus
-then finds no per-sample gradients, leaves the weights alone and does **not** count the step, so
-the ledger under-counts by that step (the accountant then assumes fewer releases than happened;
-harmless in practice because P(empty) is negligible for any real site, but prefer the first way).
+**Empty Poisson batches.** With Poisson sampling a batch can be empty (probability (1-q)^N: about
+1e-9 for q=1/13, N=260, but common in tests with a handful of records). Opacus' loader then yields
+zero-length tensors. Preferred (``hooks``, ``ghost``): run the objective on them as usual;
+``dp.backward`` sums a zero-length loss (a mean over nothing is NaN) and ``opt.step()`` adds pure
+noise and counts the step, which is exactly the mechanism the accountant analyses. If the
+objective cannot run on an empty batch (``functorch`` mode cannot; nor can code that indexes the
+batch), test :func:`is_empty_batch` and skip the batch *entirely*: no backward, no ``opt.step()``
+(Opacus raises "Per sample gradient is not initialized" on a step without backward). That step is
+then neither noised nor counted, and whether a batch was empty is a tiny data-dependent signal the
+accountant does not cover: acceptable only because P(empty) is negligible for real sites.
 
 Opacus is imported lazily through :func:`import_opacus`: importing it runs ``logging.basicConfig``,
 which adds a root handler and makes every Flower log line print twice (notes §7.1 item 7).
@@ -239,6 +240,48 @@ class DPSession:
             loss_per_sample.mean().backward()
 
 
+def conv1d_grad_sample(layer: nn.Conv1d, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
+    """Per-sample gradients of a Conv1d, from a strided *view* of the input instead of Opacus' im2col copy.
+
+    grad_w[b, o, i, k] = sum_t g[b, o, t] * x_padded[b, i, t*stride + k*dilation]: one einsum over a view.
+    Same numbers as Opacus' sampler (tested); layers it does not cover (groups, string padding,
+    non-zero padding modes, empty batches) go to Opacus' own sampler.
+    """
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+
+    x = activations[0]
+    simple = layer.groups == 1 and not isinstance(layer.padding, str) and layer.padding_mode == "zeros"
+    if not simple or x.shape[0] == 0:
+        return compute_conv_grad_sample(layer, activations, backprops)
+    x = x.to(backprops.dtype)
+    out = {}
+    if layer.weight.requires_grad:
+        pad = layer.padding[0]
+        x = nn.functional.pad(x, (pad, pad))
+        n, c_in, _ = x.shape
+        step = x.stride(2)
+        windows = x.as_strided(
+            (n, c_in, backprops.shape[-1], layer.kernel_size[0]),
+            (x.stride(0), x.stride(1), step * layer.stride[0], step * layer.dilation[0]),
+        )
+        out[layer.weight] = torch.einsum("not,nitk->noik", backprops, windows)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = backprops.sum(dim=2)
+    return out
+
+
+def use_fast_conv1d_grad_sampler(enabled: bool = True) -> None:
+    """Register :func:`conv1d_grad_sample` (or Opacus' own back) for nn.Conv1d, process-wide.
+
+    Opacus keeps one grad-sampler registry per process; this swaps one entry, nothing else.
+    """
+    import_opacus()
+    from opacus.grad_sample.conv import compute_conv_grad_sample
+    from opacus.grad_sample.utils import register_grad_sampler
+
+    register_grad_sampler(nn.Conv1d)(conv1d_grad_sample if enabled else compute_conv_grad_sample)
+
+
 def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -251,20 +294,24 @@ def make_private(
     poisson: bool = True,
     grad_sample_mode: str = "hooks",
     noise_generator: torch.Generator | None = None,
+    fast_conv1d: bool = True,
 ):
     """Wrap model, optimizer and loader for DP-SGD; returns ``(model, optimizer, loader, session)``.
 
     ``history`` (the ledger's) is loaded into the new engine's accountant *before* ``make_private``
     so ``session.history`` after training is the dataset's whole history. Load the round's
     weights into ``model`` before calling this. ``poisson=False`` breaks the sampling assumption
-    of the accountant: use it for benchmarks only.
+    of the accountant: use it for benchmarks only. ``fast_conv1d`` uses
+    :func:`conv1d_grad_sample` for Conv1d layers (same gradients, less time: see
+    benchmarks/dp_throughput.py). The client should use ``grad_sample_mode="hooks"`` (fastest here,
+    and it runs empty Poisson batches); ``functorch`` cannot run an empty batch.
     """
     _check_positive("noise_multiplier", noise_multiplier)
     _check_positive("max_grad_norm", max_grad_norm)
     check_accountant(accountant)
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode: {grad_sample_mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}")
-    import_opacus()
+    use_fast_conv1d_grad_sampler(fast_conv1d)
     from opacus import PrivacyEngine
 
     # secure_mode=True needs torchcsprng (not installed here); Opacus' warning about it stays visible.

@@ -81,6 +81,10 @@ class LedgerMissing(LedgerError):
     """No ledger file, but its anchor shows this site has spent privacy budget before."""
 
 
+class LedgerWriteError(LedgerError):
+    """The ledger or its anchor could not be written; the previous file is intact."""
+
+
 class LedgerMismatch(LedgerError):
     """The ledger belongs to another site, delta or accountant than the caller asked for."""
 
@@ -295,6 +299,8 @@ class PrivacyLedger:
     @classmethod
     def open(cls, path: str | Path, *, site: str | None = None, anchor_dir: str | Path | None = None) -> "PrivacyLedger":
         """Open an existing ledger (verified against its anchor). Never creates one."""
+        if site is not None:
+            _check_site(site)
         path = Path(path).expanduser().absolute()
         anchor_dir = Path(anchor_dir).expanduser() if anchor_dir else default_anchor_dir()
         if not path.exists():
@@ -484,10 +490,25 @@ class PrivacyLedger:
 
     def _persist(self) -> None:
         # Ledger first, anchor second: a crash in between leaves the ledger ahead, which open() accepts.
-        atomic_write_json(self.path, {"format": FORMAT, "version": VERSION, "sha256": _sha256(self._body), "body": self._body})
+        try:
+            atomic_write_json(self.path, {"format": FORMAT, "version": VERSION, "sha256": _sha256(self._body), "body": self._body})
+        except OSError as err:
+            raise LedgerWriteError(
+                f"{self.path}: privacy ledger could not be written ({err}); the previous ledger is unchanged. "
+                "Do not send this round's update: its spending is not on record. Fix the disk or permissions."
+            ) from err
+        self._write_anchor_only()
+
+    def _write_anchor_only(self) -> None:
         anchor = self._anchor_record()
-        atomic_write_json(_anchor_path(self.anchor_dir, self.site),
-                          {"format": ANCHOR_FORMAT, "version": VERSION, "sha256": _sha256(anchor), "body": anchor})
+        path = _anchor_path(self.anchor_dir, self.site)
+        try:
+            atomic_write_json(path, {"format": ANCHOR_FORMAT, "version": VERSION, "sha256": _sha256(anchor), "body": anchor})
+        except OSError as err:
+            raise LedgerWriteError(
+                f"{path}: privacy ledger anchor could not be written ({err}). Make the directory writable or choose "
+                f"another with ${ANCHOR_DIR_ENV} (outside the site's state directory)."
+            ) from err
 
     def _check_anchor(self) -> None:
         anchor = _read_anchor(self.anchor_dir, self.site)
@@ -514,10 +535,6 @@ class PrivacyLedger:
         if not same:
             self._write_anchor_only()  # ledger ahead (crash between the two writes) or moved: catch up
 
-    def _write_anchor_only(self) -> None:
-        anchor = self._anchor_record()
-        atomic_write_json(_anchor_path(self.anchor_dir, self.site),
-                          {"format": ANCHOR_FORMAT, "version": VERSION, "sha256": _sha256(anchor), "body": anchor})
 
 
 def _user() -> str:

@@ -15,7 +15,7 @@ from lsemvae.privacy import (
     LedgerMissing,
     PrivacyLedger,
 )
-from lsemvae.privacy.ledger import history_increment
+from lsemvae.privacy.ledger import LedgerWriteError, history_increment
 
 DELTA = 1e-5
 Q = 1 / 13
@@ -240,9 +240,10 @@ def test_failed_write_leaves_old_ledger_and_no_partial_file(paths, monkeypatch):
         raise OSError("simulated crash between write and rename")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(LedgerWriteError, match="simulated crash") as err:
         train_rounds(ledger, 1, run_id="run-1", start=2)
     monkeypatch.undo()
+    assert str(paths[0]) in str(err.value) and "Do not send" in str(err.value)
     assert paths[0].read_bytes() == before
     assert sorted(p.name for p in paths[0].parent.iterdir()) == [".privacy-ledger.json.lock", "privacy-ledger.json"]
     assert new_ledger(paths).total_steps == STEPS
