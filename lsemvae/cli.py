@@ -17,6 +17,7 @@ from lsemvae.errors import LSEMVAEError
 COMMAND_MODULES = [
     "lsemvae.data.commands",
     "lsemvae.privacy.commands",
+    "lsemvae.train.commands",
     "lsemvae.train.eval_commands",
 ]
 

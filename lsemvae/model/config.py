@@ -43,7 +43,7 @@ class ModelConfig(StrictModel):
     n_samples: int = Field(1000, gt=0, description="signal length; exact for encoder_pool='flatten'")
     beat_samples: int = Field(80, gt=0, description="median-beat length (recon_target='beat')")
     latent_dim: int = Field(64, gt=0)
-    encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    encoder_channels: tuple[int, ...] = (16, 32, 48, 64)
     encoder_kernels: tuple[int, ...] = (7, 5, 5, 5)
     encoder_strides: tuple[int, ...] = (2, 2, 2, 2)
     encoder_norm: Literal["group", "none"] = "group"

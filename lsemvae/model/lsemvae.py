@@ -71,6 +71,15 @@ class LSEMVAE(nn.Module):
         feats = torch.where(lead_mask[:, rows, None], mu_leads[:, rows], torch.zeros_like(mu_leads[:, rows]))
         return feats.flatten(1)
 
+    def fuse_and_predict(self, mu_leads: Tensor, logvar_leads: Tensor, lead_mask: Tensor,
+                         fusion_mask: Tensor | None = None) -> tuple[GaussianMixture, dict[str, Tensor]]:
+        """Fusion and task heads from per-lead posteriors ``[B, 12, D]`` (also used on cached encoder outputs)."""
+        lead_mask = lead_mask.bool()
+        fmask = lead_mask if fusion_mask is None else fusion_mask.bool()
+        mixture = self.fusion(mu_leads.transpose(0, 1), logvar_leads.transpose(0, 1), fmask.T, LEADS_12)
+        feats = self.head_features(mixture.mean(), mu_leads, lead_mask)
+        return mixture, {name: head(feats) for name, head in self.heads.items()}
+
     def forward(
         self,
         x: Tensor,
@@ -89,10 +98,8 @@ class LSEMVAE(nn.Module):
         lead_mask = lead_mask.bool()
         fmask = lead_mask if fusion_mask is None else fusion_mask.bool() & lead_mask
         mu_leads, logvar_leads = self.encode(x, lead_mask)
-        mixture = self.fusion(mu_leads.transpose(0, 1), logvar_leads.transpose(0, 1), fmask.T, LEADS_12)
+        mixture, logits = self.fuse_and_predict(mu_leads, logvar_leads, lead_mask, fmask)
         mu = mixture.mean()
-        feats = self.head_features(mu, mu_leads, lead_mask)
-        logits = {name: head(feats) for name, head in self.heads.items()}
         z = recon_components = recon = None
         if decode:
             z = mixture.rsample() if (self.training if sample is None else sample) else mixture.mu

@@ -1,0 +1,110 @@
+"""Checkpoints that describe themselves: weights, model config, provenance and training state.
+
+A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True``
+(tensors, numbers, strings and containers only: no pickled objects), written atomically
+(temporary file, fsync, rename) so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lsemvae.errors import ConfigError
+from lsemvae.model.config import ModelConfig
+from lsemvae.model.lsemvae import LSEMVAE, build_model
+
+FORMAT_VERSION = 1
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def capture_rng() -> dict[str, Any]:
+    state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [state[0], torch.from_numpy(state[1].astype(np.int64)), int(state[2]), int(state[3]), float(state[4])],
+        "python": _python_state(),
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: str | Path, *, model: LSEMVAE, epoch: int, optimizer: torch.optim.Optimizer | None = None,
+                    provenance: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+    """Write ``path`` atomically. ``provenance``: preprocessing config + version, data cache keys;
+    ``state``: trainer bookkeeping (best loss so far, metrics...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.model_dump(mode="json"),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+        "rng": capture_rng(),
+        "provenance": provenance or {},
+        "state": state or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found (give the .pt written by `lsemvae pretrain`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign file: say so instead of a pickle traceback
+        raise ConfigError(f"{path}: not a readable LS-EMVAE checkpoint ({err.__class__.__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: not an LS-EMVAE checkpoint of format {FORMAT_VERSION}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], **config_updates) -> LSEMVAE:
+    """Rebuild the model from its recorded config (optionally with e.g. other ``tasks``).
+
+    Loading is strict for everything except the task heads, which may differ between the
+    pretraining and the fine-tuning tasks; any other missing or unexpected key is an error.
+    """
+    cfg = ModelConfig.model_validate({**ckpt["model_config"], **config_updates})
+    model = build_model(cfg)
+    load_pretrained(model, ckpt["model_state"])
+    return model
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    body = {k: v for k, v in state.items() if not k.startswith("heads.")}
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+    except RuntimeError as err:  # shape mismatches are raised even when strict=False
+        raise ConfigError(f"checkpoint does not match the model (another profile or latent size?): "
+                          f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
+    missing = [k for k in missing if not k.startswith("heads.")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(was it written for another profile or latent size?)"
+        )

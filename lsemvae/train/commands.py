@@ -1,0 +1,176 @@
+"""``lsemvae pretrain`` and ``lsemvae finetune``: thin CLI over :mod:`pretrain` and :mod:`finetune`.
+
+Data come from the cohort cache (:mod:`lsemvae.data.cache`): PTB-XL (``--ptbxl``, official
+strat_folds), LUDB (``--ludb``) or any folder of records (``--folder``), preprocessed at the
+model's sampling rate and length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset
+
+from lsemvae.errors import ConfigError, LSEMVAEError
+from lsemvae.leads import resolve_lead_set
+
+PTBXL_SPLIT = {"train": tuple(range(1, 9)), "val": (9,), "test": (10,)}
+
+
+def _preprocess_config(model_cfg):
+    from lsemvae.data.preprocess import PreprocessConfig
+    return PreprocessConfig(fs=model_cfg.fs, seconds=model_cfg.n_samples / model_cfg.fs)
+
+
+def _provenance(pcfg, cohorts) -> dict:
+    from lsemvae.data.preprocess import PIPELINE_VERSION
+    return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
+            "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()}}
+
+
+def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
+    """Build (or reuse) the cached cohorts named on the command line; PTB-XL minus ``exclude_folds``."""
+    from lsemvae.data.cache import build_cohort
+    from lsemvae.data.sources import folder_index, ludb_index, ptbxl_index
+    cache = Path(args.cache_dir)
+    rate = 100 if pcfg.fs <= 100 else 500
+    cohorts = {}
+    if args.ptbxl:
+        refs = [r for r in ptbxl_index(args.ptbxl, rate=rate) if r.meta.get("strat_fold") not in set(exclude_folds)]
+        cohorts["ptb-xl"] = build_cohort(refs, list(tasks), pcfg, cache, name="ptb-xl")
+    if getattr(args, "ludb", None):
+        cohorts["ludb"] = build_cohort(ludb_index(args.ludb), list(tasks), pcfg, cache, name="ludb")
+    for folder in getattr(args, "folder", None) or []:
+        cohorts[f"folder:{folder}"] = build_cohort(folder_index(folder), list(tasks), pcfg, cache, name=Path(folder).name)
+    if not cohorts:
+        raise ConfigError("no data given: pass --ptbxl, --ludb or --folder")
+    return cohorts
+
+
+def fold_indices(cohort, folds) -> np.ndarray:
+    folds = set(folds)
+    return np.array([i for i, m in enumerate(cohort.meta) if m.get("strat_fold") in folds], dtype=int)
+
+
+def run_pretrain(args) -> int:
+    from lsemvae.data.cache import CohortDataset
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.pretrain import PretrainConfig, patient_split, pretrain
+
+    mcfg = get_profile(args.profile)
+    pcfg = _preprocess_config(mcfg)
+    cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
+    train_parts, val_parts = [], []
+    for cohort in cohorts.values():
+        tr, va = patient_split(cohort.patient_ids, args.val_fraction)
+        train_parts.append(CohortDataset(cohort, tr))
+        val_parts.append(CohortDataset(cohort, va))
+    train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
+    if len(val_set) == 0:
+        raise ConfigError("the validation split is empty: raise --val-fraction or add data")
+    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model(mcfg)
+    print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
+    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts), resume=args.resume)
+    best = state["best_metrics"]
+    print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
+          f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
+    return 0
+
+
+def run_finetune(args) -> int:
+    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.tasks import resolve_tasks
+    from lsemvae.model.config import TaskHeadSpec, get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from lsemvae.train.finetune import FinetuneConfig, finetune, label_fraction_subset
+
+    tasks = resolve_tasks(args.task)
+    heads = {n: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for n, t in tasks.items()}
+    torch.manual_seed(args.seed)
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(ckpt, tasks={n: h.model_dump() for n, h in heads.items()})
+        provenance = ckpt["provenance"]
+    else:
+        model = build_model(get_profile(args.profile, tasks={n: h.model_dump() for n, h in heads.items()}))
+        provenance = {"pretrained": None}
+    pcfg = _preprocess_config(model.config)
+    cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
+    leads = resolve_lead_set(args.leads)
+    train_idx = fold_indices(cohort, PTBXL_SPLIT["train"])
+    labels = np.concatenate([cohort.labels[t][train_idx] for t in tasks], axis=1)
+    train_idx = label_fraction_subset(train_idx, labels, args.label_fraction, seed=args.seed)
+    train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))
+    val_set = CohortDataset(cohort, fold_indices(cohort, PTBXL_SPLIT["val"]), leads=leads, tasks=list(tasks))
+    cfg = FinetuneConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    print(f"fine-tuning ({args.mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
+    result = finetune(model, train_set, val_set, tasks, cfg)
+    out = Path(args.out)
+    save_checkpoint(out / "model.pt", model=model, epoch=result["best_epoch"],
+                    provenance={**provenance, "finetune_config": cfg.model_dump(mode="json"), "leads": list(leads),
+                                "label_fraction": args.label_fraction, "n_train": len(train_set)},
+                    state={k: v for k, v in result.items() if k != "history"})
+    (out / "finetune.json").write_text(json.dumps(result, indent=2))
+    print(f"best epoch {result['best_epoch']}: validation macro AUROC {result['best_val_auroc']:.3f}; model {out / 'model.pt'}")
+    return 0
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ptbxl", type=Path, help="PTB-XL root (folder with ptbxl_database.csv)")
+    p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="preprocessed cohort cache (default .cache)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain LS-EMVAE on unlabeled 12-lead ECGs",
+        description="Self-supervised pretraining (reconstruct every lead's median beat from the leads present, with "
+        "expert dropout). Validation is a patient-level split; every epoch writes OUT/last.pt (resumable), "
+        "OUT/metrics.jsonl (loss terms, R2 per lead, active latent dimensions) and, when validation improves, OUT/best.pt.")
+    _data_args(p)
+    p.add_argument("--ludb", type=Path, help="LUDB root (adds its 200 records)")
+    p.add_argument("--folder", type=Path, action="append", help="any folder of records (repeatable)")
+    p.add_argument("--exclude-folds", type=int, nargs="*", default=[10],
+                   help="PTB-XL strat_folds kept out of pretraining (default: 10, the test fold)")
+    p.add_argument("--profile", default="compact", help="model profile: compact (default) or faithful")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients held out for validation")
+    p.add_argument("--out", type=Path, default=Path("runs/pretrain"))
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
+    p.set_defaults(func=run_pretrain)
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a pretrained LS-EMVAE on labelled PTB-XL (any lead set)",
+        description="Supervised fine-tuning on PTB-XL folds 1-8, early stopping on fold 9 macro AUROC (fold 10 is "
+        "never touched here). probe = frozen encoders (fusion gate + heads trained); full = everything, encoders "
+        "at a lower learning rate. Class imbalance via pos_weight. Writes OUT/model.pt and OUT/finetune.json.")
+    _data_args(p)
+    p.add_argument("--checkpoint", type=Path, help="pretrained checkpoint (best.pt); omit for a random-encoder model")
+    p.add_argument("--profile", default="compact", help="profile when no --checkpoint is given")
+    p.add_argument("--task", action="append", default=None, help="task name (repeatable; default superclass)")
+    p.add_argument("--leads", default="6L", help="lead set: 6L (default), 12L or names like I,II,V1")
+    p.add_argument("--mode", choices=["probe", "full"], default="full")
+    p.add_argument("--label-fraction", type=float, default=1.0, help="share of training records with labels (e.g. 0.1)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/finetune"))
+    p.set_defaults(func=lambda a: run_finetune(_with_default_task(a)))
+
+
+def _with_default_task(args):
+    if not args.task:
+        args.task = ["superclass"]
+    if not 0 < args.label_fraction <= 1:
+        raise LSEMVAEError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
+    return args

@@ -1,0 +1,235 @@
+"""Supervised fine-tuning of ANY classifier with ``forward_logits(x, lead_mask) -> {task: logits}``.
+
+LS-EMVAE (``probe``: encoders frozen, fusion gate + heads trained; ``full``: everything, encoders
+at a lower learning rate), the from-scratch CNN and the random-encoder probe all go through the
+same loop, folds and early stopping. Early stopping uses validation macro AUROC (mean over tasks),
+never the test split.
+
+:func:`train_one_epoch` is what the federated ClientApp calls under Opacus: no global state,
+per-record losses averaged over the batch, empty batches (Poisson sampling) skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal, Mapping
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lsemvae.config import StrictModel
+from lsemvae.errors import LSEMVAEError
+from lsemvae.model.losses import positive_weights, task_loss
+from lsemvae.model.lsemvae import LSEMVAE
+from lsemvae.train.augment import AugmentConfig, augment
+from lsemvae.train.metrics import auroc
+
+
+class FinetuneConfig(StrictModel):
+    mode: Literal["probe", "full"] = "full"
+    epochs: int = Field(40, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(1e-3, gt=0, description="learning rate of heads and fusion")
+    encoder_lr_scale: float = Field(0.3, gt=0, description="encoders learn at lr * this (full mode)")
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(10, gt=0, description="epochs without validation AUROC gain before stopping")
+    seed: int = 0
+    eval_crops: int = Field(3, ge=1, description="average logits over this many crop windows (1 = whole signal)")
+    augment: AugmentConfig = AugmentConfig(crop_samples=500, scale_jitter=0.1, noise_std=0.05)
+
+
+def _kind(task) -> str:
+    return task.kind if hasattr(task, "kind") else str(task)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, tasks: Mapping[str, Any], *,
+                    class_weights: Mapping[str, torch.Tensor] | None = None, max_grad_norm: float | None = None,
+                    augmentation: AugmentConfig | None = None, generator: torch.Generator | None = None,
+                    progress: bool = False) -> dict[str, float]:
+    """One pass over ``loader`` (batches of dicts with ``x``, ``lead_mask``, ``y``); returns mean losses.
+
+    ``tasks``: name -> Task (or its kind string). ``class_weights``: name -> pos_weight tensor.
+    ``max_grad_norm`` clips the batch gradient (leave None under Opacus, which clips per sample).
+    """
+    model.train()
+    class_weights = class_weights or {}
+    totals = {name: 0.0 for name in tasks}
+    total, n = 0.0, 0
+    for batch in tqdm(loader, desc="train", leave=False, disable=not progress):
+        x, mask = batch["x"], batch["lead_mask"]
+        if x.shape[0] == 0:  # Opacus' Poisson sampling can draw an empty batch
+            continue
+        if augmentation is not None:
+            x = augment(x, augmentation, generator if generator is not None else torch.Generator())
+        logits = model.forward_logits(x, mask)
+        losses = {name: task_loss(logits[name], batch["y"][name], _kind(t), pos_weight=class_weights.get(name))
+                  for name, t in tasks.items()}
+        loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise LSEMVAEError("fine-tuning loss is not finite: lower the learning rate or check the labels")
+        optimizer.zero_grad()
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        b = x.shape[0]
+        total += loss.item() * b
+        for name, v in losses.items():
+            totals[name] += v.item() * b
+        n += b
+    return {"loss": total / max(n, 1), **{f"loss_{k}": v / max(n, 1) for k, v in totals.items()}, "n": n}
+
+
+def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    return torch.softmax(logits, -1) if kind == "multiclass" else torch.sigmoid(logits)
+
+
+def crop_windows(length: int, crop: int | None, n_crops: int) -> list[slice]:
+    """``n_crops`` evenly spaced windows of ``crop`` samples (the whole signal when it is shorter)."""
+    if crop is None or crop >= length or n_crops == 1:
+        return [slice(0, length)]
+    return [slice(int(s), int(s) + crop) for s in np.linspace(0, length - crop, n_crops).round()]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, tasks: Mapping[str, Any], *, batch_size: int = 128,
+            crop_samples: int | None = None, n_crops: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{task: (y_true [N, n_out], probability [N, n_out])}`` in eval mode (deterministic).
+
+    With ``crop_samples`` (the training crop length) logits are averaged over ``n_crops`` windows,
+    so a model trained on crops is scored on inputs like the ones it saw.
+    """
+    model.eval()
+    ys: dict[str, list] = {t: [] for t in tasks}
+    ps: dict[str, list] = {t: [] for t in tasks}
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        x = batch["x"]
+        windows = crop_windows(x.shape[-1], crop_samples, n_crops)
+        outs = [model.forward_logits(x[..., w], batch["lead_mask"]) for w in windows]
+        for name, t in tasks.items():
+            logits = torch.stack([o[name] for o in outs]).mean(0)
+            ys[name].append(batch["y"][name].numpy())
+            ps[name].append(probabilities(logits, _kind(t)).numpy())
+    return {t: (np.concatenate(ys[t]), np.concatenate(ps[t])) for t in tasks}
+
+
+def macro_auroc(predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean over tasks of the macro (over classes) AUROC."""
+    return float(np.nanmean([np.nanmean(auroc(y, p)) for y, p in predictions.values()]))
+
+
+def set_trainable(model: nn.Module, mode: str) -> None:
+    """``probe`` freezes the encoders (and leaves decoders out); ``full`` trains everything but decoders."""
+    for name, p in model.named_parameters():
+        frozen = name.startswith("decoders.") or (mode == "probe" and name.startswith("encoders."))
+        p.requires_grad_(not frozen)
+
+
+def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    enc = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("encoders.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoders.")]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": cfg.lr * cfg.encoder_lr_scale})
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def class_weights_from(dataset: Dataset, tasks: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """pos_weight per binary/multilabel task from the training labels (negatives / positives)."""
+    labels = {t: np.stack([dataset[i]["y"][t].numpy() for i in range(len(dataset))]) for t in tasks}
+    return {t: positive_weights(labels[t]) for t, task in tasks.items() if _kind(task) != "multiclass"}
+
+
+class _CachedPosteriors(Dataset):
+    """Items whose ``x`` is a record's per-lead posteriors ``[12, 2D]`` from frozen encoders."""
+
+    def __init__(self, model: LSEMVAE, dataset: Dataset, batch_size: int = 128):
+        model.eval()
+        self.items = []
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size):
+                mu, logvar = model.encode(batch["x"], batch["lead_mask"])
+                feats = torch.cat([mu, logvar], -1)
+                for i in range(feats.shape[0]):
+                    self.items.append({"x": feats[i], "lead_mask": batch["lead_mask"][i],
+                                       "y": {t: v[i] for t, v in batch["y"].items()}})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+class _ProbeOnCache(nn.Module):
+    """forward_logits over cached posteriors: the model's own fusion and heads, nothing copied."""
+
+    def __init__(self, model: LSEMVAE):
+        super().__init__()
+        self.model = model
+
+    def forward_logits(self, feats: torch.Tensor, lead_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        mu, logvar = feats.chunk(2, dim=-1)
+        return self.model.fuse_and_predict(mu, logvar, lead_mask)[1]
+
+
+def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapping[str, Any], cfg: FinetuneConfig,
+             *, progress: bool = True, log: list | None = None) -> dict[str, Any]:
+    """Train with early stopping on validation macro AUROC; the model ends with its best weights.
+
+    ``probe`` on an LS-EMVAE encodes every record once with the frozen encoders (whole signal,
+    no augmentation, as the paper's probe) and trains fusion + heads on those posteriors: the
+    same optimisation as running the frozen encoders every step, at a fraction of the cost.
+    Returns ``{"best_epoch", "best_val_auroc", "history", "predict_kwargs"}`` (the crop averaging
+    to use with :func:`predict` on test, the same as validation used).
+    """
+    if len(train_set) == 0:
+        raise LSEMVAEError("fine-tuning set is empty: check the folds, lead set and label fraction")
+    torch.manual_seed(cfg.seed)
+    set_trainable(model, cfg.mode)
+    weights = class_weights_from(train_set, tasks)
+    crop, n_crops = cfg.augment.crop_samples, cfg.eval_crops
+    trained = model
+    if cfg.mode == "probe" and isinstance(model, LSEMVAE):
+        train_set, val_set = _CachedPosteriors(model, train_set), _CachedPosteriors(model, val_set)
+        trained, crop, n_crops = _ProbeOnCache(model), None, 1
+        cfg = cfg.model_copy(update={"augment": AugmentConfig()})
+    optimizer = make_optimizer(model, cfg)
+    best = {"auroc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    history = log if log is not None else []
+    for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"finetune ({cfg.mode})", disable=not progress):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        train = train_one_epoch(trained, loader, optimizer, tasks, class_weights=weights, max_grad_norm=cfg.grad_clip,
+                                augmentation=cfg.augment, generator=gen)
+        val = macro_auroc(predict(trained, val_set, tasks, crop_samples=crop, n_crops=n_crops))
+        history.append({"epoch": epoch, "train_loss": train["loss"], "val_macro_auroc": val})
+        if val > best["auroc"]:
+            best = {"auroc": val, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        elif epoch - best["epoch"] >= cfg.patience:
+            break
+    model.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "best_val_auroc": best["auroc"], "history": history,
+            "predict_kwargs": {"crop_samples": crop, "n_crops": n_crops}}
+
+
+def label_fraction_subset(indices, labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
+    """A seeded random ``fraction`` of ``indices`` in which every class keeps at least one positive
+    (when it has one); ``labels`` ``[N, C]`` are the labels of ``indices`` (NaN allowed)."""
+    indices = np.asarray(indices)
+    if fraction >= 1.0:
+        return indices
+    n = max(1, int(round(fraction * len(indices))))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(indices), n, replace=False)
+    pos = np.nan_to_num(labels) > 0
+    for c in range(pos.shape[1]):
+        if pos[:, c].any() and not pos[chosen, c].any():
+            chosen[rng.integers(n)] = rng.choice(np.flatnonzero(pos[:, c]))
+    return indices[np.unique(chosen)]
