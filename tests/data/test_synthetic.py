@@ -19,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lsemvae.config import load_toml
+from lsemvae.data import readers, sources
 from lsemvae.errors import ConfigError
 from lsemvae.leads import LEADS_12, LIMB_LEADS, check_limb_identities, lead_index
 from lsemvae.data.synth.artefacts import Artefacts
@@ -250,8 +251,6 @@ def test_labels_csv_is_well_formed(cohort):
 
 
 def test_written_records_load_through_the_project_readers(cohort):
-    readers = pytest.importorskip("lsemvae.data.readers")
-    sources = pytest.importorskip("lsemvae.data.sources")
     dest, summary = cohort
     for site in summary["sites"]:
         refs = sources.manifest_index(dest / site["records_dir"], dest / site["labels_csv"], site=site["name"])
