@@ -9,8 +9,10 @@ baseline to the input, target = the logit of one class (the positive class of a 
 The path integral is computed with ``n_steps`` Gauss-Legendre nodes in ``t`` with ``alpha = t**2``:
 the path is unchanged, only the nodes are denser near the baseline, where networks with
 GroupNorm change fastest (the normalisation makes them nearly scale-invariant away from 0).
-On a GroupNorm CNN this cut the completeness error at 32 steps from about 24% to 7% of
-``f(x) - f(0)``. The completeness error is always measured and reported, never assumed.
+Measured at 32 steps on randomly initialised models (4 records), the completeness error fell
+from 24% to 7% of ``f(x) - f(0)`` for the compact LS-EMVAE and from 92% to 26% for the ReLU CNN
+baseline; smooth (GELU/tanh) networks converge much faster than ReLU ones. The completeness
+error is therefore always measured and reported, never assumed.
 
 Lead share: a lead's attribution is its IG summed over time (these sum over leads to
 ``f(x) - f(0)``, completeness); its share is ``|A_lead| / sum_leads |A|``, so shares of the

@@ -57,6 +57,9 @@ def test_evaluate_function_and_command_agree(cohort, tmp_path):
     assert "data:image/png;base64," in (tmp_path / "cli" / "report.html").read_text()
     same = compare_predictions(tmp_path / "fn" / "predictions.csv", tmp_path / "cli" / "predictions.csv", n_boot=50)
     assert same["superclass"]["macro"]["diff"] == 0
+    assert main(["compare", str(tmp_path / "fn" / "predictions.csv"), str(tmp_path / "cli" / "predictions.csv"),
+                 "--n-boot", "50", "--out", str(tmp_path / "cmp.json")]) == 0
+    assert json.loads((tmp_path / "cmp.json").read_text())["tasks"]["superclass"]["macro"]["ci"] == [0.0, 0.0]
 
 
 @pytest.mark.e2e
