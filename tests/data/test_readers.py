@@ -232,3 +232,27 @@ def test_fuzz_header_field_values(pristine, tmp_path, field, line, value):
 
 def test_readers_module_exports():
     assert {"read_record", "find_records", "FORMAT_READERS"} <= set(dir(readers))
+
+
+def test_fast_path_matches_wfdb(ptbxl_root, ludb_root, tmp_path):
+    """The format-16 fast path must give exactly wfdb.rdsamp's physical values (NaN included)."""
+    import wfdb
+
+    paths = (find_records(ptbxl_root / "records100")[::50] + find_records(ptbxl_root / "records500")[::100]
+             + find_records(ludb_root)[::40] + [ptbxl_root / "records100/01000/01020_lr.hea"])
+    for path in paths:
+        expected, fields = wfdb.rdsamp(str(path.with_suffix("")))
+        rec = read_record(path)
+        assert rec.fs == fields["fs"]
+        np.testing.assert_allclose(rec.signal, expected.T, atol=1e-6, equal_nan=True, err_msg=str(path))
+
+
+def test_other_storage_formats_go_through_wfdb(tmp_path):
+    import wfdb
+
+    sig = synthetic_ecg(fs=250, seconds=3)
+    wfdb.wrsamp("f212", fs=250, units=["mV"] * 12, sig_name=list(LEADS_12), p_signal=sig.T, fmt=["212"] * 12,
+                adc_gain=[200.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    rec = read_record(tmp_path / "f212.hea")
+    assert rec.fs == 250 and rec.signal.shape == (12, 750)
+    assert np.abs(rec.signal - sig).max() <= 0.5 / 200 + 1e-6  # 212 quantises to 1/200 mV
