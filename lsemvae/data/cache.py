@@ -162,6 +162,20 @@ def _shrink(tmp: Path, name: str, arr: np.memmap, n: int, chunk: int = 1024) -> 
     del out
 
 
+STALE_BUILD_SECONDS = 6 * 3600
+
+
+def _remove_stale_builds(cache_dir: Path, name: str) -> None:
+    """Delete temporary build folders left by killed builds (builds take minutes: 6 hours means dead)."""
+    now = time.time()
+    for tmp in cache_dir.glob(f".tmp-{name}-*"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_BUILD_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def build_cohort(
     refs: Sequence[RecordRef],
     tasks: Mapping[str, Task] | Iterable[Task | str],
@@ -196,6 +210,7 @@ def build_cohort(
         return load_cohort(final, tasks=task_map.values())
 
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(cache_dir, name)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=cache_dir))
     try:
         n_cap, T, Tb = len(refs), cfg.n_samples, cfg.beat_samples

@@ -171,3 +171,13 @@ def test_pickling_sends_the_path_not_the_arrays(cohort):
     assert len(blob) < cohort.signals.nbytes / 10
     ds = pickle.loads(blob)
     assert isinstance(ds.cohort.signals, np.memmap) and ds[1]["lead_mask"].sum() == 6  # what spawn workers get
+
+
+def test_stale_temporary_builds_are_removed(subset, tmp_path):
+    stale, fresh = tmp_path / ".tmp-s-dead", tmp_path / ".tmp-s-live"
+    stale.mkdir()
+    fresh.mkdir()
+    old = os.stat(stale).st_mtime - 7 * 3600
+    os.utime(stale, (old, old))
+    build_cohort(subset[:2], [], None, tmp_path, name="s", progress=False)
+    assert not stale.exists() and fresh.exists()
