@@ -137,7 +137,7 @@ def train(msg: Message, context: Context) -> Message:
                                               max_epsilon=site.privacy.epsilon, accountant=site.privacy.accountant,
                                               anchor_dir=site.anchor_dir)
         try:
-            sigma = _plan_sigma(context, site, ledger, run_id=int(msg.metadata.run_id), server_round=server_round,
+            sigma = _plan_sigma(context, site, ledger, run_id=int(context.run_id), server_round=server_round,
                                 num_rounds=int(cfg[K.NUM_ROUNDS]), sample_rate=sample_rate, steps_per_round=steps_per_round)
             ledger.check_can_train(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_per_round)
         except BudgetExhausted as err:
@@ -154,7 +154,7 @@ def train(msg: Message, context: Context) -> Message:
                          history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
     epsilon = 0.0
     if dp:
-        epsilon = ledger.record_round(round_number=server_round, run_id=msg.metadata.run_id, history=result.history)
+        epsilon = ledger.record_round(round_number=server_round, run_id=context.run_id, history=result.history)
     metrics = MetricRecord({
         K.NUM_EXAMPLES: int(result.num_examples),
         K.TRAIN_LOSS: float(result.train_loss),

@@ -1,0 +1,132 @@
+"""The real ClientApp answering real server messages, in process: what leaves a site, and refusals.
+
+The server side of each message is built by the ServerApp's own functions (initial_state,
+train_config), so the test exercises the same contract as a deployment without a network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client.audit import summarise
+from client.client_app import app
+from lsemvae.federation import keys as K
+from lsemvae.federation.groups import federated, group_of, groups_for
+from lsemvae.leads import PRECORDIAL_LEADS
+from lsemvae.site import federation_config, load_site_config
+from server.server_app import _array_record, initial_state, train_config
+from tests.federation.helpers import check_outgoing, write_checkpoint, write_sites
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def task_identity():
+    """The identity Flower's runtime gives a ServerApp process (needed to create instruction messages)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, task_identity):
+    tmp = tmp_path_factory.mktemp("clientmsg")
+    names = write_sites(tmp, n_sites=3, records=16, epsilon=2.0)   # site 3 (clinic_c) records 6 leads
+    fed = federation_config({"checkpoint": str(write_checkpoint(tmp / "ckpt.pt")), "num-server-rounds": 2,
+                             "batch-size": 8, "min-sites": 1})
+    return tmp, names, fed, initial_state(fed)
+
+
+def call(world, site: str, kind: str, server_round: int = 1, *, arrays=None, config_update=None, run_id: int = 1,
+         context: Context | None = None):
+    tmp, _, fed, state = world
+    cfg = train_config(fed, state, server_round, seed=server_round)
+    for k, v in (config_update or {}).items():
+        cfg[k] = v
+    msg = Message(RecordDict({K.ARRAYS: _array_record(arrays if arrays is not None else federated(state.model)),
+                              K.CONFIG: cfg}), dst_node_id=1, message_type=kind, group_id=str(server_round))
+    node_config = {"site": site, "site-config": str(tmp / "sites" / f"{site}.toml")}
+    context = context or Context(run_id=run_id, node_id=1, node_config=node_config, state=RecordDict(),
+                                 run_config=fed.as_run_config())
+    return app(msg, context)
+
+
+def site_ids(tmp, site: str) -> set[str]:
+    folder = next(p for p in (tmp / "cohort").iterdir() if p.name.lower() == site)
+    with open(folder / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["record_id"] for r in rows} | {r["patient_id"] for r in rows}
+
+
+def test_six_lead_site_sends_only_its_groups_and_aggregates(world):
+    tmp, names, fed, state = world
+    site = names[2]
+    cfg = load_site_config(tmp / "sites" / f"{site}.toml")
+    assert cfg.lead_names == ("I", "II", "III", "aVR", "aVL", "aVF")
+    reply = call(world, site, K.TRAIN)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    content = reply.content
+    assert set(content.array_records) == {K.ARRAYS}
+    sent_groups = {group_of(k) for k in content[K.ARRAYS]}
+    assert sent_groups == groups_for(cfg.lead_names, ["right_heart", "left_atrial"])
+    assert not any(g == f"encoders.{lead}" for g in sent_groups for lead in PRECORDIAL_LEADS)
+    assert set(content[K.GROUP_WEIGHTS]) == sent_groups
+    m = content[K.METRICS]
+    assert 0 < m[K.EPSILON] <= 2.0 and m[K.NOISE_MULTIPLIER] > 0
+    # the same summary the site writes to its outgoing-message log passes the inspection
+    check_outgoing([summarise(reply)], site_groups=sent_groups, forbidden=site_ids(tmp, site))
+    # the ledger on the site's disk holds the round
+    ledger = json.loads((cfg.state_dir / "privacy-ledger.json").read_text())
+    assert [e["round"] for e in ledger["body"]["events"] if e["kind"] == "round"] == [1]
+
+    ev = call(world, site, K.EVALUATE)
+    assert not ev.has_error()
+    assert set(ev.content.array_records) == set()
+    hist = ev.content[K.HISTOGRAMS]
+    n_eval = ev.content[K.METRICS][K.NUM_EXAMPLES]
+    for task in ("right_heart", "left_atrial"):
+        counts = np.asarray(hist[f"{task}/pos"]) + np.asarray(hist[f"{task}/neg"])
+        assert counts.sum() <= n_eval and len(counts) == fed.eval_bins
+    check_outgoing([summarise(ev)], site_groups=sent_groups, forbidden=site_ids(tmp, site))
+    log_rows = [json.loads(line) for line in cfg.outgoing_log.read_text().splitlines()]
+    assert [r["message_type"] for r in log_rows] == [K.TRAIN, K.EVALUATE]
+
+
+def test_site_at_its_budget_refuses_and_says_why(world):
+    tmp, names, fed, state = world
+    site = names[1]
+    # One SuperNode context for the run: the noise multiplier is planned once, in round 1, for the
+    # rounds announced then (1), so it spends the whole budget; a round 2 would exceed it.
+    ctx = Context(run_id=5, node_id=1, node_config={"site": site, "site-config": str(tmp / "sites" / f"{site}.toml")},
+                  state=RecordDict(), run_config=fed.as_run_config())
+    assert not call(world, site, K.TRAIN, 1, context=ctx, config_update={K.NUM_ROUNDS: 1}).has_error()
+    refused = call(world, site, K.TRAIN, 2, context=ctx)
+    assert refused.has_error() and refused.error.code == K.ERR_BUDGET
+    assert "privacy budget would be exceeded" in refused.error.reason
+    cfg = load_site_config(tmp / "sites" / f"{site}.toml")
+    rows = [json.loads(line) for line in cfg.outgoing_log.read_text().splitlines()]
+    assert rows[-1]["error"]["code"] == K.ERR_BUDGET                       # the refusal is logged at the site too
+
+
+def test_malformed_message_and_non_dp_are_refused(world):
+    tmp, names, fed, state = world
+    arrays = federated(state.model)
+    key = next(k for k in arrays if k.startswith("fusion."))
+    bad = dict(arrays, **{key: np.zeros((3, 3), np.float32)})
+    reply = call(world, names[0], K.TRAIN, arrays=bad)
+    assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE and key in reply.error.reason
+    reply = call(world, names[0], K.TRAIN, config_update={K.MODEL_CONFIG: ""})
+    assert reply.has_error()
+    # a site whose config forbids non-DP training refuses the server's request
+    path = tmp / "sites" / f"{names[0]}.toml"
+    path.write_text(path.read_text().replace("allow_non_dp = true", "allow_non_dp = false"))
+    reply = call(world, names[0], K.TRAIN, config_update={K.DP: False})
+    assert reply.has_error() and reply.error.code == K.ERR_NON_DP_REFUSED
