@@ -65,12 +65,16 @@ def kl_beta(epoch: int, objective: ObjectiveConfig) -> float:
     return objective.beta_max * min(epoch / objective.kl_anneal_epochs, 1.0)
 
 
-def vae_objective(out, target: Tensor, *, beta: float, objective: ObjectiveConfig) -> tuple[Tensor, dict[str, float]]:
+def vae_objective(out, target: Tensor, *, beta: float, objective: ObjectiveConfig,
+                  target_mask: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Pretraining loss from a :class:`~lsemvae.model.lsemvae.ModelOutput` and the recon target.
 
-    Returns the batch-mean loss and each term (batch means, already unweighted) for logging.
+    ``target_mask`` ``[B, 12]``: leads that have a target (default: the input leads); it may
+    include leads absent from the input, which are then reconstructed across leads.
+    Returns the batch-mean loss and each term (batch means, unweighted) for logging.
     """
-    recon = reconstruction_error(out.recon_components, target, out.mixture.weights, out.lead_mask)
+    mask = out.lead_mask if target_mask is None else target_mask.bool()
+    recon = reconstruction_error(out.recon_components, target, out.mixture.weights, mask)
     kl = mixture_kl_bound(out.mixture)
     align = alignment_loss(out.mu_leads, out.mu, out.lead_mask)
     per_record = objective.recon_weight * recon + beta * kl + objective.align_weight * align

@@ -11,14 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import resolve_lead_set
-
-PTBXL_SPLIT = {"train": tuple(range(1, 9)), "val": (9,), "test": (10,)}
 
 
 def _preprocess_config(model_cfg):
@@ -51,23 +48,18 @@ def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
     return cohorts
 
 
-def fold_indices(cohort, folds) -> np.ndarray:
-    folds = set(folds)
-    return np.array([i for i, m in enumerate(cohort.meta) if m.get("strat_fold") in folds], dtype=int)
-
-
 def run_pretrain(args) -> int:
-    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.cache import CohortDataset, patient_split
     from lsemvae.model.config import get_profile
     from lsemvae.model.lsemvae import build_model
-    from lsemvae.train.pretrain import PretrainConfig, patient_split, pretrain
+    from lsemvae.train.pretrain import PretrainConfig, pretrain
 
     mcfg = get_profile(args.profile)
     pcfg = _preprocess_config(mcfg)
     cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
     train_parts, val_parts = [], []
     for cohort in cohorts.values():
-        tr, va = patient_split(cohort.patient_ids, args.val_fraction)
+        tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed)
         train_parts.append(CohortDataset(cohort, tr))
         val_parts.append(CohortDataset(cohort, va))
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
@@ -85,12 +77,12 @@ def run_pretrain(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.cache import CohortDataset, label_fraction, ptbxl_folds
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from lsemvae.train.finetune import FinetuneConfig, finetune, label_fraction_subset
+    from lsemvae.train.finetune import FinetuneConfig, finetune
 
     tasks = resolve_tasks(args.task)
     heads = {n: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for n, t in tasks.items()}
@@ -105,11 +97,10 @@ def run_finetune(args) -> int:
     pcfg = _preprocess_config(model.config)
     cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
     leads = resolve_lead_set(args.leads)
-    train_idx = fold_indices(cohort, PTBXL_SPLIT["train"])
-    labels = np.concatenate([cohort.labels[t][train_idx] for t in tasks], axis=1)
-    train_idx = label_fraction_subset(train_idx, labels, args.label_fraction, seed=args.seed)
+    train_idx, val_idx, _ = ptbxl_folds(cohort)  # fold 10 (test) is never used here
+    train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)
     train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))
-    val_set = CohortDataset(cohort, fold_indices(cohort, PTBXL_SPLIT["val"]), leads=leads, tasks=list(tasks))
+    val_set = CohortDataset(cohort, val_idx, leads=leads, tasks=list(tasks))
     cfg = FinetuneConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, seed=args.seed)
     print(f"fine-tuning ({args.mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
     result = finetune(model, train_set, val_set, tasks, cfg)

@@ -10,6 +10,7 @@ evaluated on the same records can be compared with :func:`compare_predictions` (
 from __future__ import annotations
 
 import csv
+import inspect
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 
 from lsemvae.errors import ConfigError
-from lsemvae.leads import lead_index, resolve_lead_set
+from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 from lsemvae.train import interpret, metrics
-from lsemvae.train.report import write_report
+from lsemvae.train.report import _ci, write_report
 
 
 def _kind(task: Any) -> str:
@@ -118,6 +119,37 @@ def compare_predictions(path_a: Path, path_b: Path, *, n_boot: int = metrics.DEF
             for task, (y, p, names) in pa.items() if task in pb}
 
 
+@torch.no_grad()
+def reconstruction_quality(model: nn.Module, x: torch.Tensor, lead_mask: torch.Tensor, target: torch.Tensor,
+                           target_mask: torch.Tensor, *, leads: Sequence[str] = ("V1", "V2", "V3", "V4", "V5", "V6"),
+                           batch_size: int = 64) -> dict | None:
+    """Per-lead Pearson r, RMSE and R² of the reconstruction of ``leads`` from the input leads.
+
+    ``target [N,12,Tb]`` is what the decoders reconstruct (median beats or signals, standardised
+    units) and ``target_mask`` which leads each record really has. None for models without a decoder.
+    """
+    from lsemvae.train.pretrain import reconstruction_r2
+
+    if "decode" not in inspect.signature(model.forward).parameters:
+        return None
+    model.eval()
+    recon = torch.cat([model(x[i:i + batch_size], lead_mask[i:i + batch_size], decode=True).recon
+                       for i in range(0, len(x), batch_size)])
+    r2 = reconstruction_r2(recon, target, target_mask)
+    out = {}
+    for lead in leads:
+        i = lead_index(lead)
+        m = target_mask[:, i]
+        if int(m.sum()) < 2:
+            continue
+        r, t = recon[m, i], target[m, i]
+        rc, tc = r - r.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True)
+        pearson = (rc * tc).sum(-1) / (rc.norm(dim=-1) * tc.norm(dim=-1)).clamp_min(1e-12)
+        out[lead] = {"pearson_r_mean": float(pearson.mean()), "pearson_r_median": float(pearson.median()),
+                     "rmse": float(((r - t) ** 2).mean().sqrt()), "r2": r2[lead], "n": int(m.sum())}
+    return {"input_leads": [n for n, on in zip(LEADS_12, lead_mask.any(0).tolist()) if on], "per_lead": out}
+
+
 def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indices: Sequence[int] | None = None,
              tasks: Mapping[str, Any] | None = None, leads: str | Sequence[str] = "6L",
              out_dir: str | Path | None = None, predict_kwargs: Mapping[str, Any] | None = None,
@@ -157,8 +189,8 @@ def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indic
         results["tasks"][t] = metrics.summarize(y, p, yv, pv, names[t], threshold_method=threshold_method,
                                                 target_sensitivity=target_sensitivity, n_boot=n_boot, seed=seed,
                                                 multiclass=_kind(task) == "multiclass")
-        say(f"  {t}: macro AUROC {results['tasks'][t]['macro']['auroc']:.3f} "
-            f"(95% CI {results['tasks'][t]['macro']['auroc_ci'][0]:.3f}-{results['tasks'][t]['macro']['auroc_ci'][1]:.3f})")
+        macro = results["tasks"][t]["macro"]
+        say(f"  {t}: macro AUROC {_ci(macro['auroc'], macro['auroc_ci'])}")
 
     x, mask = load_split(cohort, test_indices, lead_names)
     record_ids = [cohort.record_ids[int(i)] for i in test_indices]
@@ -177,6 +209,14 @@ def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indic
             say(f"  {t}: lead ablation ...")
             results["lead_ablation"][t] = interpret.lead_ablation(model, x, mask, test[t][0], t, kind=_kind(task),
                                                                   logits_fn=logits_fn)
+        recon_target = getattr(getattr(model, "config", None), "recon_target", None)
+        if recon_target is not None:
+            idx = np.asarray(test_indices, dtype=np.int64)
+            source = cohort.beats if recon_target == "beat" else cohort.signals
+            rec = reconstruction_quality(model, x, mask, torch.from_numpy(np.array(source[idx], dtype=np.float32)),
+                                         torch.from_numpy(np.asarray(cohort.lead_mask[idx])))
+            if rec is not None:
+                results["reconstruction"] = {"target": recon_target, **rec}
     results["provenance"] = {
         "cache_key": cohort.key, "cache_path": str(cohort.path), "pipeline_version": PIPELINE_VERSION,
         "preprocess_config": cohort.config.model_dump(mode="json"), "n_test": len(test_indices),

@@ -218,18 +218,3 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
     return {"best_epoch": best["epoch"], "best_val_auroc": best["auroc"], "history": history,
             "predict_kwargs": {"crop_samples": crop, "n_crops": n_crops}}
 
-
-def label_fraction_subset(indices, labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
-    """A seeded random ``fraction`` of ``indices`` in which every class keeps at least one positive
-    (when it has one); ``labels`` ``[N, C]`` are the labels of ``indices`` (NaN allowed)."""
-    indices = np.asarray(indices)
-    if fraction >= 1.0:
-        return indices
-    n = max(1, int(round(fraction * len(indices))))
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(indices), n, replace=False)
-    pos = np.nan_to_num(labels) > 0
-    for c in range(pos.shape[1]):
-        if pos[:, c].any() and not pos[chosen, c].any():
-            chosen[rng.integers(n)] = rng.choice(np.flatnonzero(pos[:, c]))
-    return indices[np.unique(chosen)]

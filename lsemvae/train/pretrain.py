@@ -68,7 +68,8 @@ def train_epoch(model: LSEMVAE, dataset: Dataset, cfg: PretrainConfig, optimizer
             continue
         keep = expert_dropout(mask, model.config.objective.expert_keep_prob, gen)
         out = model(augment(x, cfg.augment, gen), mask, fusion_mask=keep)
-        loss, parts = vae_objective(out, _target(batch, model), beta=beta, objective=model.config.objective)
+        loss, parts = vae_objective(out, _target(batch, model), beta=beta, objective=model.config.objective,
+                                    target_mask=batch.get("beat_mask"))
         if not math.isfinite(loss.item()):
             raise LSEMVAEError(f"pretraining loss is {loss.item()} at epoch {epoch}: lower --lr or check the data")
         optimizer.zero_grad()
@@ -159,12 +160,3 @@ def pretrain(model: LSEMVAE, train_set: Dataset, val_set: Dataset, cfg: Pretrain
             fh.write(json.dumps(row) + "\n")
     return state
 
-
-def patient_split(patient_ids, val_fraction: float, *, salt: str = "lsemvae-val") -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, val)``: a patient is in validation when a stable hash of its id falls below
-    ``val_fraction``, so every record of a patient is on one side and the split never depends on order."""
-    import hashlib
-    ids = [str(p) for p in patient_ids]
-    u = np.array([int(hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()[:12], 16) / 16**12 for p in ids])
-    val = u < val_fraction
-    return np.flatnonzero(~val), np.flatnonzero(val)

@@ -9,7 +9,8 @@ federation report (metric and epsilon over rounds) and interpretability (gates, 
     {"title": str, "tasks": {task: metrics.summarize(...)}, "config": {...}, "provenance": {...},
      "gates": {task: {"groups": [...], "mean": [...], "per_class": {cls: [...]}}},
      "lead_shares": {task: {"leads": [...], "overall": [...], "per_class": {cls: [...]}}},
-     "lead_ablation": {task: {"full": float, "drop": {lead: {"macro_auroc": float, "delta": float}}}}}
+     "lead_ablation": {task: {"full": float, "drop": {lead: {"macro_auroc": float, "delta": float}}}},
+     "reconstruction": {"target": str, "input_leads": [...], "per_lead": {lead: {"pearson_r_mean", ...}}}}
 """
 
 from __future__ import annotations
@@ -246,6 +247,14 @@ def write_report(out_dir: Path, results: dict, *, predictions: Mapping[str, tupl
         heading = f"Lead shares (integrated gradients): `{task}`"
         md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>"]
+    if results.get("reconstruction"):
+        rec = results["reconstruction"]
+        header = ("lead", "n", "Pearson r (mean)", "Pearson r (median)", "RMSE", "R²")
+        rows = [[lead, str(v["n"]), _fmt(v["pearson_r_mean"]), _fmt(v["pearson_r_median"]), _fmt(v["rmse"]), _fmt(v["r2"])]
+                for lead, v in rec["per_lead"].items()]
+        heading = f"Reconstruction ({rec['target']}) from {', '.join(rec['input_leads'])}"
+        md += [f"## {heading}", "", _md_table(header, rows), ""]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
     for task, a in results.get("lead_ablation", {}).items():
         rows = [[lead, _fmt(v["macro_auroc"]), _fmt(v["delta"])] for lead, v in a["drop"].items()]
         heading = f"Lead ablation: `{task}` (macro AUROC with all leads {_fmt(a['full'])})"

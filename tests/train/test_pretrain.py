@@ -11,7 +11,7 @@ from lsemvae.model.config import get_profile
 from lsemvae.model.lsemvae import build_model
 from lsemvae.train.augment import AugmentConfig
 from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from lsemvae.train.pretrain import PretrainConfig, patient_split, pretrain, reconstruction_r2
+from lsemvae.train.pretrain import PretrainConfig, pretrain, reconstruction_r2
 
 
 @pytest.fixture(autouse=True)
@@ -91,14 +91,6 @@ def test_finetune_heads_load_non_strictly_but_body_strictly(tmp_path):
     assert "heads.t.net.1.weight" in with_head.state_dict()
     with pytest.raises(ConfigError, match="does not match"):
         model_from_checkpoint(ckpt, latent_dim=16)
-
-
-def test_patient_split_keeps_patients_together():
-    pids = [f"p{i // 3}" for i in range(300)]
-    tr, va = patient_split(pids, 0.2)
-    assert len(set(tr) | set(va)) == 300 and not set(tr) & set(va)
-    assert not {pids[i] for i in tr} & {pids[i] for i in va}
-    assert 0.05 < len(va) / 300 < 0.35
 
 
 def test_r2_is_one_for_perfect_and_zero_for_mean():

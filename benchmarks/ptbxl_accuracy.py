@@ -1,0 +1,250 @@
+"""PTB-XL accuracy benchmark: does LS-EMVAE pretraining help 6-lead diagnosis?
+
+One command pretrains LS-EMVAE (compact) on every 12-lead record outside the test fold (PTB-XL
+folds 1-9 + LUDB; patient-level validation split), then fine-tunes on 6 limb leads for the five
+diagnostic superclasses (train folds 1-8, early stopping on fold 9, test fold 10) and compares:
+
+  lsemvae-probe   pretrained encoders frozen, fusion gate + head trained
+  lsemvae-full    pretrained, everything fine-tuned (encoders at 0.3x the head's learning rate)
+  random-probe    the same model randomly initialised, probe (what the architecture alone gives)
+  cnn             from-scratch 1-D ResNet on the 6 leads (lsemvae.train.baselines.ResNet1D)
+
+at 100% and 10% of the training labels, 3 seeds each, all on identical folds. Reported: macro
+AUROC on fold 10 per seed, the mean over seeds with a bootstrap 95% CI (the same 1,000 stratified
+resamples for every seed and method), validation (fold 9) AUROC, and the paired bootstrap
+difference of each method against the CNN (seed-mean AUROC on identical resamples).
+
+Usage (from the repo root):
+    .venv/bin/python benchmarks/ptbxl_accuracy.py            # full run, ~40-60 min on 2 shared cores
+    .venv/bin/python benchmarks/ptbxl_accuracy.py --quick    # smoke run, a few minutes
+    .venv/bin/python benchmarks/ptbxl_accuracy.py --pretrained runs/bench/pretrain/best.pt  # reuse
+Writes benchmarks/results/ptbxl_accuracy.json (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TASK = "superclass"
+METHODS = ("lsemvae-probe", "lsemvae-full", "random-probe", "cnn")
+
+
+def _threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)  # one thread per process: oversubscribed BLAS threads stall on a shared machine
+
+
+def load_data(args):
+    from lsemvae.data.cache import build_cohort
+    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.data.sources import ludb_index, ptbxl_index
+    pcfg = PreprocessConfig(fs=100, seconds=10.0)
+    ptbxl = build_cohort(ptbxl_index(args.ptbxl, rate=100), [TASK], pcfg, args.cache_dir, name="ptb-xl")
+    ludb = build_cohort(ludb_index(args.ludb), [], pcfg, args.cache_dir, name="ludb")
+    return pcfg, ptbxl, ludb
+
+
+def run_pretrain(args, out_dir: Path) -> str:
+    _threads(1)
+    import torch
+    from torch.utils.data import ConcatDataset
+    from lsemvae.data.cache import CohortDataset, patient_split
+    from lsemvae.data.preprocess import PIPELINE_VERSION
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.pretrain import PretrainConfig, pretrain
+
+    pcfg, ptbxl, ludb = load_data(args)
+    train_parts, val_parts = [], []
+    for cohort in (ptbxl, ludb):
+        tr, va, _ = patient_split(cohort, 0.1, seed=0)
+        if cohort is ptbxl:  # the test fold stays out of pretraining entirely
+            fold = np.array([m.get("strat_fold") for m in cohort.meta])
+            tr, va = tr[fold[tr] != 10], va[fold[va] != 10]
+        train_parts.append(CohortDataset(cohort, tr, tasks=[]))
+        val_parts.append(CohortDataset(cohort, va, tasks=[]))
+    torch.manual_seed(0)
+    model = build_model(get_profile("compact"))
+    cfg = PretrainConfig(epochs=args.pretrain_epochs, seed=0)
+    provenance = {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
+                  "data_cache_keys": {"ptb-xl": ptbxl.key, "ludb": ludb.key}, "excluded_folds": [10]}
+    pretrain(model, ConcatDataset(train_parts), ConcatDataset(val_parts), cfg, out_dir, provenance=provenance,
+             progress=False)
+    return str(out_dir / "best.pt")
+
+
+def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str | None) -> dict:
+    _threads(1)
+    import torch
+    from lsemvae.data.cache import CohortDataset, label_fraction, ptbxl_folds
+    from lsemvae.data.tasks import get_task
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.baselines import ResNet1D
+    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from lsemvae.train.finetune import FinetuneConfig, finetune, macro_auroc, predict
+
+    t0 = time.time()
+    _, ptbxl, _ = load_data(args)
+    task = get_task(TASK)
+    tasks = {TASK: task}
+    heads = {TASK: {"kind": task.kind, "n_outputs": task.n_outputs}}
+    train_idx, val_idx, test_idx = ptbxl_folds(ptbxl)
+    train_idx = label_fraction(ptbxl, train_idx, fraction, task=TASK, seed=seed)
+    sets = [CohortDataset(ptbxl, idx, leads="6L", tasks=[TASK]) for idx in (train_idx, val_idx, test_idx)]
+    torch.manual_seed(seed)
+    if method == "cnn":
+        model, mode = ResNet1D({TASK: task}, leads="6L"), "full"
+    elif method == "random-probe":
+        model, mode = build_model(get_profile("compact", tasks=heads)), "probe"
+    else:
+        model, mode = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads), method.split("-")[1]
+    cfg = FinetuneConfig(mode=mode, seed=seed, epochs=args.finetune_epochs, patience=args.patience)
+    result = finetune(model, sets[0], sets[1], tasks, cfg, progress=False)
+    val = predict(model, sets[1], tasks, **result["predict_kwargs"])
+    test = predict(model, sets[2], tasks, **result["predict_kwargs"])
+    return {"method": method, "fraction": fraction, "seed": seed, "n_train": len(sets[0]),
+            "best_epoch": result["best_epoch"], "val_macro_auroc": macro_auroc(val),
+            "test_macro_auroc": macro_auroc(test), "test_y": test[TASK][0].tolist(), "test_p": test[TASK][1].tolist(),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list[np.ndarray] | None = None,
+                        *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Seed-mean macro AUROC with a bootstrap CI over test records (identical resamples for every
+    seed and method); with ``reference``, the paired difference of the seed means."""
+    from lsemvae.train import metrics
+    w = np.concatenate(list(metrics.bootstrap_weights(y, n_boot=n_boot, seed=seed)))
+    boot = lambda s: np.nanmean(metrics._boot_class_metrics(y, s, w)[0], axis=1)  # [n_boot] macro AUROC
+    point = float(np.mean([np.nanmean(metrics.auroc(y, s)) for s in scores]))
+    dist = np.mean([boot(s) for s in scores], axis=0)
+    out = {"mean": point, "ci": [float(np.nanpercentile(dist, 2.5)), float(np.nanpercentile(dist, 97.5))]}
+    if reference is not None:
+        ref_point = float(np.mean([np.nanmean(metrics.auroc(y, s)) for s in reference]))
+        d = dist - np.mean([boot(s) for s in reference], axis=0)
+        d = d[np.isfinite(d)]
+        out["diff_vs_cnn"] = {"diff": point - ref_point, "ci": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+                              "p_value": float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))}
+    return out
+
+
+def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) -> dict:
+    from lsemvae.train import metrics
+    rows = []
+    for fraction in args.fractions:
+        by_method = {m: sorted([r for r in runs if r["method"] == m and r["fraction"] == fraction], key=lambda r: r["seed"])
+                     for m in METHODS}
+        if not by_method["cnn"]:
+            continue
+        y = np.asarray(by_method["cnn"][0]["test_y"])
+        ref = [np.asarray(r["test_p"]) for r in by_method["cnn"]]
+        for m, rs in by_method.items():
+            if not rs:
+                continue
+            scores = [np.asarray(r["test_p"]) for r in rs]
+            summary = seed_mean_bootstrap(y, scores, None if m == "cnn" else ref)
+            per_seed = [{"seed": r["seed"], "test_macro_auroc": r["test_macro_auroc"],
+                         "test_ci": metrics.bootstrap_auroc(y, np.asarray(r["test_p"]))["macro"]["auroc_ci"],
+                         "val_macro_auroc": r["val_macro_auroc"], "best_epoch": r["best_epoch"], "seconds": r["seconds"]}
+                        for r in rs]
+            rows.append({"method": m, "label_fraction": fraction, "n_train": rs[0]["n_train"],
+                         "test_macro_auroc_mean": summary["mean"], "test_ci": summary["ci"],
+                         "val_macro_auroc_mean": float(np.mean([r["val_macro_auroc"] for r in rs])),
+                         "diff_vs_cnn": summary.get("diff_vs_cnn"), "per_seed": per_seed})
+    keep = ("epoch", "val_loss", "val_recon", "val_kl", "val_r2_mean", "val_r2_precordial_from_limb",
+            "val_r2_12to12", "val_r2_6to12", "val_active_dims", "latent_dim")
+    return {
+        "benchmark": "ptbxl_accuracy", "quick": args.quick,
+        "protocol": "PTB-XL subset (../shared/data), 6 limb leads, diagnostic superclasses (5, multilabel); "
+                    "train folds 1-8, early stopping on fold 9 macro AUROC, test fold 10; pretraining on PTB-XL "
+                    "folds 1-9 + LUDB (12-lead, unlabeled use, 10% of patients held out for validation); "
+                    "seeds " + ",".join(map(str, args.seeds)) + "; bootstrap 1000 stratified resamples",
+        "pretrain": {k: pretrain_metrics.get(k) for k in keep},
+        "results": rows, "runtime_seconds": round(seconds), "jobs": args.jobs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
+        "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else ""),
+    }
+
+
+def main(argv=None) -> int:
+    shared = REPO.parent / "shared" / "data"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ptbxl", type=Path, default=shared / "ptb-xl")
+    p.add_argument("--ludb", type=Path, default=shared / "ludb")
+    p.add_argument("--cache-dir", type=Path, default=REPO / ".cache")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench", help="pretraining checkpoints go here")
+    p.add_argument("--pretrained", type=Path, help="reuse this pretraining checkpoint instead of pretraining")
+    p.add_argument("--pretrain-epochs", type=int, default=30)
+    p.add_argument("--finetune-epochs", type=int, default=40)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
+    p.add_argument("--jobs", type=int, default=2, help="parallel single-threaded processes")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 pretraining and 3 fine-tuning epochs, one seed")
+    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ptbxl_accuracy.json")
+    p.add_argument("--summarise-only", action="store_true", help="rebuild the results file from WORK_DIR/runs.jsonl")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pretrain_epochs, args.finetune_epochs, args.patience, args.seeds = 2, 3, 3, [0]
+        if args.output == p.get_default("output"):
+            args.output = args.work_dir / "ptbxl_accuracy_quick.json"
+    t0 = time.time()
+    runs_log = args.work_dir / ("runs-quick.jsonl" if args.quick else "runs.jsonl")
+    if args.summarise_only:
+        runs = [json.loads(l) for l in runs_log.read_text().splitlines()]
+        checkpoint = runs[0]["checkpoint"]
+        return write_results(runs, checkpoint, args, t0)
+    load_data(args)  # build the caches once, before the workers read them
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    runs_log.write_text("")
+    runs: list[dict] = []
+    grid = [(f, s) for f in args.fractions for s in args.seeds]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        pre = None
+        if args.pretrained is None:
+            pre = pool.submit(run_pretrain, args, args.work_dir / ("pretrain-quick" if args.quick else "pretrain"))
+        independent = [pool.submit(run_finetune, args, m, f, s, None) for m in ("cnn", "random-probe") for f, s in grid]
+        checkpoint = str(args.pretrained) if pre is None else pre.result()
+        print(f"pretraining done: {checkpoint}", flush=True)
+        dependent = [pool.submit(run_finetune, args, m, f, s, checkpoint)
+                     for m in ("lsemvae-probe", "lsemvae-full") for f, s in grid]
+        for fut in independent + dependent:
+            r = fut.result()
+            print(f"{r['method']:14s} labels {r['fraction']:.0%} seed {r['seed']}: test {r['test_macro_auroc']:.3f} "
+                  f"val {r['val_macro_auroc']:.3f} ({r['seconds']} s)", flush=True)
+            r["checkpoint"] = checkpoint
+            runs.append(r)
+            with open(runs_log, "a", encoding="utf-8") as fh:  # raw runs survive a failure in the summary
+                fh.write(json.dumps(r) + "\n")
+    return write_results(runs, checkpoint, args, t0)
+
+
+def write_results(runs: list[dict], checkpoint: str, args, t0: float) -> int:
+    from lsemvae.train.checkpoint import load_checkpoint
+    pretrain_metrics = load_checkpoint(checkpoint)["state"].get("best_metrics", {})
+    result = summarise(runs, pretrain_metrics, args, time.time() - t0)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    for row in result["results"]:
+        d = row["diff_vs_cnn"]
+        print(f"{row['method']:14s} {row['label_fraction']:>4.0%}: {row['test_macro_auroc_mean']:.3f} "
+              f"[{row['test_ci'][0]:.3f}, {row['test_ci'][1]:.3f}]"
+              + (f"  vs CNN {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else ""))
+    print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
