@@ -24,8 +24,9 @@ Deleting the state directory must not reset the budget. Each write also updates 
 total steps, epsilon, sha256 of the history, delta, budget and accountant, with its own checksum.
 ``anchor_dir`` is an argument, else ``$LSEMVAE_LEDGER_ANCHOR_DIR``, else ``~/.lsemvae/ledger-anchors``.
 
-* Ledger present, anchor absent: the ledger is trusted and the anchor rebuilt (new machine or
-  cleaned home directory); logged.
+* Ledger present, anchor absent: the ledger is trusted and, when opened for training
+  (:meth:`PrivacyLedger.open_or_create`), the anchor is rebuilt (new machine or cleaned home
+  directory); logged. :meth:`PrivacyLedger.open` (preflight, ``show``) writes nothing.
 * Ledger absent, anchor present: :class:`LedgerMissing`; the operator either restores the file
   or runs ``lsemvae privacy reset`` (explicit, with a reason, logged in the new ledger).
 * Ledger present but behind its anchor (fewer resets, fewer steps, or same steps and another
@@ -298,7 +299,7 @@ class PrivacyLedger:
     # ----------------------------------------------------------------- opening
     @classmethod
     def open(cls, path: str | Path, *, site: str | None = None, anchor_dir: str | Path | None = None) -> "PrivacyLedger":
-        """Open an existing ledger (verified against its anchor). Never creates one."""
+        """Open an existing ledger, verified against its anchor. Writes nothing (safe for preflight and ``show``)."""
         if site is not None:
             _check_site(site)
         path = Path(path).expanduser().absolute()
@@ -348,6 +349,7 @@ class PrivacyLedger:
                 log.info("privacy ledger created for site '%s' at %s (anchor in %s)", site, path, anchor_dir)
                 return ledger
         ledger = cls.open(path, site=site, anchor_dir=anchor_dir)
+        ledger._check_anchor(repair=True)
         if ledger.delta != delta or ledger.accountant != accountant:
             raise LedgerMismatch(
                 f"{path}: ledger of site '{site}' is kept at delta={ledger.delta:g} with the {ledger.accountant} "
@@ -510,11 +512,14 @@ class PrivacyLedger:
                 f"another with ${ANCHOR_DIR_ENV} (outside the site's state directory)."
             ) from err
 
-    def _check_anchor(self) -> None:
+    def _check_anchor(self, *, repair: bool = False) -> None:
+        """Refuse a ledger behind its anchor; with ``repair``, bring a missing or lagging anchor up to date."""
         anchor = _read_anchor(self.anchor_dir, self.site)
         if anchor is None:
-            log.warning("site '%s': ledger anchor missing in %s; rebuilding it from %s", self.site, self.anchor_dir, self.path)
-            self._write_anchor_only()
+            log.warning("site '%s': ledger anchor missing in %s%s", self.site, self.anchor_dir,
+                        f"; rebuilt from {self.path}" if repair else "")
+            if repair:
+                self._write_anchor_only()
             return
         steps = self.total_steps
         behind = (
@@ -532,7 +537,7 @@ class PrivacyLedger:
             )
         same = (anchor["ledger"], anchor["total_steps"], anchor["resets"], anchor["max_epsilon"]) == (
             str(self.path), steps, self.resets, self.max_epsilon)
-        if not same:
+        if repair and not same:
             self._write_anchor_only()  # ledger ahead (crash between the two writes) or moved: catch up
 
 

@@ -254,6 +254,8 @@ def test_missing_anchor_is_rebuilt_from_the_ledger(paths):
     eps = train_rounds(ledger, 1, run_id="run-1")[-1]
     anchor = paths[1] / "aspire.json"
     anchor.unlink()
+    assert PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1]).epsilon() == pytest.approx(eps)
+    assert not anchor.exists()  # reading (preflight, show) writes nothing
     assert new_ledger(paths).epsilon() == pytest.approx(eps)
     assert json.loads(anchor.read_text())["body"]["epsilon"] == pytest.approx(eps)
 
@@ -263,3 +265,15 @@ def test_prv_accountant_ledger(paths):
     ledger = PrivacyLedger.open_or_create(path, site="aspire", delta=DELTA, max_epsilon=8.0, accountant="prv", anchor_dir=anchors)
     eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 26)])
     assert eps == pytest.approx(3.14, abs=0.02)  # notes §7.1 item 5: PRV is tighter than RDP's 3.71
+
+
+def test_crash_between_ledger_and_anchor_write_is_accepted(paths):
+    """The ledger is written first: a crash before the anchor write leaves the ledger ahead, which is fine."""
+    ledger = new_ledger(paths)
+    train_rounds(ledger, 1, run_id="run-1")
+    anchor = paths[1] / "aspire.json"
+    old_anchor = anchor.read_bytes()
+    eps = train_rounds(ledger, 1, run_id="run-1", start=2)[-1]
+    anchor.write_bytes(old_anchor)
+    assert new_ledger(paths).epsilon() == pytest.approx(eps)
+    assert json.loads(anchor.read_text())["body"]["total_steps"] == 2 * STEPS
