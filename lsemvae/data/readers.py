@@ -326,7 +326,9 @@ def read_wfdb(path: str | Path) -> ECGRecord:
     meta = _comment_meta(comments)
     return ECGRecord(
         signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads,
-        record_id=hea.stem, patient_id=hea.stem, source=str(hea), meta=meta,
+        # A converted hospital record carries its patient in a "# patient_id:" comment (lsemvae.data.convert);
+        # without it, splits by patient would treat every record as its own patient.
+        record_id=hea.stem, patient_id=str(meta.get("patient_id") or hea.stem), source=str(hea), meta=meta,
     )
 
 

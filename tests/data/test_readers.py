@@ -256,3 +256,19 @@ def test_other_storage_formats_go_through_wfdb(tmp_path):
     rec = read_record(tmp_path / "f212.hea")
     assert rec.fs == 250 and rec.signal.shape == (12, 750)
     assert np.abs(rec.signal - sig).max() <= 0.5 / 200 + 1e-6  # 212 quantises to 1/200 mV
+
+
+def test_patient_id_comment_is_used(tmp_path):
+    """Records converted from hospital formats keep their patient in a header comment."""
+    import numpy as np
+    import wfdb
+
+    from lsemvae.data.readers import read_record
+
+    sig = np.random.default_rng(0).normal(0, 0.2, (500, 2))
+    wfdb.wrsamp("r1", fs=100, units=["mV", "mV"], sig_name=["I", "II"], p_signal=sig, fmt=["16", "16"],
+                comments=["patient_id: P42"], write_dir=str(tmp_path))
+    assert read_record(tmp_path / "r1.hea").patient_id == "P42"
+    wfdb.wrsamp("r2", fs=100, units=["mV", "mV"], sig_name=["I", "II"], p_signal=sig, fmt=["16", "16"],
+                write_dir=str(tmp_path))
+    assert read_record(tmp_path / "r2.hea").patient_id == "r2"
