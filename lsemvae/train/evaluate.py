@@ -22,7 +22,7 @@ from torch import nn
 from lsemvae.errors import ConfigError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 from lsemvae.train import interpret, metrics
-from lsemvae.train.report import _ci, write_report
+from lsemvae.train.report import format_ci, write_report
 
 
 def _kind(task: Any) -> str:
@@ -190,7 +190,7 @@ def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indic
                                                 target_sensitivity=target_sensitivity, n_boot=n_boot, seed=seed,
                                                 multiclass=_kind(task) == "multiclass")
         macro = results["tasks"][t]["macro"]
-        say(f"  {t}: macro AUROC {_ci(macro['auroc'], macro['auroc_ci'])}")
+        say(f"  {t}: macro AUROC {format_ci(macro['auroc'], macro['auroc_ci'])}")
 
     x, mask = load_split(cohort, test_indices, lead_names)
     record_ids = [cohort.record_ids[int(i)] for i in test_indices]

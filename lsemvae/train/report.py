@@ -134,7 +134,7 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _ci(point, ci) -> str:
+def format_ci(point, ci) -> str:
     if point is None:
         return "–"
     if not ci or ci[0] is None:
@@ -149,11 +149,11 @@ def _metric_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name in summary["classes"]:
         m = summary["per_class"][name]
-        rows.append([name, str(m["n"]), str(m["n_pos"]), _ci(m["auroc"], m["auroc_ci"]), _ci(m["auprc"], m["auprc_ci"]),
+        rows.append([name, str(m["n"]), str(m["n_pos"]), format_ci(m["auroc"], m["auroc_ci"]), format_ci(m["auprc"], m["auprc_ci"]),
                      _fmt(m["threshold"]), _fmt(m["sensitivity"]), _fmt(m["specificity"]), _fmt(m["f1"]),
                      _fmt(m["mcc"]), _fmt(m["ece"]), _fmt(m["brier"])])
     m = summary["macro"]
-    rows.append(["**macro**", str(summary["n"]), "", _ci(m["auroc"], m["auroc_ci"]), _ci(m["auprc"], m["auprc_ci"]),
+    rows.append(["**macro**", str(summary["n"]), "", format_ci(m["auroc"], m["auroc_ci"]), format_ci(m["auprc"], m["auprc_ci"]),
                  "", _fmt(m["sensitivity"]), _fmt(m["specificity"]), _fmt(m["f1"]), _fmt(m["mcc"]), _fmt(m["ece"]),
                  _fmt(m["brier"])])
     return rows

@@ -75,3 +75,7 @@ def test_evaluate_reports_gates_for_lsemvae(cohort, tmp_path):
     assert gates["groups"] == ["limb", "augmented", "septal", "lateral"]
     assert gates["mean"][2] == 0 and gates["mean"][3] == 0  # 6-lead input: precordial groups carry no weight
     assert sum(gates["mean"]) == pytest.approx(1, abs=1e-5)
+    rec = res["reconstruction"]
+    assert rec["target"] == "beat" and rec["input_leads"] == ["I", "II", "III", "aVR", "aVL", "aVF"]
+    assert set(rec["per_lead"]) == {"V1", "V2", "V3", "V4", "V5", "V6"}
+    assert all(-1 <= v["pearson_r_mean"] <= 1 and v["rmse"] > 0 for v in rec["per_lead"].values())
