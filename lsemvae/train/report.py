@@ -110,7 +110,7 @@ def plot_bar(values: Mapping[str, float] | Mapping[str, Mapping[str, float]], pa
     first = next(iter(values.values()), None)
     groups = values if isinstance(first, Mapping) else {"": values}
     cats = list(dict.fromkeys(k for g in groups.values() for k in g))
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(cats) * max(1, len(groups)) + 1.5), 3.8))
+    fig, ax = plt.subplots(figsize=(min(10.0, max(4.5, 0.3 * len(cats) * len(groups) + 2.0)), 3.8))
     width = 0.8 / len(groups)
     x = np.arange(len(cats))
     for i, (name, vals) in enumerate(groups.items()):
