@@ -68,6 +68,9 @@ def _read_message(msg: Message, context: Context):
     from client.site_runtime import check_tasks_match, load_site_data, model_from_config, resolve_site
 
     site = resolve_site(dict(context.node_config), dict(context.run_config))
+    import torch
+
+    torch.set_num_threads(site.threads)
     if K.ARRAYS not in msg.content.array_records or K.CONFIG not in msg.content.config_records:
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"message lacks '{K.ARRAYS}' or '{K.CONFIG}' records")
     cfg = msg.content[K.CONFIG]

@@ -98,6 +98,8 @@ class SiteConfig(StrictModel):
     privacy: PrivacyBudget
     connection: Connection
     state_dir: Path = Field(description="local state: privacy ledger, data cache, outgoing-message log")
+    threads: int = Field(1, ge=1, le=256, description="CPU threads for local training (torch.set_num_threads); "
+                         "more than the free cores makes torch far slower, not faster")
     anchor_dir: Path | None = Field(None, description="privacy-ledger anchors, outside state_dir "
                                     "(default $LSEMVAE_LEDGER_ANCHOR_DIR or ~/.lsemvae/ledger-anchors)")
 

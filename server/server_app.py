@@ -283,6 +283,9 @@ def _attach_file_log(out: Path) -> logging.Handler:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     fed = federation_config(dict(context.run_config))
+    # The server only loads, averages and saves weights: one thread, so it never competes with sites
+    # sharing the machine (torch threads beyond the free cores slow everything down many-fold).
+    torch.set_num_threads(1)
     out = output_dir(fed, int(context.run_id))
     out.mkdir(parents=True, exist_ok=True)
     handler = _attach_file_log(out)

@@ -143,6 +143,7 @@ def pretrained_checkpoint(args: argparse.Namespace) -> Path:
     model_cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples)
     import torch
 
+    torch.set_num_threads(1)  # on a shared 2-core machine more threads make torch many times slower
     torch.manual_seed(args.seed)
     model = build_model(model_cfg)
     print(f"quick central pretraining: {len(train_idx)} records, {args.pretrain_epochs} epochs", flush=True)

@@ -1,0 +1,70 @@
+"""Secured deployment on loopback: SuperLink with TLS and SuperNode authentication, credentials from
+server.pki. A registered site started through client/run.py joins (preflight verifies the TLS
+certificate); an unregistered site is refused by the SuperLink."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from server.pki import generate
+from tests.federation.helpers import BIN, QUIET_ENV, REPO, free_port, start, stop_all, wait_healthy, write_sites
+
+pytestmark = pytest.mark.e2e
+
+
+def test_tls_and_node_auth_registered_joins_unregistered_refused(tmp_path):
+    names = write_sites(tmp_path, n_sites=2, records=8)
+    pki = generate(tmp_path / "pki", names, days=2)
+    port = free_port()
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "tls"\n\n[superlink.tls]\naddress = "127.0.0.1:{port}"\n'
+                                      f'root-certificates = "{pki["ca"]}"\n')
+    env = {"PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]), "FLWR_HOME": str(home),
+           "LSEMVAE_LEDGER_ANCHOR_DIR": str(tmp_path / "anchors")}
+    flwr_env = {**os.environ, **QUIET_ENV, **env}
+    procs = []
+    try:
+        link = start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(pki["ca"]), "--ssl-certfile", str(pki["server-cert"]),
+                      "--ssl-keyfile", str(pki["server-key"]), "--enable-supernode-auth", "--host", "127.0.0.1",
+                      "--port", str(port), "--database", str(tmp_path / "state.db"),
+                      "--disable-runtime-dependency-installation"], tmp_path / "superlink.log", env=env, cwd=tmp_path)
+        procs.append(link)
+        wait_healthy(port, link, scheme="https", cafile=str(pki["ca"]))
+        registered, stranger = names
+        reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(pki[f"key:{registered}"]) + ".pub", "tls",
+                              "--name", registered], capture_output=True, text=True, timeout=60, env=flwr_env, cwd=tmp_path)
+        assert reg.returncode == 0, reg.stdout + reg.stderr
+
+        def join(site: str) -> subprocess.Popen:
+            return start([sys.executable, str(REPO / "client" / "run.py"), "--site", site, "--sites-dir", str(tmp_path / "sites"),
+                          "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()), "--root-certificates", str(pki["ca"]),
+                          "--auth-key", str(pki[f"key:{site}"]), "--max-retries", "3"], tmp_path / f"{site}.log",
+                         env=env, cwd=tmp_path)
+
+        good = join(registered)
+        bad = join(stranger)
+        procs += [good, bad]
+        assert bad.wait(timeout=180) != 0                                   # refused: the SuperNode exits
+        online = False
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not online:
+            ls = subprocess.run([str(BIN / "flwr"), "supernode", "ls", "tls", "--format", "json"], capture_output=True,
+                                text=True, timeout=60, env=flwr_env, cwd=tmp_path)
+            online = ls.returncode == 0 and '"online"' in ls.stdout
+            time.sleep(2)
+        assert online, ls.stdout + ls.stderr
+        assert good.poll() is None                                          # the registered site stays connected
+    finally:
+        stop_all(procs)
+    good_log = (tmp_path / f"{registered}.log").read_text()
+    assert "TLS certificate verified" in good_log                           # preflight checked the SuperLink's certificate
+    bad_log = (tmp_path / f"{stranger}.log").read_text()
+    assert "INSECURE" not in good_log + bad_log
+    print("refused site log tail:", bad_log.strip().splitlines()[-1][:200])
