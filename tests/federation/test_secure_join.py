@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_tls_and_node_auth_registered_joins_unregistered_refused(tmp_path):
-    names = write_sites(tmp_path, n_sites=2, records=8)
+    names = write_sites(tmp_path, n_sites=2, records=16)
     pki = generate(tmp_path / "pki", names, days=2)
     port = free_port()
     home = tmp_path / "flwr-home"
@@ -51,7 +51,7 @@ def test_tls_and_node_auth_registered_joins_unregistered_refused(tmp_path):
         good = join(registered)
         bad = join(stranger)
         procs += [good, bad]
-        assert bad.wait(timeout=180) != 0                                   # refused: the SuperNode exits
+        bad_code = bad.wait(timeout=180)                                    # refused: the SuperNode exits
         online = False
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not online:
@@ -67,4 +67,5 @@ def test_tls_and_node_auth_registered_joins_unregistered_refused(tmp_path):
     assert "TLS certificate verified" in good_log                           # preflight checked the SuperLink's certificate
     bad_log = (tmp_path / f"{stranger}.log").read_text()
     assert "INSECURE" not in good_log + bad_log
-    print("refused site log tail:", bad_log.strip().splitlines()[-1][:200])
+    assert "Starting: " in bad_log and "check(s) failed" not in bad_log     # passed preflight, refused by the SuperLink
+    assert bad_code != 0 and "Exit Code: 305" in bad_log and "Failed to activate SuperNode" in bad_log, bad_log[-2000:]
