@@ -180,15 +180,19 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from client.local_training import evaluate as evaluate_local
     from client.site_runtime import site_info
-    from lsemvae.privacy.ledger import LedgerError, PrivacyLedger
+    from lsemvae.privacy.ledger import LedgerError, LedgerMissing, PrivacyLedger
 
     site, cfg, model, data = _read_message(msg, context)
     bins = int(cfg.get(K.HIST_BINS, 20))
     summary, hists = evaluate_local(model, data, site, bins=bins)
     try:
         epsilon = PrivacyLedger.open(site.ledger_path, site=site.name, anchor_dir=site.anchor_dir).epsilon()
+    except LedgerMissing:
+        raise  # deleted ledger with an anchor: fail closed, never report 0
     except LedgerError:
-        epsilon = 0.0  # no ledger: this site never trained under DP
+        if site.ledger_path.exists():
+            raise  # corrupt: fail closed
+        epsilon = 0.0  # no ledger and no anchor: this dataset has never trained under DP
     flat: dict[str, list] = {}
     for task, h in hists.items():
         flat[f"{task}/{K.HIST_CLASSES}"] = [str(c) for c in h["classes"]]

@@ -78,6 +78,7 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         figures.append(("Cumulative epsilon per site", plot_series(series, rep / "epsilon.png", title="cumulative epsilon",
                                                                    ylabel="epsilon")))
     final = rows[-1] if rows else {}
+    non_dp = sorted({s for r in rows for s in r.get("non_dp_sites", [])})
     calibration = {}
     for t in tasks:
         pooled = final.get("pooled_histograms", {}).get(t)
@@ -101,6 +102,7 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         "final_auroc": final.get("auroc", {}),
         "final_epsilon": final.get("epsilon", {}),
         "epsilon_max": final.get("epsilon_max"),
+        "non_dp_sites": non_dp,
         "calibration_ece": {t: c["macro"]["ece"] for t, c in calibration.items()},
         "seconds_per_round": [r.get("seconds") for r in rows],
         "bytes_per_site": final.get("bytes", {}),
@@ -109,6 +111,7 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
     (rep / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = [f"# Federated run report\n", f"Status: **{status}**, {len(rows)} round(s) completed, sites: {', '.join(sites)}.\n",
              "Privacy is reported as each site's cumulative epsilon (its own delta); the federation's is the MAX over sites.\n",
+             *([f"**NO PRIVACY GUARANTEE: sites trained without DP: {', '.join(non_dp)}.**\n"] if non_dp else []),
              "| round | seconds | train loss | eval loss | " + " | ".join(f"AUROC {t}" for t in tasks) + " | max epsilon | failures |",
              "|" + "---|" * (6 + len(tasks))]
     for r in rows:

@@ -206,6 +206,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
         train_rows[site] = {"loss": float(m[K.TRAIN_LOSS]), "num_examples": int(m[K.NUM_EXAMPLES]),
                             "epsilon": float(m[K.EPSILON]), "delta": float(m[K.DELTA]),
                             "noise_multiplier": float(m[K.NOISE_MULTIPLIER]), "train_seconds": float(m[K.TRAIN_SECONDS]),
+                            "dp": bool(reply.content[K.SITE][K.SITE_DP]),
                             "groups": sorted({group_of(k) for k in c.arrays})}
         row.setdefault("bytes", {})[site] = {"down": down, "up": _payload_bytes(rec)}
     for f in failures:
@@ -265,7 +266,9 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     for s, e in evals.items():
         eps[s] = max(eps.get(s, 0.0), e["epsilon"])
     row["epsilon"] = eps
-    row["epsilon_max"] = max(eps.values()) if eps else None
+    # A site that trained without DP has no guarantee at all: the federation's epsilon is then undefined.
+    row["non_dp_sites"] = sorted(s for s, t in train_rows.items() if not t["dp"])
+    row["epsilon_max"] = max(eps.values()) if eps and not row["non_dp_sites"] else None
     row["seconds"] = time.monotonic() - started
     return row, True
 

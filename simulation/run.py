@@ -10,7 +10,7 @@ prevalences and device effects, generated once into .cache/), a quick central pr
 separate synthetic pretraining cohort (cached), DP fine-tuning, and a report under --out.
 
 Examples:
-    python simulation/run.py                                  # 4 synthetic sites, 3 rounds, DP
+    python simulation/run.py                                  # 4 synthetic sites, 5 rounds, DP
     python simulation/run.py --sites 3 --rounds 5 --epsilon 3 --strategy fedadam
     python simulation/run.py --data real --sites 4            # PTB-XL split by its site column + LUDB
     python simulation/run.py --no-dp                          # comparison only: NO privacy guarantee
@@ -49,15 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", choices=["synthetic", "real"], default="synthetic",
                    help="synthetic cohort (default) or the real PTB-XL/LUDB data in ../shared/data")
     p.add_argument("--sites", type=int, default=None, help="number of sites (default: 4)")
-    p.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     p.add_argument("--epsilon", type=float, default=0.0, help="every site's total epsilon (default: the site configs')")
     p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam", "fedyogi"], default="fedavg")
     p.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy (comparison only)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/simulation/<UTC time>)")
-    p.add_argument("--records", type=int, default=200, help="synthetic records per site (default 200)")
+    p.add_argument("--records", type=int, default=400, help="synthetic records per site (default 400)")
     p.add_argument("--checkpoint", type=Path, default=None, help="pretrained LS-EMVAE checkpoint (default: quick pretraining)")
-    p.add_argument("--pretrain-epochs", type=int, default=2, help="quick pretraining epochs (default 2)")
-    p.add_argument("--pretrain-records", type=int, default=200, help="synthetic pretraining records (default 200)")
+    p.add_argument("--pretrain-epochs", type=int, default=8, help="quick pretraining epochs (default 8)")
+    p.add_argument("--pretrain-records", type=int, default=400, help="synthetic pretraining records (default 400)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
