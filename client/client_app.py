@@ -13,7 +13,6 @@ shapes, bytes and the metric values of what left the site) by :func:`client.audi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import traceback

@@ -18,7 +18,7 @@ import numpy as np
 
 from lsemvae.errors import ConfigError
 from lsemvae.federation import keys as K
-from lsemvae.site import FederationConfig, SiteConfig, federation_config, load_site_config, site_config_path
+from lsemvae.site import SiteConfig, federation_config, load_site_config, site_config_path
 
 
 def resolve_site(node_config: dict[str, Any], run_config: dict[str, Any]) -> SiteConfig:

@@ -13,7 +13,6 @@ from typing import Iterable, Mapping, TypeVar
 from lsemvae.leads import canonical_lead
 
 FEDERATED_ROOTS = ("encoders", "fusion", "heads")
-LOCAL_ROOTS = ("decoders",)
 
 V = TypeVar("V")
 
@@ -47,7 +46,3 @@ def select(state: Mapping[str, V], groups: Iterable[str]) -> dict[str, V]:
 def federated(state: Mapping[str, V]) -> dict[str, V]:
     """The entries that are sent between server and sites (no decoders)."""
     return {k: v for k, v in state.items() if is_federated(k)}
-
-
-def group_names(keys: Iterable[str]) -> list[str]:
-    return sorted({group_of(k) for k in keys})

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 
 from client.audit import summarise
 from client.client_app import app

@@ -4,7 +4,6 @@ certificate); an unregistered site is refused by the SuperLink."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
