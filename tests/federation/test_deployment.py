@@ -87,6 +87,12 @@ def test_deployment_two_sites_two_dp_rounds(tmp_path):
         ledger = json.loads(cfg.ledger_path.read_text())
         assert [e["round"] for e in ledger["body"]["events"] if e["kind"] == "round"] == [1, 2]
         assert rows[0]["epsilon"][name] < rows[1]["epsilon"][name]      # cumulative: grows every round
+        # the epsilon the site reported equals an independent recomputation from its ledger's history
+        from opacus.accountants import RDPAccountant
+
+        acc = RDPAccountant()
+        acc.history = [tuple(h) for h in ledger["body"]["history"]]
+        assert abs(acc.get_epsilon(delta=ledger["body"]["delta"]) - rows[1]["epsilon"][name]) < 1e-9
         sent = read_jsonl(cfg.outgoing_log)
         assert [r["message_type"] for r in sent] == ["train", "evaluate"] * 2
         check_outgoing(sent, site_groups=groups_for(cfg.lead_names, cfg.task_names), forbidden=_ids(tmp_path))
