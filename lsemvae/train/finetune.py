@@ -218,3 +218,12 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
     return {"best_epoch": best["epoch"], "best_val_auroc": best["auroc"], "history": history,
             "predict_kwargs": {"crop_samples": crop, "n_crops": n_crops}}
 
+
+
+#: ``faithful`` is the paper's probe protocol (reference-model.md §1.7: Adam 1e-4, batch 32, 50 epochs,
+#: frozen encoders); we still keep the best validation epoch rather than the last.
+FINETUNE_PROFILES: dict[str, FinetuneConfig] = {
+    "compact": FinetuneConfig(),
+    "faithful": FinetuneConfig(mode="probe", epochs=50, batch_size=32, lr=1e-4, weight_decay=0.0, patience=50,
+                               eval_crops=1, augment=AugmentConfig()),
+}

@@ -160,3 +160,11 @@ def pretrain(model: LSEMVAE, train_set: Dataset, val_set: Dataset, cfg: Pretrain
             fh.write(json.dumps(row) + "\n")
     return state
 
+
+
+#: Training settings per model profile; ``faithful`` keeps the paper's (reference-model.md §3.1),
+#: with its broken gradient accumulation replaced by plain batches of 128 and no augmentation.
+PRETRAIN_PROFILES: dict[str, PretrainConfig] = {
+    "compact": PretrainConfig(),
+    "faithful": PretrainConfig(epochs=100, batch_size=128, lr=5e-4, weight_decay=1e-5, grad_clip=1.0, augment=AugmentConfig()),
+}
