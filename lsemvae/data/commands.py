@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsemvae.config import validate
 from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
 from lsemvae.data.sources import (
     RecordRef, folder_index, label_counts, ludb_index, manifest_index, ptbxl_index,
@@ -164,7 +165,7 @@ def _print_summary(title: str, s: dict[str, Any]) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     root = Path(args.path)
-    cfg = PreprocessConfig(fs=args.fs)
+    cfg = validate(PreprocessConfig, {"fs": args.fs}, source="command line (--fs)")
     if root.is_file():
         refs, dataset = [RecordRef(root.stem, root.stem, root, {"source": str(root)})], "record"
         groups = {"record": refs}
@@ -217,7 +218,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         tasks = resolve_tasks([t for t in args.tasks.split(",") if t.strip()])
     else:
         tasks = default_tasks(dataset, refs)
-    cfg = PreprocessConfig(fs=args.fs, seconds=args.seconds, powerline_hz=args.powerline or None)
+    cfg = validate(PreprocessConfig, {"fs": args.fs, "seconds": args.seconds, "powerline_hz": args.powerline or None},
+                   source="command line (--fs, --seconds, --powerline)")
     name = args.name or f"{dataset}-{args.fs}hz"
     cohort = build_cohort(refs, tasks, cfg, args.cache_dir, name=name, progress=not args.no_progress,
                           workers=args.workers)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from lsemvae.config import validate
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import resolve_lead_set
 
@@ -65,7 +66,8 @@ def run_pretrain(args) -> int:
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
     if len(val_set) == 0:
         raise ConfigError("the validation split is empty: raise --val-fraction or add data")
-    cfg = PretrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = validate(PretrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                    "seed": args.seed}, source="command line")
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
     print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
@@ -101,7 +103,8 @@ def run_finetune(args) -> int:
     train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)
     train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))
     val_set = CohortDataset(cohort, val_idx, leads=leads, tasks=list(tasks))
-    cfg = FinetuneConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    cfg = validate(FinetuneConfig, {"mode": args.mode, "epochs": args.epochs, "lr": args.lr, "seed": args.seed},
+                   source="command line")
     print(f"fine-tuning ({args.mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
     result = finetune(model, train_set, val_set, tasks, cfg)
     out = Path(args.out)
