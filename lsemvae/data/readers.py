@@ -110,6 +110,14 @@ def _header_fields(hea: Path, lines: list[str]) -> tuple[list[str], list[list[st
     if len(record) < 3:
         raise RecordError(hea, "sampling frequency missing from the record line (WFDB would assume 250 Hz); "
                           "add it after the signal count", reason="fs")
+    try:  # "fs[/counter_freq[(base_counter)]]"; wfdb silently assumes 250 Hz for a field it cannot parse
+        float(re.split(r"[/(]", record[2], maxsplit=1)[0])
+    except ValueError:
+        raise RecordError(hea, f"sampling frequency {record[2]!r} on the record line is not a number",
+                          reason="fs") from None
+    if len(record) > 3 and not record[3].isdigit():
+        raise RecordError(hea, f"number of samples {record[3]!r} on the record line is not a whole number",
+                          reason="corrupt-header")
     n_sig = int(record[1])
     signals = [ln.split() for ln in content[1:1 + n_sig]]
     if len(signals) != n_sig:

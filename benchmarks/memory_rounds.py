@@ -1,0 +1,231 @@
+"""Memory over rounds: RSS of the server and of a site process across a 30-round federated simulation.
+
+Runs ``simulation/run.py`` (the real ServerApp and ClientApp under Flower's simulation engine) on a
+tiny synthetic cohort and samples, from /proc, the resident memory of
+  * the server: the ``flwr-simulation`` process, which runs the ServerApp for the whole run,
+  * the sites: the Ray ``ClientAppActor`` processes, which run the ClientApp for every round (so a
+    leak in the ClientApp, the data cache or Opacus would accumulate there),
+  * the simulation SuperLink.
+After each round (a new line in metrics.jsonl) it records each process's RSS, then fits a line to
+rounds ``--skip``..N: the slope (MB per round) says whether memory is flat. In a deployment each
+ClientApp message runs in a fresh process, so the simulation's long-lived actors are the harder case.
+
+    python benchmarks/memory_rounds.py                 # 30 rounds, 2 sites, DP (~3-6 min here)
+    python benchmarks/memory_rounds.py --rounds 10     # quicker
+Writes benchmarks/results/memory_rounds.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ROLES = {"server": "flwr-simulation", "site": "ClientAppActor", "superlink": "flower-superlink"}
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A narrow LS-EMVAE in the real checkpoint format (memory behaviour, not accuracy, is measured)."""
+    import torch
+
+    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.checkpoint import save_checkpoint
+
+    pre = PreprocessConfig()
+    torch.manual_seed(0)
+    model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
+                                    encoder_channels=(8, 8), encoder_kernels=(5, 5), encoder_strides=(4, 4),
+                                    latent_dim=8, gate_hidden=8, decoder_hidden=16))
+    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": pre.model_dump(mode="json")})
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    kids, out, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        for child in kids.get(pid, []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def sample(root: int) -> dict[str, dict[int, float]]:
+    """RSS (MB) of every process of each role under ``root``."""
+    out: dict[str, dict[int, float]] = {role: {} for role in ROLES}
+    for pid in descendants(root):
+        cmd = cmdline(pid)
+        for role, needle in ROLES.items():
+            if needle in cmd:
+                mb = rss_mb(pid)
+                if mb is not None:
+                    out[role][pid] = mb
+    return out
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--records", type=int, default=16, help="synthetic records per site")
+    p.add_argument("--no-dp", action="store_true", help="train without DP (default: DP)")
+    p.add_argument("--skip", type=int, default=3, help="warm-up rounds left out of the slope")
+    p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory_rounds.json")
+    args = p.parse_args(argv)
+    if args.rounds <= args.skip + 2:
+        p.error(f"--rounds must exceed --skip + 2 ({args.skip + 2})")
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="memrounds-") as tmp:
+        work = Path(tmp)
+        ckpt = tiny_checkpoint(work / "ckpt.pt")
+        sim_out = work / "sim"
+        cmd = [sys.executable, str(REPO / "simulation" / "run.py"), "--sites", str(args.sites), "--records",
+               str(args.records), "--rounds", str(args.rounds), "--batch-size", "8", "--epsilon", "50",
+               "--checkpoint", str(ckpt), "--out", str(sim_out), "--round-timeout", "300"]
+        if args.no_dp:
+            cmd.append("--no-dp")
+        print("running:", " ".join(cmd), flush=True)
+        log = open(work / "simulation.log", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        per_round: list[dict] = []
+        peak: dict[str, float] = {role: 0.0 for role in ROLES}
+        stop = threading.Event()
+
+        def watch() -> None:
+            metrics = sim_out / "server" / "metrics.jsonl"
+            done = 0
+            while not stop.is_set():
+                snap = sample(proc.pid)
+                for role, rows in snap.items():
+                    if rows:
+                        peak[role] = max(peak[role], max(rows.values()))
+                try:
+                    rounds = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+                except OSError:
+                    rounds = 0
+                if rounds > done:
+                    done = rounds
+                    per_round.append({"round": rounds, "t": round(time.monotonic() - started, 1),
+                                      **{role: {str(k): round(v, 1) for k, v in rows.items()} for role, rows in snap.items()}})
+                    print(f"round {rounds}: " + ", ".join(f"{r} {sum(v.values()):.0f} MB" for r, v in snap.items()),
+                          flush=True)
+                stop.wait(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            rc = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            if proc.poll() is None:
+                # The SuperLink runs in its own session: remember every descendant before stopping the launcher.
+                spawned = descendants(proc.pid)
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+                for pid in spawned:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            log.close()
+        tail = (work / "simulation.log").read_text()[-3000:]
+    if rc != 0 or len(per_round) < args.rounds:
+        print(tail, file=sys.stderr)
+        print(f"error: simulation exited with {rc} after {len(per_round)} recorded rounds", file=sys.stderr)
+        return 1
+
+    summary = {}
+    for role in ROLES:
+        # one series per role: the total over its processes (a site actor may be replaced by Ray)
+        xs = [r["round"] for r in per_round if r["round"] > args.skip and r[role]]
+        ys = [sum(r[role].values()) for r in per_round if r["round"] > args.skip and r[role]]
+        if len(xs) < 3:
+            continue
+        s = slope(xs, ys)
+        summary[role] = {"slope_mb_per_round": round(s, 3), "first_mb": ys[0], "last_mb": ys[-1],
+                         "growth_mb": round(ys[-1] - ys[0], 1), "peak_mb": round(peak[role], 1),
+                         "processes": sorted({pid for r in per_round for pid in r[role]}),
+                         "projected_mb_per_100_rounds": round(100 * s, 1)}
+    flat = all(abs(v["slope_mb_per_round"]) * (args.rounds - args.skip) < max(0.05 * v["first_mb"], 20.0)
+               for v in summary.values())
+    result = {
+        "what": "RSS of the ServerApp process (flwr-simulation), the site ClientApp actors (Ray ClientAppActor, summed "
+                "over sites) and the simulation SuperLink after each round of a federated simulation",
+        "rounds": args.rounds, "sites": args.sites, "records_per_site": args.records, "dp": not args.no_dp,
+        "slope_fit_rounds": [args.skip + 1, args.rounds],
+        "flat": flat,
+        "flat_rule": "|slope| x fitted rounds < max(5% of the first fitted RSS, 20 MB) for every role",
+        "summary": summary, "per_round": per_round,
+        "seconds": round(time.monotonic() - started, 1),
+        "command": "python benchmarks/memory_rounds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for role, v in summary.items():
+        print(f"{role:>9}: {v['first_mb']:.0f} -> {v['last_mb']:.0f} MB, slope {v['slope_mb_per_round']:+.2f} MB/round")
+    print(f"memory {'flat' if flat else 'GROWS'}; wrote {args.out} ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
