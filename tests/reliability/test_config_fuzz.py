@@ -266,3 +266,37 @@ def test_unreadable_files_are_config_errors(tmp_path, mid):
     latin.write_bytes('description = "Größe"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=f"{latin}: not UTF-8"):
         _load(mid, latin)
+
+
+# --------------------------------------------------------------------------- property-based
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(
+    st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+)
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text("abcxyz_", min_size=1, max_size=6), inner,
+                                                                         max_size=3)), max_leaves=6)
+_LOCS = {mid: [loc for loc, *_ in walk(model, _drop_none(base))] for mid, model, _, base in MODELS}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mid=st.sampled_from([m[0] for m in MODELS]), data=st.data())
+def test_random_values_load_or_are_config_errors(tmp_path, mid, data):
+    """Any value in any field (one to three at once): the file loads, or a ConfigError names the file."""
+    doc = _drop_none(next(m[3] for m in MODELS if m[0] == mid))
+    for _ in range(data.draw(st.integers(1, 3))):
+        loc = data.draw(st.sampled_from(_LOCS[mid]))
+        try:
+            doc = _set(doc, loc, data.draw(_values))
+        except (TypeError, KeyError, IndexError):  # an earlier draw replaced the table holding this field
+            continue
+    path = tmp_path / f"{mid}-random.toml"
+    path.write_text(dump_toml(doc), encoding="utf-8")
+    try:
+        _load(mid, path)
+    except ConfigError as err:
+        assert str(err).startswith(str(path)), str(err)
