@@ -9,6 +9,9 @@ diagnostic superclasses (train folds 1-8, early stopping on fold 9, test fold 10
   random-probe    the same model randomly initialised, probe (what the architecture alone gives)
   cnn             from-scratch 1-D ResNet on the 6 leads (lsemvae.train.baselines.ResNet1D)
 
+(LS-EMVAE models use the compact profile's head: per-lead means + fused mean, dropout 0.5, and
+FINETUNE_PROFILES["compact"], weight decay 0.05; the CNN keeps FinetuneConfig's defaults)
+
 at 100% and 10% of the training labels, 3 seeds each, all on identical folds. Reported: macro
 AUROC on fold 10 per seed, the mean over seeds with a bootstrap 95% CI (the same 1,000 stratified
 resamples for every seed and method), validation (fold 9) AUROC, and the paired bootstrap
@@ -94,7 +97,7 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.baselines import ResNet1D
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
-    from lsemvae.train.finetune import FinetuneConfig, finetune, macro_auroc, predict
+    from lsemvae.train.finetune import FINETUNE_PROFILES, FinetuneConfig, finetune, macro_auroc, predict
 
     t0 = time.time()
     _, ptbxl, _ = load_data(args)
@@ -105,13 +108,17 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     train_idx = label_fraction(ptbxl, train_idx, fraction, task=TASK, seed=seed)
     sets = [CohortDataset(ptbxl, idx, leads="6L", tasks=[TASK]) for idx in (train_idx, val_idx, test_idx)]
     torch.manual_seed(seed)
+    compact = get_profile("compact", tasks=heads)
+    recipe = FINETUNE_PROFILES["compact"]  # LS-EMVAE's recipe; the CNN keeps FinetuneConfig's defaults
     if method == "cnn":
-        model, mode = ResNet1D({TASK: task}, leads="6L"), "full"
+        model, mode, recipe = ResNet1D({TASK: task}, leads="6L"), "full", FinetuneConfig()
     elif method == "random-probe":
-        model, mode = build_model(get_profile("compact", tasks=heads)), "probe"
-    else:
-        model, mode = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads), method.split("-")[1]
-    cfg = FinetuneConfig(mode=mode, seed=seed, epochs=args.finetune_epochs, patience=args.patience)
+        model, mode = build_model(compact), "probe"
+    else:  # heads are new at fine-tuning, so they follow the current profile even on an older checkpoint
+        model = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads,
+                                      head_input=compact.head_input, head_dropout=compact.head_dropout)
+        mode = method.split("-")[1]
+    cfg = recipe.model_copy(update={"mode": mode, "seed": seed, "epochs": args.finetune_epochs, "patience": args.patience})
     result = finetune(model, sets[0], sets[1], tasks, cfg, progress=False)
     val = predict(model, sets[1], tasks, **result["predict_kwargs"])
     test = predict(model, sets[2], tasks, **result["predict_kwargs"])

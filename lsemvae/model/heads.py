@@ -1,9 +1,11 @@
-"""Task heads: one per task, on the fused latent (or, faithful probe, concatenated per-lead means)."""
+"""Task heads: one per task, on the fused latent, the concatenated per-lead means (faithful probe), or both
+(compact: per-lead means in LEADS_12 slots plus the fused mean)."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lsemvae.leads import LEADS_12
 from lsemvae.model.config import ModelConfig, TaskHeadSpec
 
 
@@ -22,7 +24,8 @@ class TaskHead(nn.Module):
 
 
 def head_input_dim(cfg: ModelConfig) -> int:
-    return cfg.latent_dim * (len(cfg.head_leads) if cfg.head_input == "concat" else 1)
+    slots = {"fused": 1, "concat": len(cfg.head_leads), "leads+fused": len(LEADS_12) + 1}[cfg.head_input]
+    return cfg.latent_dim * slots
 
 
 def build_heads(cfg: ModelConfig) -> nn.ModuleDict:

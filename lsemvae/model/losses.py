@@ -13,7 +13,7 @@ valid because KL is convex (KL(sum w_k q_k || p) <= sum w_k KL(q_k || p)). It is
 posterior actually sampled (the paper regularised an unsampled mean-of-experts), it has no
 discrete sampling, so the gates receive gradient from reconstruction and KL alike, and it costs
 only K decoder passes (K = 4 for HiME). For ``poe`` (K = 1) it is the exact ELBO. Task heads use
-the mixture mean, a deterministic summary.
+deterministic summaries: the mixture mean (compact: also every lead's own posterior mean).
 """
 
 from __future__ import annotations

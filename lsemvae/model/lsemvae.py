@@ -65,11 +65,14 @@ class LSEMVAE(nn.Module):
         return torch.stack(mus, 1), torch.stack(logvars, 1)
 
     def head_features(self, mu: Tensor, mu_leads: Tensor, lead_mask: Tensor) -> Tensor:
-        if self.config.head_input == "fused":
+        """What the task heads see. ``leads+fused`` keeps every lead's own evidence next to the fused
+        mean, so a gate that favours one group cannot hide the other leads from the heads."""
+        kind = self.config.head_input
+        if kind == "fused":
             return mu
-        rows = self._head_rows
-        feats = torch.where(lead_mask[:, rows, None], mu_leads[:, rows], torch.zeros_like(mu_leads[:, rows]))
-        return feats.flatten(1)
+        rows = self._head_rows if kind == "concat" else list(range(len(LEADS_12)))
+        feats = torch.where(lead_mask[:, rows, None], mu_leads[:, rows], torch.zeros_like(mu_leads[:, rows])).flatten(1)
+        return feats if kind == "concat" else torch.cat([feats, mu], dim=1)
 
     def fuse_and_predict(self, mu_leads: Tensor, logvar_leads: Tensor, lead_mask: Tensor,
                          fusion_mask: Tensor | None = None) -> tuple[GaussianMixture, dict[str, Tensor]]:

@@ -125,7 +125,8 @@ def test_opacus_validator_accepts_model(model):
 
 def test_compact_fits_a_federated_round_budget():
     m = build_model(get_profile("compact", tasks=TASKS))
-    assert round_bytes(m) < 5_000_000
+    assert m.config.head_input == "leads+fused" and parameter_count(m, ("heads.",)) == (13 * 64 + 1) * 5
+    assert round_bytes(m) == 2_083_112 < 5_000_000
     assert round_bytes(m) == 4 * parameter_count(m, ("encoders.", "fusion.", "heads."))
 
 
@@ -144,3 +145,61 @@ def test_unknown_fusion_is_a_config_error():
     with pytest.raises(ConfigError, match="fusion"):
         get_profile("compact", fusion="sum")
     assert set(PROFILES) == {"compact", "faithful"}
+
+
+@pytest.fixture(scope="module")
+def leads_fused_model(model):
+    assert model.config.head_input == "leads+fused"  # the compact default
+    return model
+
+
+def test_leads_plus_fused_head_sees_every_present_lead_in_its_slot(leads_fused_model):
+    m = leads_fused_model.eval()
+    d = m.config.latent_dim
+    x, mask = _batch(six=True)
+    out = m(x, mask, decode=False)
+    feats = m.head_features(out.mu, out.mu_leads, mask)
+    assert feats.shape == (4, 13 * d) and m.heads["superclass"].net[-1].in_features == 13 * d
+    slots = feats[:, : 12 * d].reshape(4, 12, d)
+    for i, lead in enumerate(LEADS_12):
+        if lead in LIMB_LEADS:
+            assert torch.allclose(slots[:, i], out.mu_leads[:, i]), lead
+        else:
+            assert (slots[:, i] == 0).all(), lead
+    assert torch.allclose(feats[:, 12 * d :], out.mu)
+
+
+def test_leads_plus_fused_logits_depend_on_each_limb_lead_even_with_a_one_hot_gate(leads_fused_model):
+    """A gate that puts all weight on one group (the observed collapse) must not hide the other leads."""
+    m = leads_fused_model.eval()
+    x, mask = _batch(b=2, six=True)
+    with torch.no_grad():
+        mu_leads, logvar_leads = m.encode(x, mask)
+    mu_leads.requires_grad_(True)
+    with torch.no_grad():
+        m.fusion.gate.group_bias.copy_(torch.tensor([-50.0, 50.0, 0.0, 0.0]))  # all weight on aVR/aVL/aVF
+    try:
+        mixture, logits = m.fuse_and_predict(mu_leads, logvar_leads, mask)
+        assert mixture.weights[0].max() < 1e-6
+        logits["superclass"].sum().backward()
+    finally:
+        with torch.no_grad():
+            m.fusion.gate.group_bias.zero_()
+    per_lead = mu_leads.grad.abs().sum((0, 2))
+    for i, lead in enumerate(LEADS_12):
+        assert (per_lead[i] > 0) == (lead in LIMB_LEADS), lead
+
+
+def test_leads_plus_fused_is_per_sample_independent_and_opacus_valid(leads_fused_model):
+    from opacus.validators import ModuleValidator
+    m = leads_fused_model.eval()
+    x, mask = _batch(b=3, six=True)
+    a = m.forward_logits(x, mask)["superclass"]
+    x2 = x.clone()
+    x2[1:] = torch.randn_like(x2[1:]) * 5
+    mask2 = mask.clone()
+    mask2[2, 1:] = False  # another record's lead set must not matter either
+    b = m.forward_logits(x2, mask2)["superclass"]
+    assert torch.allclose(a[0], b[0], atol=1e-6) and not torch.allclose(a[1], b[1])
+    m.train()
+    ModuleValidator.validate(m, strict=True)

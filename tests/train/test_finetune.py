@@ -10,7 +10,7 @@ from lsemvae.model.config import get_profile
 from lsemvae.model.losses import positive_weights, task_loss
 from lsemvae.model.lsemvae import build_model
 from lsemvae.train.augment import AugmentConfig
-from lsemvae.train.finetune import FinetuneConfig, finetune, predict, train_one_epoch
+from lsemvae.train.finetune import FinetuneConfig, finetune, make_optimizer, predict, train_one_epoch
 
 TASKS = {"t": "multilabel"}
 
@@ -89,6 +89,15 @@ def test_full_mode_trains_encoders_of_present_leads_only():
     after = model.state_dict()
     changed = {k.split(".")[1] for k in before if k.startswith("encoders.") and not torch.equal(before[k], after[k])}
     assert changed == {"I", "II", "III", "aVR", "aVL", "aVF"}
+
+
+def test_compact_recipe_regularises_the_leads_plus_fused_head():
+    from lsemvae.train.finetune import FINETUNE_PROFILES
+    assert FINETUNE_PROFILES["compact"].weight_decay == 0.05 and FinetuneConfig().weight_decay == 1e-4
+    model = _small_lsemvae()
+    assert model.config.head_input == "leads+fused" and model.heads["t"].net[0].p == 0.5
+    opt = make_optimizer(model, FINETUNE_PROFILES["compact"])
+    assert all(g["weight_decay"] == 0.05 for g in opt.param_groups)
 
 
 def test_train_one_epoch_skips_empty_batches():

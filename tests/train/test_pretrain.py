@@ -93,6 +93,17 @@ def test_finetune_heads_load_non_strictly_but_body_strictly(tmp_path):
         model_from_checkpoint(ckpt, latent_dim=16)
 
 
+def test_checkpoint_pretrained_with_a_fused_head_fine_tunes_with_the_leads_plus_fused_head(tmp_path):
+    """What the benchmark does with an older checkpoint: same encoders/fusion, the current profile's head."""
+    model = build_model(get_profile("compact", n_samples=200, beat_samples=40, latent_dim=8, encoder_channels=(8, 8, 8, 8),
+                                    decoder_hidden=16, gate_hidden=8, head_input="fused"))
+    save_checkpoint(tmp_path / "c.pt", model=model, epoch=1)
+    ft = model_from_checkpoint(load_checkpoint(tmp_path / "c.pt"), tasks={"t": {"kind": "binary", "n_outputs": 1}},
+                               head_input="leads+fused", head_dropout=0.5)
+    assert ft.state_dict()["heads.t.net.1.weight"].shape == (1, 13 * 8)
+    assert torch.equal(ft.state_dict()["encoders.II.fc_mu.weight"], model.state_dict()["encoders.II.fc_mu.weight"])
+
+
 def test_r2_is_one_for_perfect_and_zero_for_mean():
     t = torch.randn(10, 12, 5)
     mask = torch.ones(10, 12, dtype=torch.bool)
