@@ -76,7 +76,12 @@ def _read_message(msg: Message, context: Context):
     missing = [k for k in (K.MODEL_CONFIG, K.PREPROCESS_CONFIG, K.ROUND) if k not in cfg]
     if missing:
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server config lacks {missing}")
-    model = model_from_config(str(cfg[K.MODEL_CONFIG]))
+    try:
+        model = model_from_config(str(cfg[K.MODEL_CONFIG]))
+    except ValueError as err:  # not JSON (JSONDecodeError) or not a model config (pydantic ValidationError)
+        first = str(err).splitlines()[0]
+        raise SiteRefusal(K.ERR_BAD_MESSAGE,
+                          f"server config '{K.MODEL_CONFIG}' is not a valid model config: {first}") from None
     incoming = msg.content[K.ARRAYS].to_torch_state_dict()
     own = model.state_dict()
     wrong = [k for k in incoming if k not in own or not is_federated(k) or tuple(incoming[k].shape) != tuple(own[k].shape)]
@@ -86,6 +91,20 @@ def _read_message(msg: Message, context: Context):
     data = load_site_data(site, str(cfg[K.PREPROCESS_CONFIG]))
     check_tasks_match(site, data, model)
     return site, cfg, model, data
+
+
+def _number(cfg, key: str, kind: type, *, minimum: float, strict: bool = False):
+    """A numeric server instruction; a missing or invalid one is a malformed message, refused."""
+    if key not in cfg:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server config lacks '{key}'")
+    value = cfg[key]
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum) and (kind is float or float(value).is_integer()))
+    if not ok:
+        what = "a whole number" if kind is int else "a number"
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server config '{key}' must be {what} {'>' if strict else '>='} {minimum} "
+                          f"(got {value!r})")
+    return kind(value)
 
 
 def _plan_sigma(context: Context, site, ledger, *, run_id: int, server_round: int, num_rounds: int,
@@ -123,10 +142,12 @@ def train(msg: Message, context: Context) -> Message:
     from lsemvae.privacy.ledger import PrivacyLedger
 
     site, cfg, model, data = _read_message(msg, context)
-    server_round = int(cfg[K.ROUND])
+    server_round = _number(cfg, K.ROUND, int, minimum=1)
+    num_rounds = _number(cfg, K.NUM_ROUNDS, int, minimum=1)
     dp = bool(cfg.get(K.DP, True))
-    batch = int(cfg[K.BATCH_SIZE])
-    epochs = int(cfg[K.LOCAL_EPOCHS])
+    batch = _number(cfg, K.BATCH_SIZE, int, minimum=1)
+    epochs = _number(cfg, K.LOCAL_EPOCHS, int, minimum=1)
+    lr = _number(cfg, K.LR, float, minimum=0.0, strict=True)
     n_train = len(data.train_idx)
     if n_train == 0:
         raise SiteRefusal(K.ERR_SITE_SETUP, f"site {site.name}: no training records after the evaluation split")
@@ -140,7 +161,7 @@ def train(msg: Message, context: Context) -> Message:
                                               anchor_dir=site.anchor_dir)
         try:
             sigma = _plan_sigma(context, site, ledger, run_id=int(context.run_id), server_round=server_round,
-                                num_rounds=int(cfg[K.NUM_ROUNDS]), sample_rate=sample_rate, steps_per_round=steps_per_round)
+                                num_rounds=num_rounds, sample_rate=sample_rate, steps_per_round=steps_per_round)
             ledger.check_can_train(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_per_round)
         except BudgetExhausted as err:
             raise SiteRefusal(K.ERR_BUDGET, str(err)) from None
@@ -151,7 +172,7 @@ def train(msg: Message, context: Context) -> Message:
                               f"site {site.name}: the server asked for training WITHOUT differential privacy and this "
                               "site does not allow it (privacy.allow_non_dp = false)")
         warn_no_privacy(site.name, logger=log)
-    result = train_round(model, data, site, lr=float(cfg[K.LR]), batch_size=batch, local_epochs=epochs,
+    result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs,
                          proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), dp=dp, noise_multiplier=sigma,
                          history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
     epsilon = 0.0

@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from client.preflight import run_preflight  # noqa: E402
+from lsemvae.config import validate  # noqa: E402
 from lsemvae.errors import LSEMVAEError  # noqa: E402
 from lsemvae.site import SiteConfig, load_site_config, site_config_path  # noqa: E402
 
@@ -74,8 +75,8 @@ def apply_overrides(cfg: SiteConfig, args: argparse.Namespace) -> SiteConfig:
     if args.state_dir:
         update["state_dir"] = Path(args.state_dir).resolve()
     # Re-validate: overrides get the same checks as the file.
-    return SiteConfig.model_validate({**cfg.model_dump(), **{k: v.model_dump() if hasattr(v, "model_dump") else v
-                                                             for k, v in update.items()}})
+    return validate(SiteConfig, {**cfg.model_dump(), **{k: v.model_dump() if hasattr(v, "model_dump") else v
+                                                        for k, v in update.items()}}, source="command-line overrides")
 
 
 def _toml_str(value: str, what: str) -> str:

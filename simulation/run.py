@@ -208,8 +208,28 @@ def run_config_arg(cfg: dict) -> str:
     return " ".join(parts)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible values before anything starts (not after a SuperLink was spawned)."""
+    for name in ("sites", "rounds", "records", "local_epochs", "batch_size", "min_sites", "cpus_per_site"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise LSEMVAEError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise LSEMVAEError(f"--checkpoint {args.checkpoint}: file not found")
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through main's `finally`: the SuperLink is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        _check_args(args)
+    except LSEMVAEError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.resume and not (args.out and (args.out / "server" / "server-state.pt").is_file()):
         print("error: --resume needs --out pointing at a previous simulation (with server/server-state.pt)", file=sys.stderr)
         return 2

@@ -1,0 +1,137 @@
+"""User errors through the real command lines (subprocesses): one clear message, non-zero exit, no traceback.
+
+A hospital operator meets the launcher and the data commands first; a typo in a site file or an
+option must say which file/option and field is wrong, never dump a Python traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = [sys.executable, str(REPO / "client" / "run.py")]
+LSEMVAE = [sys.executable, "-m", "lsemvae"]
+
+SITE = """
+name = "x"
+leads = "6L"
+state_dir = "state"
+[data]
+format = "manifest"
+root = "records"
+labels = "labels.csv"
+[[tasks]]
+name = "right_heart"
+column = "ph"
+[privacy]
+epsilon = 3.0
+[connection]
+superlink = "127.0.0.1:8000"
+"""
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def assert_user_error(out: subprocess.CompletedProcess, *expected: str, code: int | None = None) -> None:
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert code is None or out.returncode == code, (out.returncode, text)
+    assert "Traceback" not in text, text
+    for part in expected:
+        assert part in text, (part, text)
+
+
+def site_file(tmp: Path, text: str = SITE) -> Path:
+    path = tmp / "x.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("change, field", [
+    (("epsilon = 3.0", 'epsilon = "lots"'), "privacy.epsilon"),
+    (("epsilon = 3.0", "epsilon = 1000"), "privacy.epsilon"),
+    (('leads = "6L"', 'leads = ["I", "Q7"]'), "leads"),
+    (('root = "records"\n', ""), "data.root"),
+    (("[privacy]", "[privacy]\nbudgett = 2"), "privacy.budgett"),
+    (('superlink = "127.0.0.1:8000"', "superlink = 8000"), "connection.superlink"),
+])
+def test_launcher_broken_site_file(tmp_path, change, field):
+    path = site_file(tmp_path, SITE.replace(*change))
+    out = run(LAUNCHER + ["--site", "x", "--config", str(path), "--check"], tmp_path)
+    assert_user_error(out, f"{path}: {field}", code=2)
+
+
+def test_launcher_missing_or_unreadable_site_file(tmp_path):
+    out = run(LAUNCHER + ["--site", "x", "--sites-dir", str(tmp_path / "nowhere"), "--check"], tmp_path)
+    assert_user_error(out, f"{tmp_path / 'nowhere' / 'x.toml'}: config file not found", code=2)
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"name = \xff\xfe\n")
+    out = run(LAUNCHER + ["--site", "x", "--config", str(bad), "--check"], tmp_path)
+    assert_user_error(out, f"{bad}: not UTF-8", code=2)
+    out = run(LAUNCHER + ["--site", "Not A Site", "--check"], tmp_path)
+    assert_user_error(out, "site name 'Not A Site'", code=2)
+
+
+@pytest.mark.parametrize("option, field", [
+    (["--superlink", "no-port-here"], "connection.superlink"),
+    (["--port", "80"], "connection.node_port"),
+])
+def test_launcher_bad_override_names_the_field(tmp_path, option, field):
+    path = site_file(tmp_path)
+    out = run(LAUNCHER + ["--site", "x", "--config", str(path), "--check", *option], tmp_path)
+    assert_user_error(out, field, code=2)
+
+
+def test_launcher_bad_option_type_is_an_argparse_error(tmp_path):
+    out = run(LAUNCHER + ["--site", "x", "--config", str(site_file(tmp_path)), "--port", "abc"], tmp_path)
+    assert_user_error(out, "argument --port: invalid int value", code=2)
+
+
+def test_launcher_preflight_names_missing_files(tmp_path):
+    path = site_file(tmp_path)
+    base = LAUNCHER + ["--site", "x", "--config", str(path), "--check", "--skip-network-check"]
+    out = run(base + ["--insecure"], tmp_path)
+    assert_user_error(out, f"{tmp_path / 'records'} does not exist", "Fix:", code=1)
+    (tmp_path / "records").mkdir()
+    out = run(base + ["--insecure"], tmp_path)
+    assert_user_error(out, f"{tmp_path / 'labels.csv'} not found", code=1)
+    # TLS by default: a CA file that is not there is named, with the fix
+    out = run(base + ["--root-certificates", str(tmp_path / "ca.crt")], tmp_path)
+    assert_user_error(out, f"{tmp_path / 'ca.crt'} not found", "connection.root_certificates", code=1)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args, expected", [
+    (["data", "prepare", "--root", "/nonexistent/ecg"], "/nonexistent/ecg: not found"),
+    (["data", "prepare", "--root", "{ludb}", "--fs", "5", "--limit", "2"], "fs: Input should be greater than or equal to 50"),
+    (["data", "prepare", "--root", "{ludb}", "--seconds", "-1", "--limit", "2"], "seconds: Input should be greater than 0"),
+    (["data", "prepare", "--root", "{ludb}", "--tasks", "nosuchtask", "--limit", "2"], "unknown task 'nosuchtask'"),
+    (["data", "prepare", "--root", "{ludb}", "--rate", "250"], "argument --rate: invalid choice"),
+    (["data", "inspect", "{ludb}", "--fs", "5", "--limit", "2"], "fs: Input should be greater than or equal to 50"),
+    (["data", "synth", "--dest", "{tmp}/syn", "--records", "-5"], "sites.0.n_records"),
+    (["data", "synth", "--dest", "{tmp}/syn", "--config", "{tmp}/cohort.toml"], "cohort.toml: sites.0.fs"),
+])
+def test_data_commands_user_errors(tmp_path, ludb_root, args, expected):
+    (tmp_path / "cohort.toml").write_text('[[sites]]\nname = "a"\nn_records = 5\nfs = 7\n')
+    args = [a.format(ludb=ludb_root, tmp=tmp_path) for a in args]
+    cache = ["--cache-dir", str(tmp_path / "cache")] if args[1] == "prepare" else []
+    out = run(LSEMVAE + args + cache + ["--no-progress"], tmp_path)
+    assert_user_error(out, expected.format(tmp=tmp_path), code=2)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--sites", "0"], "--sites must be at least 1"),
+    (["--checkpoint", "/nonexistent/best.pt"], "--checkpoint /nonexistent/best.pt: file not found"),
+    (["--strategy", "fedsgd"], "argument --strategy: invalid choice"),
+])
+def test_simulation_bad_arguments_fail_before_starting_anything(tmp_path, args, expected):
+    out = run([sys.executable, str(REPO / "simulation" / "run.py"), "--out", str(tmp_path / "sim"), *args], tmp_path)
+    assert_user_error(out, expected, code=2)
+    assert not (tmp_path / "sim" / "superlink.log").exists()
