@@ -181,7 +181,8 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
         "pretrain": {k: pretrain_metrics.get(k) for k in keep},
         "results": rows, "runtime_seconds": round(seconds), "jobs": args.jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
-        "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "")
+                   + (f" --pretrained {args.pretrained}" if args.pretrained else ""),
     }
 
 
