@@ -59,7 +59,6 @@ def centralised(sim_out: Path, args) -> dict:
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
     from lsemvae.train.finetune import predict
     from lsemvae.train.metrics import auroc
-    from server.server_app import fresh_head_config
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(args.checkpoint)
@@ -75,8 +74,7 @@ def centralised(sim_out: Path, args) -> dict:
     runs = []
     for seed in range(args.central_seeds):
         torch.manual_seed(0)   # head initialisation as the server's (run seed 0); the seed varies the shuffle
-        model = model_from_checkpoint(ckpt, tasks={t: {"kind": task.kind, "n_outputs": task.n_outputs} for t, task in tasks.items()},
-                                      **fresh_head_config(ckpt))   # the same heads as the federation's
+        model = model_from_checkpoint(ckpt, tasks={t: {"kind": task.kind, "n_outputs": task.n_outputs} for t, task in tasks.items()})
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith("decoders"))
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

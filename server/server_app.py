@@ -58,20 +58,6 @@ def output_dir(fed: FederationConfig, run_id: int) -> Path:
     return (Path.cwd() / "runs" / "federation" / str(run_id)).resolve()
 
 
-HEAD_FIELDS = ("head_input", "head_leads", "head_hidden", "head_dropout")
-
-
-def fresh_head_config(ckpt: dict) -> dict[str, Any]:
-    """Head settings of the checkpoint's profile as it is now: the federation's heads are new, so an
-    older checkpoint gets the current head too. A head on the fused mean alone (the compact profile
-    before "leads+fused") cannot see the leads the HiME gate down-weights: left_atrial then stayed
-    near chance in the federation (benchmarks/results/federation.md)."""
-    from lsemvae.model.config import PROFILES
-
-    profile = PROFILES.get(str(ckpt["model_config"].get("profile", "compact")))
-    return {k: getattr(profile, k) for k in HEAD_FIELDS} if profile is not None else {}
-
-
 def initial_state(fed: FederationConfig) -> ServerState:
     """Global model from the pretrained checkpoint, with fresh heads for the federation's tasks."""
     from lsemvae.data.preprocess import PreprocessConfig
@@ -88,7 +74,7 @@ def initial_state(fed: FederationConfig) -> ServerState:
         task = get_task(name)
         heads[name] = TaskHeadSpec(kind=task.kind, n_outputs=task.n_outputs)
     torch.manual_seed(fed.seed)  # head initialisation
-    model = model_from_checkpoint(ckpt, tasks={k: v.model_dump() for k, v in heads.items()}, **fresh_head_config(ckpt))
+    model = model_from_checkpoint(ckpt, tasks={k: v.model_dump() for k, v in heads.items()})
     prov = ckpt.get("provenance", {}) or {}
     pre = prov.get("preprocess_config") or prov.get("preprocess")
     pre_cfg = PreprocessConfig.model_validate(pre) if pre else PreprocessConfig(fs=model.config.fs)

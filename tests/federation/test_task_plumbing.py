@@ -101,27 +101,3 @@ def test_evaluation_histograms_score_each_task_from_its_own_head(sites):
             pos, neg = np.asarray(hists[task]["pos"][0]), np.asarray(hists[task]["neg"][0])
             assert pos[hot_bin] == np.nansum(y) and neg[hot_bin] == np.sum(y == 0), f"{cfg.name}/{task}"
             assert pos.sum() + neg.sum() == pos[hot_bin] + neg[hot_bin]
-
-
-def test_older_fused_head_checkpoint_gets_the_current_head_in_the_federation(tmp_path):
-    """Heads are new at the server; a checkpoint written when compact heads read only the fused mean
-    (which hid left_atrial's leads from the head) must be fine-tuned with the current profile's head."""
-    from lsemvae.data.preprocess import PreprocessConfig
-    from lsemvae.model.config import ModelConfig, get_profile
-    from lsemvae.model.lsemvae import build_model
-    from lsemvae.train.checkpoint import save_checkpoint
-
-    pre = PreprocessConfig()
-    old = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
-                                  encoder_channels=(8, 8), encoder_kernels=(5, 5), encoder_strides=(4, 4), latent_dim=8,
-                                  gate_hidden=8, decoder_hidden=16, head_input="fused", head_dropout=0.0))
-    path = save_checkpoint(tmp_path / "old.pt", model=old, epoch=0,
-                           provenance={"preprocess_config": pre.model_dump(mode="json")})
-    state = initial_state(federation_config({"checkpoint": str(path), "tasks": ",".join(TASKS)}))
-    sent = ModelConfig.model_validate_json(state.model_config)   # what every site builds its model from
-    current = get_profile("compact")
-    assert (sent.head_input, sent.head_dropout) == (current.head_input, current.head_dropout) != ("fused", 0.0)
-    assert sent.latent_dim == 8   # the pretrained body is the checkpoint's
-    enc = "encoders.V1.fc_mu.weight"
-    np.testing.assert_array_equal(state.model[enc], old.state_dict()[enc].numpy())
-    assert state.model["heads.left_atrial.net.1.weight"].shape[1] == 8 * 13   # 12 lead slots + fused mean
