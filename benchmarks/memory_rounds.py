@@ -32,24 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.federation.helpers import write_checkpoint as tiny_checkpoint  # noqa: E402  (same narrow model as the tests)
+
 ROLES = {"server": "flwr-simulation", "site": "ClientAppActor", "superlink": "flower-superlink"}
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    """A narrow LS-EMVAE in the real checkpoint format (memory behaviour, not accuracy, is measured)."""
-    import torch
-
-    from lsemvae.data.preprocess import PreprocessConfig
-    from lsemvae.model.config import get_profile
-    from lsemvae.model.lsemvae import build_model
-    from lsemvae.train.checkpoint import save_checkpoint
-
-    pre = PreprocessConfig()
-    torch.manual_seed(0)
-    model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
-                                    encoder_channels=(8, 8), encoder_kernels=(5, 5), encoder_strides=(4, 4),
-                                    latent_dim=8, gate_hidden=8, decoder_hidden=16))
-    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": pre.model_dump(mode="json")})
 
 
 def _children() -> dict[int, list[int]]:

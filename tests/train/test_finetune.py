@@ -15,14 +15,6 @@ from lsemvae.train.finetune import FinetuneConfig, finetune, make_optimizer, pre
 TASKS = {"t": "multilabel"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Separable(torch.utils.data.Dataset):
     """Generated records whose label is the sign of lead II's mean: learnable by anything."""
 

@@ -14,15 +14,6 @@ from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, sav
 from lsemvae.train.pretrain import PretrainConfig, pretrain, reconstruction_r2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors on a shared 2-core machine: one thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Generated(Dataset):
     """Small generated 12-lead records with a beat target (some records miss the precordial leads)."""
 
