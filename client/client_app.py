@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from client.audit import outgoing_log_mod
 from lsemvae.errors import LSEMVAEError
 from lsemvae.federation import keys as K
+from lsemvae.federation.codec import UPDATE_DTYPES, CodecError, decode, encode
 from lsemvae.federation.groups import is_federated
 
 log = logging.getLogger("lsemvae.client")
@@ -82,7 +83,11 @@ def _read_message(msg: Message, context: Context):
         first = str(err).splitlines()[0]
         raise SiteRefusal(K.ERR_BAD_MESSAGE,
                           f"server config '{K.MODEL_CONFIG}' is not a valid model config: {first}") from None
-    incoming = msg.content[K.ARRAYS].to_torch_state_dict()
+    try:
+        arrays = decode({k: a.numpy() for k, a in msg.content[K.ARRAYS].items()}, _update_dtype(cfg), sender="the server")
+    except CodecError as err:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, str(err)) from None
+    incoming = {k: torch.from_numpy(v) for k, v in arrays.items()}
     own = model.state_dict()
     wrong = [k for k in incoming if k not in own or not is_federated(k) or tuple(incoming[k].shape) != tuple(own[k].shape)]
     if wrong:
@@ -91,6 +96,15 @@ def _read_message(msg: Message, context: Context):
     data = load_site_data(site, str(cfg[K.PREPROCESS_CONFIG]))
     check_tasks_match(site, data, model)
     return site, cfg, model, data
+
+
+def _update_dtype(cfg) -> str:
+    """Wire dtype of the arrays (absent: float32, what servers before the key sent)."""
+    value = cfg.get(K.UPDATE_DTYPE, "float32")
+    if value not in UPDATE_DTYPES:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server config '{K.UPDATE_DTYPE}' must be one of {', '.join(UPDATE_DTYPES)} "
+                          f"(got {value!r})")
+    return str(value)
 
 
 def _number(cfg, key: str, kind: type, *, minimum: float, strict: bool = False):
@@ -187,7 +201,7 @@ def train(msg: Message, context: Context) -> Message:
         K.TRAIN_SECONDS: float(result.seconds),
     })
     content = RecordDict({
-        K.ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in result.arrays.items()}),
+        K.ARRAYS: ArrayRecord({k: Array(v) for k, v in encode(result.arrays, _update_dtype(cfg)).items()}),
         K.GROUP_WEIGHTS: MetricRecord({g: float(w) for g, w in result.group_weights.items()}),
         K.METRICS: metrics,
         K.SITE: ConfigRecord(site_info(site, dp=dp)),

@@ -204,6 +204,9 @@ class FederationConfig(StrictModel):
     resume: bool = Field(False, description="continue from the server state in out-dir")
     seed: int = 0
     eval_bins: int = Field(20, ge=2, le=1000, description="score-histogram bins per class in evaluation replies")
+    update_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the model arrays on the wire, both directions (float16 halves the bytes; "
+        "training and aggregation stay float32/float64, lsemvae.federation.codec)")
     sites_dir: str = Field("", description="directory of site TOMLs for simulated sites (absolute)")
     sim_sites: str = Field("", description="simulation: comma-separated site names, partition i -> site i")
     sim_state_dir: str = Field("", description="simulation: root of the simulated sites' local state")

@@ -26,6 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from lsemvae.federation import keys as K
+from lsemvae.federation.codec import decode, encode
 from lsemvae.federation.groups import federated, group_of
 from lsemvae.site import FederationConfig, federation_config
 from server.aggregation import (
@@ -164,7 +165,7 @@ def train_config(fed: FederationConfig, state: ServerState, server_round: int, s
     return ConfigRecord({
         K.ROUND: server_round, K.NUM_ROUNDS: fed.num_server_rounds, K.LOCAL_EPOCHS: fed.local_epochs, K.LR: fed.lr,
         K.BATCH_SIZE: fed.batch_size, K.PROXIMAL_MU: fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
-        K.DP: fed.dp, K.HIST_BINS: fed.eval_bins, K.RUN_SEED: seed,
+        K.DP: fed.dp, K.HIST_BINS: fed.eval_bins, K.RUN_SEED: seed, K.UPDATE_DTYPE: fed.update_dtype,
         K.MODEL_CONFIG: state.model_config, K.PREPROCESS_CONFIG: state.preprocess_config,
     })
 
@@ -185,7 +186,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     state.rng = gen.bit_generator.state
     cfg = train_config(fed, state, server_round, seed)
     sent = federated(state.model)
-    arrays = _array_record(sent)
+    arrays = _array_record(encode(sent, fed.update_dtype))
     down = _payload_bytes(arrays)
     log.info("round %d/%d: sending %d parameter tensors (%.2f MB) to %d site(s)", server_round, fed.num_server_rounds,
              len(sent), down / 1e6, len(nodes))
@@ -196,7 +197,8 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
         site = _site_name(reply, node, state)
         try:
             rec = reply.content[K.ARRAYS]
-            c = Contribution(site, {k: a.numpy() for k, a in rec.items()}, dict(reply.content[K.GROUP_WEIGHTS]))
+            received = decode({k: a.numpy() for k, a in rec.items()}, fed.update_dtype, sender=f"site {site}")
+            c = Contribution(site, received, dict(reply.content[K.GROUP_WEIGHTS]))
             check_contribution(c, state.model)
         except (KeyError, AggregationError, ValueError) as err:
             failures.append({"node": node, "stage": K.TRAIN, "code": None, "reason": f"unusable reply: {err}"})
@@ -233,8 +235,10 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
 
     # Evaluation of the aggregated model: histograms and aggregate losses only.
     eval_cfg = train_config(fed, state, server_round, seed)
-    ev_replies, ev_failures = send_round(grid, nodes, K.EVALUATE,
-                                         RecordDict({K.ARRAYS: _array_record(federated(state.model)), K.CONFIG: eval_cfg}),
+    ev_arrays = _array_record(encode(federated(state.model), fed.update_dtype))
+    for b in row.get("bytes", {}).values():   # the evaluation broadcast carries the model down once more
+        b["down_evaluate"] = _payload_bytes(ev_arrays)
+    ev_replies, ev_failures = send_round(grid, nodes, K.EVALUATE, RecordDict({K.ARRAYS: ev_arrays, K.CONFIG: eval_cfg}),
                                          fed, server_round)
     from lsemvae.train.metrics import auroc_from_histograms, merge_histograms
 
