@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 
 import numpy as np
@@ -155,6 +156,7 @@ def train(msg: Message, context: Context) -> Message:
     from lsemvae.privacy.dp import BudgetExhausted, warn_no_privacy
     from lsemvae.privacy.ledger import PrivacyLedger
 
+    started = time.perf_counter()
     site, cfg, model, data = _read_message(msg, context)
     server_round = _number(cfg, K.ROUND, int, minimum=1)
     num_rounds = _number(cfg, K.NUM_ROUNDS, int, minimum=1)
@@ -199,6 +201,7 @@ def train(msg: Message, context: Context) -> Message:
         K.DELTA: float(site.privacy.delta),
         K.NOISE_MULTIPLIER: float(sigma or 0.0),
         K.TRAIN_SECONDS: float(result.seconds),
+        K.SITE_SECONDS: time.perf_counter() - started,
     })
     content = RecordDict({
         K.ARRAYS: ArrayRecord({k: Array(v) for k, v in encode(result.arrays, _update_dtype(cfg)).items()}),
@@ -216,6 +219,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     from client.site_runtime import site_info
     from lsemvae.privacy.ledger import LedgerError, LedgerMissing, PrivacyLedger
 
+    started = time.perf_counter()
     site, cfg, model, data = _read_message(msg, context)
     bins = int(cfg.get(K.HIST_BINS, 20))
     summary, hists = evaluate_local(model, data, site, bins=bins)
@@ -236,7 +240,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             flat[f"{task}/{part}"] = list(np.asarray(h[part], dtype=np.float64).ravel().tolist())
     content = RecordDict({
         K.METRICS: MetricRecord({K.NUM_EXAMPLES: int(summary["n"]), K.EVAL_LOSS: float(summary["loss"]),
-                                 K.EPSILON: float(epsilon)}),
+                                 K.EPSILON: float(epsilon), K.SITE_SECONDS: time.perf_counter() - started}),
         K.HISTOGRAMS: ConfigRecord(flat),
         K.SITE: ConfigRecord(site_info(site, dp=bool(cfg.get(K.DP, True)))),
     })

@@ -98,6 +98,11 @@ def _payload_bytes(record: ArrayRecord) -> int:
     return sum(len(a.data) for a in record.values())
 
 
+def _site_seconds(metrics) -> float | None:
+    """Wall time of the site's handler (for the framework-overhead benchmark); None from sites that omit it."""
+    return float(metrics[K.SITE_SECONDS]) if K.SITE_SECONDS in metrics else None
+
+
 # ----------------------------------------------------------------------------- messaging
 
 def wait_for_nodes(grid: Grid, fed: FederationConfig) -> list[int]:
@@ -175,6 +180,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     started = time.monotonic()
     row: dict[str, Any] = {"round": server_round, "strategy": fed.strategy, "dp": fed.dp, "failures": []}
     nodes = wait_for_nodes(grid, fed)
+    stages = {"wait_nodes": time.monotonic() - started}  # seconds per stage of the round
     if len(nodes) < fed.min_sites:
         msg = (f"round {server_round}: only {len(nodes)} site(s) connected after {fed.round_timeout:g} s, "
                f"min-sites is {fed.min_sites}: stopping the run")
@@ -190,8 +196,11 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     down = _payload_bytes(arrays)
     log.info("round %d/%d: sending %d parameter tensors (%.2f MB) to %d site(s)", server_round, fed.num_server_rounds,
              len(sent), down / 1e6, len(nodes))
+    mark = time.monotonic()
     replies, failures = send_round(grid, nodes, K.TRAIN, RecordDict({K.ARRAYS: arrays, K.CONFIG: cfg}), fed, server_round)
+    stages["train"] = time.monotonic() - mark
 
+    mark = time.monotonic()
     contributions, train_rows = [], {}
     for node, reply in sorted(replies.items()):
         site = _site_name(reply, node, state)
@@ -208,6 +217,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
         train_rows[site] = {"loss": float(m[K.TRAIN_LOSS]), "num_examples": int(m[K.NUM_EXAMPLES]),
                             "epsilon": float(m[K.EPSILON]), "delta": float(m[K.DELTA]),
                             "noise_multiplier": float(m[K.NOISE_MULTIPLIER]), "train_seconds": float(m[K.TRAIN_SECONDS]),
+                            "site_seconds": _site_seconds(m),
                             "dp": bool(reply.content[K.SITE][K.SITE_DP]),
                             "groups": sorted({group_of(k) for k in c.arrays})}
         row.setdefault("bytes", {})[site] = {"down": down, "up": _payload_bytes(rec)}
@@ -232,6 +242,8 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     row["train_loss"] = weighted_mean([t["loss"] for t in train_rows.values()],
                                       [t["num_examples"] for t in train_rows.values()])
     row["train_seconds"] = time.monotonic() - started
+    stages["aggregate"] = time.monotonic() - mark
+    mark = time.monotonic()
 
     # Evaluation of the aggregated model: histograms and aggregate losses only.
     eval_cfg = train_config(fed, state, server_round, seed)
@@ -240,6 +252,8 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
         b["down_evaluate"] = _payload_bytes(ev_arrays)
     ev_replies, ev_failures = send_round(grid, nodes, K.EVALUATE, RecordDict({K.ARRAYS: ev_arrays, K.CONFIG: eval_cfg}),
                                          fed, server_round)
+    stages["evaluate"] = time.monotonic() - mark
+    mark = time.monotonic()
     from lsemvae.train.metrics import auroc_from_histograms, merge_histograms
 
     evals, site_hists = {}, {}
@@ -252,7 +266,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
             ev_failures.append({"node": node, "stage": K.EVALUATE, "code": None, "reason": f"unusable reply: {err}"})
             continue
         evals[site] = {"loss": float(m[K.EVAL_LOSS]), "num_examples": int(m[K.NUM_EXAMPLES]), "epsilon": float(m[K.EPSILON]),
-                       "auroc": {t: auroc_from_histograms(h)["macro"]["auroc"] for t, h in hists.items()}}
+                       "site_seconds": _site_seconds(m), "auroc": {t: auroc_from_histograms(h)["macro"]["auroc"] for t, h in hists.items()}}
         for t, h in hists.items():
             site_hists.setdefault(t, {})[site] = h
     for f in ev_failures:
@@ -273,6 +287,8 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     # A site that trained without DP has no guarantee at all: the federation's epsilon is then undefined.
     row["non_dp_sites"] = sorted(s for s, t in train_rows.items() if not t["dp"])
     row["epsilon_max"] = max(eps.values()) if eps and not row["non_dp_sites"] else None
+    stages["metrics"] = time.monotonic() - mark
+    row["stage_seconds"] = stages
     row["seconds"] = time.monotonic() - started
     return row, True
 

@@ -37,6 +37,7 @@ EPSILON = "epsilon"              # cumulative epsilon of the site's ledger at it
 DELTA = "delta"
 NOISE_MULTIPLIER = "noise-multiplier"
 TRAIN_SECONDS = "train-seconds"
+SITE_SECONDS = "site-seconds"    # wall time of the whole ClientApp handler (data, model, DP accounting, work)
 
 # Site info keys (ConfigRecord SITE).
 SITE_NAME = "name"
