@@ -58,8 +58,10 @@ def weighted_average(contributions: list[Contribution], global_arrays: Mapping[s
     """Average each parameter over the sites that sent it, weighted by their group's example count.
 
     Returns the averaged arrays (only keys at least one site sent) and, per group, the sites
-    that contributed to it (for the log and the metrics file).
+    that contributed to it (for the log and the metrics file). Sums run in site-name order, not
+    arrival order: float addition is not associative, and the model must not depend on timing.
     """
+    contributions = sorted(contributions, key=lambda c: c.site)
     for c in contributions:
         check_contribution(c, global_arrays)
     sums: dict[str, np.ndarray] = {}
