@@ -135,6 +135,8 @@ class GroupGate(nn.Module):
     def __init__(self, latent_dim: int, hidden: int):
         super().__init__()
         self.score = nn.Sequential(nn.Linear(2 * latent_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.score[-1].weight)  # starts at equal weights: a gate learns only what its loss asks
+        nn.init.zeros_(self.score[-1].bias)
         self.group_bias = nn.Parameter(torch.zeros(len(LEAD_GROUPS)))
 
     def forward(self, g_mu: Tensor, g_logvar: Tensor) -> Tensor:

@@ -14,6 +14,12 @@ posterior actually sampled (the paper regularised an unsampled mean-of-experts),
 discrete sampling, so the gates receive gradient from reconstruction and KL alike, and it costs
 only K decoder passes (K = 4 for HiME). For ``poe`` (K = 1) it is the exact ELBO. Task heads use
 deterministic summaries: the mixture mean (compact: also every lead's own posterior mean).
+
+Because the bound is linear in w, a gate trained on it drives w to a vertex: all weight on the
+group that is cheapest to reconstruct from, and the other groups' encoders stop learning. With
+``objective.bound_weights = "uniform"`` (compact) every present component counts equally (MMVAE's
+uniform-mixture bound, still a valid ELBO for that mixture); the gate, initialised to equal
+weights, then learns only from the task losses in fine-tuning.
 """
 
 from __future__ import annotations
@@ -31,9 +37,18 @@ def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def mixture_kl_bound(mixture: GaussianMixture) -> Tensor:
-    """``[B]``: sum_k w_k KL(q_k || N(0, I)), an upper bound on KL(q || N(0, I))."""
-    return (mixture.weights * kl_standard_normal(mixture.mu, mixture.logvar)).sum(0)
+def mixture_kl_bound(mixture: GaussianMixture, weights: Tensor | None = None) -> Tensor:
+    """``[B]``: sum_k w_k KL(q_k || N(0, I)), an upper bound on KL(q || N(0, I)) (``weights`` default: the mixture's)."""
+    w = mixture.weights if weights is None else weights
+    return (w * kl_standard_normal(mixture.mu, mixture.logvar)).sum(0)
+
+
+def bound_weights(mixture: GaussianMixture, objective: ObjectiveConfig) -> Tensor:
+    """``[K, B]`` weights of the stratified bound: the mixture's, or equal over its present components."""
+    if objective.bound_weights == "gate":
+        return mixture.weights
+    present = (mixture.weights > 0).to(mixture.weights.dtype)
+    return present / present.sum(0, keepdim=True).clamp_min(1.0)
 
 
 def reconstruction_error(recon_components: Tensor, target: Tensor, weights: Tensor, lead_mask: Tensor) -> Tensor:
@@ -74,8 +89,9 @@ def vae_objective(out, target: Tensor, *, beta: float, objective: ObjectiveConfi
     Returns the batch-mean loss and each term (batch means, unweighted) for logging.
     """
     mask = out.lead_mask if target_mask is None else target_mask.bool()
-    recon = reconstruction_error(out.recon_components, target, out.mixture.weights, mask)
-    kl = mixture_kl_bound(out.mixture)
+    weights = bound_weights(out.mixture, objective)
+    recon = reconstruction_error(out.recon_components, target, weights, mask)
+    kl = mixture_kl_bound(out.mixture, weights)
     align = alignment_loss(out.mu_leads, out.mu, out.lead_mask)
     per_record = objective.recon_weight * recon + beta * kl + objective.align_weight * align
     loss = per_record.mean()

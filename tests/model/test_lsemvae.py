@@ -94,7 +94,8 @@ def test_gradient_reaches_present_encoders_only(model):
             assert all(g is not None and g.abs().sum() > 0 for g in grads), lead
         else:
             assert all(g is None or g.abs().sum() == 0 for g in grads), lead
-    assert model.fusion.gate.score[0].weight.grad.abs().sum() > 0
+    # the gate's output layer starts at zero (equal weights), so at step 0 only it can receive gradient
+    assert model.fusion.gate.score[-1].weight.grad.abs().sum() > 0
 
 
 def test_kl_is_on_the_sampled_components(model):
@@ -203,3 +204,28 @@ def test_leads_plus_fused_is_per_sample_independent_and_opacus_valid(leads_fused
     assert torch.allclose(a[0], b[0], atol=1e-6) and not torch.allclose(a[1], b[1])
     m.train()
     ModuleValidator.validate(m, strict=True)
+
+
+@pytest.mark.parametrize("bound", ["gate", "uniform"])
+def test_uniform_bound_keeps_every_group_learning_under_a_collapsed_gate(bound):
+    """With the gate's weights in the bound a collapsed gate starves the other groups' encoders of
+    reconstruction gradient; with uniform bound weights every present group's encoders learn."""
+    from lsemvae.model.config import ObjectiveConfig
+    torch.manual_seed(0)
+    m = build_model(get_profile("compact", n_samples=400, objective=ObjectiveConfig(bound_weights=bound, align_weight=0.0)))
+    with torch.no_grad():
+        m.fusion.gate.group_bias.copy_(torch.tensor([50.0, -50.0, -50.0, -50.0]))  # all weight on I/II/III
+    x, mask = _batch()
+    loss, _ = vae_objective(m(x, mask), torch.randn(4, 12, m.config.beat_samples), beta=1.0, objective=m.config.objective)
+    loss.backward()
+    grad = {lead: sum(p.grad.abs().sum().item() for p in m.encoders[lead].parameters()) for lead in LEADS_12}
+    assert min(grad[l] for l in ("I", "II", "III")) > 0
+    starved = max(grad[l] for l in LEADS_12[3:])
+    assert (starved > 1e-3) if bound == "uniform" else (starved < 1e-12)
+
+
+def test_gate_starts_at_equal_weights():
+    torch.manual_seed(0)
+    m = build_model(get_profile("compact", n_samples=400)).eval()
+    x, mask = _batch()
+    assert torch.allclose(m(x, mask).gates, torch.full((4, 4), 0.25))
