@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from lsemvae.argtypes import fraction_up_to_one, open_fraction, positive_float, positive_int
 from lsemvae.config import validate
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import resolve_lead_set
+from lsemvae.model.config import FUSIONS
 
 
 def _preprocess_config(model_cfg):
@@ -55,7 +57,7 @@ def run_pretrain(args) -> int:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    mcfg = get_profile(args.profile)
+    mcfg = get_profile(args.profile, **({"fusion": args.fusion} if args.fusion else {}))
     pcfg = _preprocess_config(mcfg)
     cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
     train_parts, val_parts = [], []
@@ -78,38 +80,62 @@ def run_pretrain(args) -> int:
     return 0
 
 
+def _finetune_model(args, tasks, heads):
+    """(model, recipe, provenance) for ``--model``: LS-EMVAE (pretrained or random) or the CNN baseline."""
+    from lsemvae.model.config import get_profile
+    from lsemvae.model.lsemvae import build_model
+    from lsemvae.train.baselines import ResNet1D
+    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from lsemvae.train.finetune import FINETUNE_PROFILES, FinetuneConfig
+
+    if args.model == "cnn":
+        if args.checkpoint or args.mode == "probe":
+            raise ConfigError("--model cnn trains a from-scratch CNN: drop --checkpoint and --mode probe")
+        return ResNet1D(tasks, leads=args.leads), FinetuneConfig(), {"pretrained": None, "baseline": "resnet1d"}
+    head_specs = {n: h.model_dump() for n, h in heads.items()}
+    if args.checkpoint:
+        if args.fusion:
+            raise ConfigError("--fusion applies to a random-encoder model; a checkpoint keeps the fusion it was "
+                              "pretrained with (pretrain with `lsemvae pretrain --fusion ...` for an ablation)")
+        ckpt = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(ckpt, tasks=head_specs)
+        provenance = ckpt["provenance"]
+    else:
+        overrides = {"fusion": args.fusion} if args.fusion else {}
+        model = build_model(get_profile(args.profile, tasks=head_specs, **overrides))
+        provenance = {"pretrained": None}
+    return model, FINETUNE_PROFILES.get(model.config.profile, FinetuneConfig()), provenance
+
+
 def run_finetune(args) -> int:
     from lsemvae.data.cache import CohortDataset, label_fraction, ptbxl_folds
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.model.config import TaskHeadSpec, get_profile
-    from lsemvae.model.lsemvae import build_model
-    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from lsemvae.train.checkpoint import save_checkpoint
     from lsemvae.train.finetune import FinetuneConfig, finetune
 
     tasks = resolve_tasks(args.task)
     heads = {n: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for n, t in tasks.items()}
     torch.manual_seed(args.seed)
-    if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-        model = model_from_checkpoint(ckpt, tasks={n: h.model_dump() for n, h in heads.items()})
-        provenance = ckpt["provenance"]
-    else:
-        model = build_model(get_profile(args.profile, tasks={n: h.model_dump() for n, h in heads.items()}))
-        provenance = {"pretrained": None}
-    pcfg = _preprocess_config(model.config)
-    cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
     leads = resolve_lead_set(args.leads)
+    model, recipe, provenance = _finetune_model(args, tasks, heads)
+    # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
+    pcfg = _preprocess_config(model.config if args.model == "lsemvae" else get_profile(args.profile))
+    cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
     train_idx, val_idx, _ = ptbxl_folds(cohort)  # fold 10 (test) is never used here
     train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)
     train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))
     val_set = CohortDataset(cohort, val_idx, leads=leads, tasks=list(tasks))
-    cfg = validate(FinetuneConfig, {"mode": args.mode, "epochs": args.epochs, "lr": args.lr, "seed": args.seed},
+    mode = "full" if args.model == "cnn" else args.mode
+    cfg = validate(FinetuneConfig, {**recipe.model_dump(), "mode": mode, "epochs": args.epochs,
+                                     "lr": args.lr if args.lr is not None else recipe.lr, "seed": args.seed},
                    source="command line")
-    print(f"fine-tuning ({args.mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
+    print(f"fine-tuning {args.model} ({mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
     result = finetune(model, train_set, val_set, tasks, cfg)
     out = Path(args.out)
     save_checkpoint(out / "model.pt", model=model, epoch=result["best_epoch"],
-                    provenance={**provenance, "finetune_config": cfg.model_dump(mode="json"), "leads": list(leads),
+                    provenance={**provenance, "preprocess_config": pcfg.model_dump(mode="json"),
+                                "finetune_config": cfg.model_dump(mode="json"), "leads": list(leads),
                                 "label_fraction": args.label_fraction, "n_train": len(train_set)},
                     state={k: v for k, v in result.items() if k != "history"})
     (out / "finetune.json").write_text(json.dumps(result, indent=2))
@@ -134,29 +160,37 @@ def register(subparsers) -> None:
     p.add_argument("--exclude-folds", type=int, nargs="*", default=[10],
                    help="PTB-XL strat_folds kept out of pretraining (default: 10, the test fold)")
     p.add_argument("--profile", default="compact", help="model profile: compact (default) or faithful")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
+                   help="fusion ablation (default: the profile's, hime-gated for compact)")
+    p.add_argument("--epochs", type=positive_int, default=40)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients held out for validation")
+    p.add_argument("--val-fraction", type=open_fraction, default=0.1, help="share of patients held out for validation")
     p.add_argument("--out", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
     p.set_defaults(func=run_pretrain)
 
     p = subparsers.add_parser(
-        "finetune", help="fine-tune a pretrained LS-EMVAE on labelled PTB-XL (any lead set)",
+        "finetune", help="fine-tune LS-EMVAE (or a baseline) on labelled PTB-XL (any lead set)",
         description="Supervised fine-tuning on PTB-XL folds 1-8, early stopping on fold 9 macro AUROC (fold 10 is "
         "never touched here). probe = frozen encoders (fusion gate + heads trained); full = everything, encoders "
-        "at a lower learning rate. Class imbalance via pos_weight. Writes OUT/model.pt and OUT/finetune.json.")
+        "at a lower learning rate. Class imbalance via pos_weight. Writes OUT/model.pt and OUT/finetune.json. "
+        "Baselines through the same folds: --model cnn (from-scratch 1-D ResNet), no --checkpoint with --mode probe "
+        "(random-encoder probe), --fusion poe|moe|hime (fusion ablations). Score any of them with `lsemvae evaluate`.")
     _data_args(p)
+    p.add_argument("--model", choices=["lsemvae", "cnn"], default="lsemvae",
+                   help="lsemvae (default) or cnn: the from-scratch 1-D ResNet baseline on the same leads and folds")
     p.add_argument("--checkpoint", type=Path, help="pretrained checkpoint (best.pt); omit for a random-encoder model")
     p.add_argument("--profile", default="compact", help="profile when no --checkpoint is given")
+    p.add_argument("--fusion", choices=FUSIONS, default=None,
+                   help="fusion ablation for a random-encoder model (a checkpoint keeps its pretrained fusion)")
     p.add_argument("--task", action="append", default=None, help="task name (repeatable; default superclass)")
     p.add_argument("--leads", default="6L", help="lead set: 6L (default), 12L or names like I,II,V1")
     p.add_argument("--mode", choices=["probe", "full"], default="full")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="share of training records with labels (e.g. 0.1)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--label-fraction", type=fraction_up_to_one, default=1.0, help="share of training records with labels (e.g. 0.1)")
+    p.add_argument("--epochs", type=positive_int, default=40)
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the profile's fine-tuning recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
     p.set_defaults(func=lambda a: run_finetune(_with_default_task(a)))
