@@ -204,6 +204,11 @@ class FederationConfig(StrictModel):
     resume: bool = Field(False, description="continue from the server state in out-dir")
     seed: int = 0
     eval_bins: int = Field(20, ge=2, le=1000, description="score-histogram bins per class in evaluation replies")
+    head_input: Literal["fused", "leads+fused", "concat"] = Field(
+        "fused", description="what the federation's fresh task heads read (lsemvae.model.config.ModelConfig): "
+        "fused, the 64-d fused mean, is the DP default; leads+fused (13x wider) closed a no-DP gap but cost "
+        "0.15-0.25 AUROC under DP (benchmarks/results/federation_leads_fused_heads.md): DP noise grows with width")
+    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the task heads' input")
     update_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the model arrays on the wire, both directions (float16 halves the bytes; "
         "training and aggregation stay float32/float64, lsemvae.federation.codec)")

@@ -75,7 +75,8 @@ def initial_state(fed: FederationConfig) -> ServerState:
         task = get_task(name)
         heads[name] = TaskHeadSpec(kind=task.kind, n_outputs=task.n_outputs)
     torch.manual_seed(fed.seed)  # head initialisation
-    model = model_from_checkpoint(ckpt, tasks={k: v.model_dump() for k, v in heads.items()})
+    model = model_from_checkpoint(ckpt, tasks={k: v.model_dump() for k, v in heads.items()},
+                                  head_input=fed.head_input, head_dropout=fed.head_dropout)
     prov = ckpt.get("provenance", {}) or {}
     pre = prov.get("preprocess_config") or prov.get("preprocess")
     pre_cfg = PreprocessConfig.model_validate(pre) if pre else PreprocessConfig(fs=model.config.fs)

@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -132,7 +133,11 @@ def pretrained_checkpoint(args: argparse.Namespace) -> Path:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    key = f"rec{args.pretrain_records}-ep{args.pretrain_epochs}-seed{args.seed}-v{PIPELINE_VERSION}"
+    pre = PreprocessConfig()
+    model_cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples)
+    # the model config is in the key: a changed profile (architecture, objective) retrains instead of reusing
+    profile_hash = hashlib.sha256(model_cfg.model_dump_json().encode()).hexdigest()[:10]
+    key = f"rec{args.pretrain_records}-ep{args.pretrain_epochs}-seed{args.seed}-v{PIPELINE_VERSION}-{profile_hash}"
     root = REPO / ".cache" / "simulation-pretrain" / key
     ckpt = root / "model" / "best.pt"
     if ckpt.is_file():
@@ -140,11 +145,9 @@ def pretrained_checkpoint(args: argparse.Namespace) -> Path:
         return ckpt
     spec = CohortSpec(seed=args.seed + 1000, sites=[SiteSpec(name="pretrain", n_records=args.pretrain_records, fs=500)])
     write_cohort(spec, root / "cohort", progress=True)
-    pre = PreprocessConfig()
     refs = manifest_index(root / "cohort" / "pretrain" / "records", root / "cohort" / "pretrain" / "labels.csv")
     cohort = build_cohort(refs, {}, pre, root / "cache", name="pretrain", progress=True)
     train_idx, val_idx, _ = patient_split(cohort, 0.15, seed=args.seed)
-    model_cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples)
     import torch
 
     torch.set_num_threads(1)  # on a shared 2-core machine more threads make torch many times slower

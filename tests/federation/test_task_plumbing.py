@@ -101,3 +101,20 @@ def test_evaluation_histograms_score_each_task_from_its_own_head(sites):
             pos, neg = np.asarray(hists[task]["pos"][0]), np.asarray(hists[task]["neg"][0])
             assert pos[hot_bin] == np.nansum(y) and neg[hot_bin] == np.sum(y == 0), f"{cfg.name}/{task}"
             assert pos.sum() + neg.sum() == pos[hot_bin] + neg[hot_bin]
+
+
+@pytest.mark.parametrize("head_input, width", [("fused", 1), ("leads+fused", 13)])
+def test_federation_heads_follow_the_run_config_not_the_checkpoint_profile(tmp_path, head_input, width):
+    """The compact profile's leads+fused heads are 13x wider than fused ones, which costs DP dearly;
+    the federation chooses its own fresh heads (run-config head-input, default fused)."""
+    from lsemvae.model.config import ModelConfig
+    fed = federation_config({"checkpoint": str(write_checkpoint(tmp_path / "ckpt.pt")), "tasks": "right_heart",
+                             "head-input": head_input})
+    state = initial_state(fed)
+    latent = ModelConfig.model_validate_json(state.model_config).latent_dim
+    assert ModelConfig.model_validate_json(state.model_config).head_input == head_input
+    assert state.model["heads.right_heart.net.1.weight"].shape == (1, width * latent)
+
+
+def test_federation_default_heads_read_the_fused_mean():
+    assert federation_config({}).head_input == "fused" and federation_config({}).head_dropout == 0.0
