@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.config import validate
 from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
 from lsemvae.data.sources import (
@@ -273,7 +274,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=None, help="layout (default: detected)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV of a site folder (implies manifest)")
     p.add_argument("--fs", type=int, default=100, help="model sampling rate for the QC run, Hz")
-    p.add_argument("--limit", type=int, default=None, help="inspect only the first N records")
+    p.add_argument("--limit", type=positive_int, default=None, help="inspect only the first N records")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_inspect)
@@ -289,12 +290,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where caches live")
     p.add_argument("--name", default=None, help="cache name (default: <dataset>-<fs>hz)")
     p.add_argument("--fs", type=int, default=100, help="model sampling rate, Hz")
-    p.add_argument("--seconds", type=float, default=10.0, help="fixed record length, s")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="fixed record length, s")
     p.add_argument("--powerline", type=int, choices=(0, 50, 60), default=50, help="mains frequency (0: no notch)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all that apply; "
                    f"known: {', '.join(TASKS)}, or column:<label column>)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
-    p.add_argument("--workers", type=int, default=1, help="preprocessing processes")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N records")
+    p.add_argument("--workers", type=positive_int, default=1, help="preprocessing processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
@@ -306,7 +307,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", default=None, help="mirror URL of the dataset folder (default: PhysioNet)")
     p.add_argument("--include", action="append", metavar="GLOB",
                    help="only files whose relative path matches (repeatable), e.g. 'records100/*'")
-    p.add_argument("--limit", type=int, default=None, help="at most N files")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most N files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_download)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lsemvae.argtypes import open_fraction, positive_float
 from lsemvae.privacy.ledger import ANCHOR_DIR_ENV, PrivacyLedger
 
 
@@ -37,15 +38,15 @@ def register(subparsers) -> None:
     reset.add_argument("--site", required=True, help="site name, as in configs/sites/NAME.toml")
     reset.add_argument("--confirm", required=True, metavar="REASON", help="why the ledger is reset (kept in the ledger)")
     reset.add_argument("--anchor-dir", type=Path, help=anchor_help)
-    reset.add_argument("--delta", type=float, help="delta (default: from the old ledger or its anchor)")
-    reset.add_argument("--max-epsilon", type=float, help="budget (default: from the old ledger or its anchor)")
+    reset.add_argument("--delta", type=open_fraction, help="delta (default: from the old ledger or its anchor)")
+    reset.add_argument("--max-epsilon", type=positive_float, help="budget (default: from the old ledger or its anchor)")
     reset.add_argument("--accountant", choices=["rdp", "prv"], help="accountant (default: as before, else rdp)")
     reset.set_defaults(func=_reset)
 
     budget = sub.add_parser("set-budget", help="change a site's epsilon budget: explicit and logged")
     budget.add_argument("--ledger", type=Path, required=True, help="the site's ledger JSON file")
     budget.add_argument("--site", required=True, help="site name")
-    budget.add_argument("--max-epsilon", type=float, required=True, help="new budget")
+    budget.add_argument("--max-epsilon", type=positive_float, required=True, help="new budget")
     budget.add_argument("--confirm", required=True, metavar="REASON", help="why (kept in the ledger)")
     budget.add_argument("--anchor-dir", type=Path, help=anchor_help)
     budget.set_defaults(func=_set_budget)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lsemvae.argtypes import open_fraction, positive_int
 from lsemvae.errors import ConfigError
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb-xl"
@@ -118,7 +119,7 @@ def register(subparsers) -> None:
     )
     c.add_argument("a", type=Path, help="predictions.csv of method A")
     c.add_argument("b", type=Path, help="predictions.csv of method B (same records, same order)")
-    c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    c.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", type=Path, default=None, help="also write the full result as JSON here")
     c.set_defaults(func=run_compare)
@@ -143,14 +144,14 @@ def register(subparsers) -> None:
     p.add_argument("--leads", default=None, help="lead set: 6L, 12L or names like I,II,aVF (default: as fine-tuned)")
     p.add_argument("--task", action="append", default=None, help="task to score (repeatable; default: every head)")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="report directory")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and IG-sampling seed")
     p.add_argument("--threshold", choices=["youden", "sensitivity"], default="youden",
                    help="how the decision threshold is chosen on validation")
-    p.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold sensitivity")
+    p.add_argument("--target-sensitivity", type=open_fraction, default=0.9, help="for --threshold sensitivity")
     p.add_argument("--no-interpret", action="store_true", help="skip gates, integrated gradients and lead ablation")
-    p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients quadrature steps")
-    p.add_argument("--ig-per-class", type=int, default=16, help="records per class explained by integrated gradients")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--ig-steps", type=positive_int, default=32, help="integrated-gradients quadrature steps")
+    p.add_argument("--ig-per-class", type=positive_int, default=16, help="records per class explained by integrated gradients")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--title", default=None, help="report title")
     p.set_defaults(func=run_evaluate)

@@ -110,7 +110,7 @@ def test_launcher_preflight_names_missing_files(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["data", "prepare", "--root", "/nonexistent/ecg"], "/nonexistent/ecg: not found"),
     (["data", "prepare", "--root", "{ludb}", "--fs", "5", "--limit", "2"], "fs: Input should be greater than or equal to 50"),
-    (["data", "prepare", "--root", "{ludb}", "--seconds", "-1", "--limit", "2"], "seconds: Input should be greater than 0"),
+    (["data", "prepare", "--root", "{ludb}", "--seconds", "-1", "--limit", "2"], "argument --seconds: must be a number > 0"),
     (["data", "prepare", "--root", "{ludb}", "--tasks", "nosuchtask", "--limit", "2"], "unknown task 'nosuchtask'"),
     (["data", "prepare", "--root", "{ludb}", "--rate", "250"], "argument --rate: invalid choice"),
     (["data", "inspect", "{ludb}", "--fs", "5", "--limit", "2"], "fs: Input should be greater than or equal to 50"),
@@ -123,6 +123,64 @@ def test_data_commands_user_errors(tmp_path, ludb_root, args, expected):
     cache = ["--cache-dir", str(tmp_path / "cache")] if args[1] == "prepare" else []
     out = run(LSEMVAE + args + cache + ["--no-progress"], tmp_path)
     assert_user_error(out, expected.format(tmp=tmp_path), code=2)
+
+
+# Every numeric option of the lsemvae sub-commands that is a count, a rate or a share, with values it must refuse.
+BAD_NUMBERS = [
+    (["data", "prepare", "--root", "r"], "--limit", ["-3", "0", "2.5", "many"], "must be a whole number >= 1"),
+    (["data", "prepare", "--root", "r"], "--workers", ["0", "-1"], "must be a whole number >= 1"),
+    (["data", "prepare", "--root", "r"], "--seconds", ["0", "-1", "nan", "inf"], "must be a number > 0"),
+    (["data", "inspect", "p"], "--limit", ["-3", "0"], "must be a whole number >= 1"),
+    (["data", "download", "ludb", "--dest", "d"], "--limit", ["-1", "0"], "must be a whole number >= 1"),
+    (["pretrain"], "--epochs", ["0", "-2"], "must be a whole number >= 1"),
+    (["pretrain"], "--batch-size", ["0", "-8"], "must be a whole number >= 1"),
+    (["pretrain"], "--lr", ["0", "-1e-3", "nan"], "must be a number > 0"),
+    (["pretrain"], "--val-fraction", ["0", "1", "-0.1", "1.5"], "must be a number in (0, 1)"),
+    (["finetune"], "--epochs", ["0"], "must be a whole number >= 1"),
+    (["finetune"], "--lr", ["0", "-1"], "must be a number > 0"),
+    (["finetune"], "--label-fraction", ["0", "1.01", "-0.5"], "must be a number in (0, 1]"),
+    (["evaluate", "--checkpoint", "m.pt"], "--n-boot", ["0", "-100"], "must be a whole number >= 1"),
+    (["evaluate", "--checkpoint", "m.pt"], "--ig-steps", ["0"], "must be a whole number >= 1"),
+    (["evaluate", "--checkpoint", "m.pt"], "--ig-per-class", ["-1"], "must be a whole number >= 1"),
+    (["evaluate", "--checkpoint", "m.pt"], "--threads", ["0", "-4"], "must be a whole number >= 1"),
+    (["evaluate", "--checkpoint", "m.pt"], "--target-sensitivity", ["0", "1", "2"], "must be a number in (0, 1)"),
+    (["compare", "a.csv", "b.csv"], "--n-boot", ["0"], "must be a whole number >= 1"),
+    (["privacy", "set-budget", "--ledger", "l", "--site", "s", "--confirm", "why"], "--max-epsilon", ["0", "-3", "nan"],
+     "must be a number > 0"),
+    (["privacy", "reset", "--ledger", "l", "--site", "s", "--confirm", "why"], "--delta", ["0", "1", "-1e-5"],
+     "must be a number in (0, 1)"),
+]
+
+
+@pytest.mark.parametrize("command, flag, values, message", BAD_NUMBERS, ids=lambda v: v if isinstance(v, str) else None)
+def test_negative_zero_or_non_numeric_counts_are_refused_naming_the_flag(capsys, command, flag, values, message):
+    from lsemvae.cli import build_parser
+
+    parser = build_parser()
+    for value in values:
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*command, f"{flag}={value}"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {message} (got '{value}')" in err, err
+
+
+def test_valid_counts_still_parse():
+    from lsemvae.cli import build_parser
+
+    args = build_parser().parse_args(["data", "prepare", "--root", "r", "--limit", "3", "--workers", "2", "--seconds", "2.5"])
+    assert (args.limit, args.workers, args.seconds) == (3, 2, 2.5)
+    args = build_parser().parse_args(["finetune", "--label-fraction", "1", "--lr", "1e-4", "--epochs", "1"])
+    assert (args.label_fraction, args.lr, args.epochs) == (1.0, 1e-4, 1)
+
+
+@pytest.mark.e2e
+def test_data_prepare_negative_limit_through_the_real_command(tmp_path):
+    """The command line as a user types it: refused before any record is read, one line naming --limit."""
+    out = run(LSEMVAE + ["data", "prepare", "--root", str(tmp_path), "--limit", "-3", "--cache-dir", str(tmp_path / "c")],
+              tmp_path)
+    assert_user_error(out, "argument --limit: must be a whole number >= 1 (got '-3')", code=2)
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("args, expected", [
