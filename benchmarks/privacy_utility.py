@@ -1,0 +1,168 @@
+"""Privacy-utility curve (issue 5, item 3): federated AUROC at epsilon 0.5, 1, 2, 4, 8 and without DP.
+
+    python benchmarks/privacy_utility.py                       # both cohorts (~35 min on this machine)
+    python benchmarks/privacy_utility.py --only real           # one cohort; the other's results are kept
+
+Cohorts (delta 1e-5 at every site):
+
+* ``synthetic``: 5 sites x 4,000 = 20,000 synthetic records generated at 100 Hz (the 5-site spec of
+  benchmarks/federation.py with every site a 6-lead device: fine-tuning is on the limb leads, and
+  6-lead DP-SGD is what fits the compute budget), half of each site's patients held out for
+  evaluation; tasks right_heart, left_atrial.
+* ``real``: PTB-XL subset split by recording site + LUDB, 6 limb leads (benchmarks/federation.py's
+  real sites); tasks superclass (PTB-XL sites) and left_atrial_lvh (all sites).
+
+Every setting is a fresh federated run from the same pretrained checkpoint (FedAvg, batch 32,
+lr 1e-3, 1 local epoch per round; rounds per cohort in the JSON): each site plans its noise
+multiplier once for all rounds to end at the target epsilon and records every round in its own new
+privacy ledger; the epsilon reported per site is the ledger's, recomputed by Opacus' RDP accountant
+from the recorded (noise multiplier, sample rate, steps) history, not the target. AUROC is exact on
+the pooled evaluation splits. The runs use benchmarks/federation.py's harness (the ClientApp's and
+ServerApp's functions in one process). Writes benchmarks/results/privacy_utility.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import federation as H  # noqa: E402  (the harness: sites, federate, machine)
+
+DELTA = 1e-5
+
+
+def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float], work: Path) -> list[dict]:
+    rows = []
+    for eps in [None, *epsilons]:
+        label = "no DP" if eps is None else f"epsilon {eps:g}"
+        print(f"-- {label}", flush=True)
+        state = work / ("ledgers-nodp" if eps is None else f"ledgers-eps{eps:g}")
+        shutil.rmtree(state, ignore_errors=True)    # a fresh ledger per setting: each run spends its own budget
+        run = H.federate(sites, checkpoint, tasks=tasks, rounds=rounds, dp=eps is not None, epsilon=eps,
+                         state_dir=state, eval_rounds="last")
+        row = {"setting": label, "target_epsilon": eps, **H.strip(run)}
+        if eps is not None:
+            print(f"   site epsilon (ledger): {', '.join(f'{s} {e:.3f}' for s, e in run['epsilon'].items())}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def run_synthetic(args) -> dict:
+    work = args.out / f"synthetic-{5 * args.records}"
+    spec = H.five_site_spec(args.records, fs=100, leads="6L")
+    sites = H.load_sites(H.synthetic_sites(spec, work, val_fraction=args.synthetic_eval_share, delta=DELTA),
+                         args.synthetic_checkpoint)
+    return {"data": f"synthetic, 5 sites x {args.records} records = {5 * args.records}, 100 Hz, 6 leads; "
+                    f"{args.synthetic_eval_share:.0%} of each site's patients held out",
+            "n_records": 5 * args.records, "checkpoint": str(args.synthetic_checkpoint), "tasks": list(H.SYNTH_TASKS),
+            "rounds": args.synthetic_rounds,
+            "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
+            "settings": curve(sites, args.synthetic_checkpoint, tasks=H.SYNTH_TASKS, rounds=args.synthetic_rounds,
+                              epsilons=args.epsilons, work=work)}
+
+
+def run_real(args) -> dict:
+    work = args.out / "real-6L"
+    sites = H.load_sites(H.real_sites(work, delta=DELTA), args.real_checkpoint)
+    return {"data": "PTB-XL subset by recording site (0, 1, 2+3+small) + LUDB, 6 limb leads; 20% of each site's "
+                    "patients held out",
+            "checkpoint": str(args.real_checkpoint), "tasks": list(H.REAL_TASKS), "rounds": args.real_rounds,
+            "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
+            "settings": curve(sites, args.real_checkpoint, tasks=H.REAL_TASKS, rounds=args.real_rounds,
+                              epsilons=args.epsilons, work=work)}
+
+
+COHORTS = {"synthetic": run_synthetic, "real": run_real}
+LABELS = {"real": "PTB-XL by site + LUDB, 6L"}
+
+
+def summarise(results: dict) -> dict:
+    s = {}
+    for key, r in results.items():
+        if key not in COHORTS:
+            continue
+        name = f"synthetic {r['n_records']:,}" if key == "synthetic" else LABELS[key]
+        for row in r["settings"]:
+            for t in r["tasks"]:
+                s[f"{name}: {t} AUROC, {row['setting']}"] = round(row["auroc"][t], 3)
+            if row["target_epsilon"] is not None:
+                s[f"{name}: max site epsilon (ledger), target {row['target_epsilon']:g}"] = round(max(row["epsilon"].values()), 3)
+    return s
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohorts = [k for k in COHORTS if k in results]
+    fig, axes = plt.subplots(1, len(cohorts), figsize=(5.5 * len(cohorts), 4), squeeze=False)
+    for ax, key in zip(axes[0], cohorts):
+        r = results[key]
+        dp = [row for row in r["settings"] if row["target_epsilon"] is not None]
+        nodp = next(row for row in r["settings"] if row["target_epsilon"] is None)
+        for i, t in enumerate(r["tasks"]):
+            colour = f"C{i}"
+            # x = the largest epsilon any site actually spent (ledger), not the target
+            xs = [max(row["epsilon"].values()) for row in dp]
+            ax.plot(xs, [row["auroc"][t] for row in dp], "o-", color=colour, label=f"{t} (DP)")
+            ax.axhline(nodp["auroc"][t], color=colour, ls="--", lw=1, label=f"{t}, no DP")
+        ax.axhline(0.5, color="grey", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
+        ax.set_xlabel(f"epsilon (max over sites, ledger), delta {r['delta']:g}")
+        ax.set_ylabel("AUROC (pooled evaluation splits)")
+        ax.set_title(f"{LABELS.get(key) or r['data'].split(';')[0]}\n{r['rounds']} round(s) x 1 local epoch",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default="synthetic,real", help="comma-separated subset of synthetic, real")
+    p.add_argument("--epsilons", default="0.5,1,2,4,8", help="DP targets (besides no DP)")
+    p.add_argument("--records", type=int, default=4000, help="synthetic records per site (default 4000 = 20,000 in all)")
+    p.add_argument("--synthetic-rounds", type=int, default=1, help="rounds on the synthetic cohort (default 1)")
+    p.add_argument("--synthetic-eval-share", type=float, default=0.5, help="patients held out per site (default 0.5)")
+    p.add_argument("--real-rounds", type=int, default=3, help="rounds on the real cohort (default 3)")
+    p.add_argument("--synthetic-checkpoint", type=Path, default=None)
+    p.add_argument("--real-checkpoint", type=Path, default=REPO / "runs" / "bench" / "pretrain" / "best.pt")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "bench-privacy-utility")
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    args.epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()]
+    if args.synthetic_checkpoint is None:
+        from simulation.run import parse_args, pretrained_checkpoint
+
+        args.synthetic_checkpoint = pretrained_checkpoint(parse_args([]))
+    path = H.RESULTS / "privacy_utility.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = {k: v for k, v in results.items() if k in COHORTS}
+    for key in [k.strip() for k in args.only.split(",") if k.strip()]:
+        print(f"== {key}", flush=True)
+        started = time.monotonic()
+        results[key] = COHORTS[key](args) | {
+            "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
+            "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+        out = {"summary": summarise(results), "command": "python benchmarks/privacy_utility.py", "machine": H.machine(),
+               **results}
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        plot(results, H.RESULTS / "privacy_utility.png")
+    print(json.dumps(summarise(results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
