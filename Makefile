@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup clean
+.PHONY: run test setup clean benchmarks-summary
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# benchmarks/README.md (one table per issue-5 section) from benchmarks/results/*.json; runs no benchmark.
+# Needs only matplotlib: the .venv of `make setup` if present, else $(PY).
+benchmarks-summary:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/summarise.py
 
 clean:
 	rm -rf $(VENV)
