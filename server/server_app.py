@@ -121,15 +121,18 @@ def send_round(grid: Grid, nodes: list[int], kind: str, content: RecordDict, fed
     msgs = [Message(content=content, dst_node_id=n, message_type=kind, group_id=str(server_round),
                     ttl=fed.round_timeout) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
+    # The SuperLink answers for a node it gave up on ("Node Unavailable", expired message) from its own id:
+    # attribute every reply by the message it answers (pushing set the ids), never by its sender.
+    dst = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in msgs}
     ok: dict[int, Message] = {}
     failures: list[dict] = []
     for r in replies:
-        node = int(r.metadata.src_node_id)
+        node = dst.get(r.metadata.reply_to_message_id, int(r.metadata.src_node_id))
         if r.has_error():
             failures.append({"node": node, "stage": kind, "code": int(r.error.code), "reason": r.error.reason})
         else:
             ok[node] = r
-    answered = {int(r.metadata.src_node_id) for r in replies}
+    answered = {dst.get(r.metadata.reply_to_message_id, int(r.metadata.src_node_id)) for r in replies}
     for n in nodes:
         if n not in answered:
             failures.append({"node": n, "stage": kind, "code": None,
