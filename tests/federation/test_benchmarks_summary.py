@@ -25,6 +25,9 @@ def test_no_results_gives_a_not_yet_measured_row_per_section(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     for title, _ in summarise.SECTIONS:
         assert "not yet measured" in _section(readme, title), title
+    targets = _section(readme, "Targets")
+    for what, target, _ in summarise.REQUIRED_TARGETS:                  # every issue-5 target has its row
+        assert f"| {what} | not yet measured | {target} |" in targets
     assert "≈ 0.93" in readme                       # the published PTB-XL reference is always there
     assert not (tmp_path / "privacy_utility_summary.png").exists()
 
