@@ -153,7 +153,7 @@ def met(ok: bool | None) -> str:
 # Targets found in summary labels (any file): (pattern, description, unit, test). Unit "pct": the value is a
 # percentage if the label has "%", else a fraction; "abs": the value is compared as it is (AUROC gaps).
 TARGETS: list[tuple[re.Pattern, str, str, Callable[[float], bool]]] = [
-    (re.compile(r"DP\s*/\s*non-DP.*ratio|dp.*non.?dp.*(ratio|%)", re.I), "≥ 50% of non-DP", "pct", lambda v: v >= 50),
+    (re.compile(r"DP\s*/\s*non-DP throughput", re.I), "≥ 50% of non-DP", "pct", lambda v: v >= 50),
     (re.compile(r"data.?loading.*(share|fraction|%)", re.I), "< 10% of wall time", "pct", lambda v: v < 10),
     (re.compile(r"overhead.*\b10[ -]sites?\b|\b10[ -]sites?\b.*overhead", re.I), "< 25% of round time (10 sites)", "pct",
      lambda v: v < 25),
