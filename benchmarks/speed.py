@@ -15,10 +15,11 @@ Everything runs the project's own code on real PTB-XL (``--ptbxl``, default ../s
     median and 95th percentile over repeats;
   * data-loading share: time spent inside the DataLoader iterator's ``__next__`` (fetch + collate)
     over the wall time of the training loop, for pretraining and for the site's DP step;
-  * peak memory: ``resource.getrusage`` maximum RSS of this process after each part;
+  * peak memory: ``resource.getrusage`` maximum RSS of this process after each part (the headline is the
+    peak before the profilers run: torch.profiler holds every event in memory);
   * profiles: torch.profiler over one pretraining epoch and one site round (train + evaluate), top
-    operators by self CPU time; and py-spy (if installed) over one round of a 2-site simulation,
-    top Python functions by samples per process role (server, site actors, SuperLink).
+    operators by self CPU time; and py-spy (if installed) over one round of a 2-site simulation: CPU
+    samples per process role (ServerApp, site actors, SuperLink, Ray...) and each role's top functions.
 
 Timed parts are interleaved over ``--repeats`` and the median is kept; ratios pair runs made next to
 each other. ``os.getloadavg()`` is recorded with every timing (the machine is shared).
@@ -36,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -273,17 +275,25 @@ def torch_profile(fn, top: int) -> dict:
     }
 
 
-def _role(cmd: str) -> str:
-    for role, needle in (("server", "flwr-simulation"), ("site", "ClientAppActor"), ("superlink", "flower-superlink"),
-                         ("ray", "ray"), ("launcher", "simulation/run.py")):
-        if needle in cmd:
-            return role
-    return "other"
+ROLES = (("server (ServerApp, flwr-simulation)", "flwr-simulation"), ("sites (ClientApp Ray actors)", "default_worker.py"),
+         ("superlink", "flower-superlink"), ("superexec", "flower-superexec"), ("flwr run", "flwr run"),
+         ("ray services", "/ray/"))
+# py-spy names a frame "function (path:line)" with the path relative to its sys.path entry: ours start with a package.
+PROJECT_FRAME = re.compile(r"\((?:[^()]*/)?(?:lsemvae|server|client|simulation)/[\w/]+\.py:\d+\)$")
+LIBRARY_FRAME = re.compile(r"\((?:flwr|ray|torch|opacus|numpy|scipy)/")
+
+
+def _role(frames: list[str]) -> str:
+    """The role of the innermost process in a py-spy ``--subprocesses`` raw stack."""
+    procs = [f for f in frames if f.startswith("process ")]
+    cmd = procs[-1] if procs else ""
+    return next((role for role, needle in ROLES if needle in cmd), "launcher and other")
 
 
 def pyspy_simulation_round(work: Path, top: int) -> dict:
-    """py-spy over a 2-site, 1-round non-DP simulation (real ServerApp/ClientApp, Flower simulation
-    engine): samples of every process it starts, folded into the top functions per process role."""
+    """py-spy (CPU samples only, no idle) over a 2-site, 1-round non-DP simulation (real ServerApp/ClientApp,
+    Flower simulation engine, the tests' narrow model): samples per process role, each role's top functions by
+    self samples, and its top project functions by inclusive samples."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         return {"skipped": "py-spy not installed (pip install py-spy)"}
@@ -291,39 +301,48 @@ def pyspy_simulation_round(work: Path, top: int) -> dict:
 
     ckpt = write_checkpoint(work / "sim-ckpt.pt")
     folded = work / "pyspy.txt"
+    shutil.rmtree(work / "sim", ignore_errors=True)
     cmd = [sys.executable, str(REPO / "simulation" / "run.py"), "--sites", "2", "--records", "48", "--rounds", "1",
            "--no-dp", "--batch-size", "16", "--checkpoint", str(ckpt), "--out", str(work / "sim")]
-    spy = [pyspy, "record", "--subprocesses", "--idle", "--rate", "50", "--format", "raw", "--output", str(folded),
+    spy = [pyspy, "record", "--subprocesses", "--rate", "50", "--format", "raw", "--output", str(folded),
            "--nonblocking", "--", *cmd]
     t0 = time.perf_counter()
     proc = subprocess.run(spy, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not folded.is_file():
         return {"skipped": f"py-spy failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-400:]}"}
-    by_role: dict[str, dict[str, int]] = {}
-    idle_by_role: dict[str, int] = {}
-    total_by_role: dict[str, int] = {}
+    return {"command": " ".join(cmd), "wall_s": round(wall, 1), "rate_hz": 50, "idle_samples": False,
+            "note": "CPU samples of every process the simulation starts; a role's share of all samples is its share "
+                    "of the run's CPU time (py-spy's own load included in the wall time)",
+            "roles": pyspy_roles(folded, top)}
+
+
+def pyspy_roles(folded: Path, top: int) -> dict:
+    """Samples per process role from py-spy's raw output, with each role's top functions."""
+    self_by: dict[str, dict[str, int]] = {}
+    incl_by: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for line in folded.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        frames = [f for f in stack.split(";") if f]
+        if not frames or not count.isdigit():
             continue
-        n = int(count)
-        frames = stack.split(";")
-        role = _role(frames[0])
-        total_by_role[role] = total_by_role.get(role, 0) + n
-        leaf = frames[-1] if len(frames) > 1 else frames[0]
-        if any(k in leaf for k in ("wait (", "select (", "poll (", "sleep (", "_wait_for_tstate_lock", "acquire (", "epoll")):
-            idle_by_role[role] = idle_by_role.get(role, 0) + n
-        by_role.setdefault(role, {})
-        by_role[role][leaf] = by_role[role].get(leaf, 0) + n
-    out = {"command": " ".join(cmd), "wall_s": round(wall, 1), "rate_hz": 50, "roles": {}}
-    for role, funcs in by_role.items():
-        total = total_by_role[role]
-        out["roles"][role] = {
-            "samples": total, "idle_share": round(idle_by_role.get(role, 0) / total, 3),
-            "top_leaf_functions": [{"function": f, "samples": n, "share": round(n / total, 3)}
-                                   for f, n in sorted(funcs.items(), key=lambda kv: -kv[1])[:top]]}
-    return out
+        n, role = int(count), _role(frames)
+        code = [f for f in frames if not f.startswith("process ")]
+        totals[role] = totals.get(role, 0) + n
+        if code:
+            self_by.setdefault(role, {})[code[-1]] = self_by.get(role, {}).get(code[-1], 0) + n
+        for f in {f for f in code if PROJECT_FRAME.search(f) and not LIBRARY_FRAME.search(f)}:
+            incl_by.setdefault(role, {})[f] = incl_by.get(role, {}).get(f, 0) + n
+    grand = sum(totals.values()) or 1
+
+    def ranked(counts: dict[str, int], total: int) -> list[dict]:
+        return [{"function": f, "samples": c, "share_of_role": round(c / total, 3)}
+                for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {role: {"samples": n, "share_of_all": round(n / grand, 3), "top_self": ranked(self_by.get(role, {}), n),
+                   "top_project_inclusive": ranked(incl_by.get(role, {}), n)}
+            for role, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 # ----------------------------------------------------------------------------- main
@@ -367,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         train_idx, _, _ = patient_split(cohort, 0.1, seed=seed)
         site, data = site_setup(work, args.quick)
         n_site = len(data.train_idx)
+
+        # Warm-up (untimed): first calls pay imports (Opacus), allocator growth and oneDNN kernel selection.
+        print("warm-up...", flush=True)
+        pretrain_epoch(cohort, train_idx[:64], batch, seed)
+        finetune_full_epoch(cohort, train_idx[:64], batch, seed)
+        finetune_probe(cohort, train_idx[:64], batch, seed, 1)
+        for dp in (False, True):
+            site_round(site, data, dp=dp, batch=batch, seed=seed)
 
         # Interleaved repeats: every kind of work once per repeat, so load changes hit all alike.
         runs: dict[str, list] = {k: [] for k in ("pretrain", "ft_full", "ft_probe", "site_dp", "site_nodp")}
@@ -422,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         res["inference"] = {"batch_1": latency(1, 30 if args.quick else 200),
                             "batch_64": latency(64, 5 if args.quick else 30)}
 
+        res["peak_rss_mb_before_profiling"] = peak_rss_mb()
         print("profiles...", flush=True)
         prof_idx = train_idx[: 256] if args.quick else train_idx
         res["profile_pretrain_epoch"] = torch_profile(lambda: pretrain_epoch(cohort, prof_idx, batch, seed), args.top)
@@ -430,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.quick or args.no_pyspy):
             print("py-spy over a simulated round...", flush=True)
             res["profile_simulation_round"] = pyspy_simulation_round(work, args.top)
-        res["peak_rss_mb"] = peak_rss_mb()
+        res["peak_rss_mb_with_profilers"] = peak_rss_mb()  # torch.profiler keeps every event in memory
 
     res["summary"] = summary(res)
     result = {
@@ -463,7 +491,7 @@ def summary(res: dict) -> dict:
         "inference batch 64, p95 (ms/ECG)": res["inference"]["batch_64"]["p95_ms_per_ecg"],
         "data loading share, pretraining (%)": round(100 * res["pretraining"]["loader_share"], 1),
         "data loading share, site DP step (%)": round(100 * res["site_round"]["dp"]["loader_share"], 1),
-        "peak RSS (MB)": res["peak_rss_mb"],
+        "peak RSS, training + inference (MB)": res["peak_rss_mb_before_profiling"],
     }
     return s  # the encoder microbenchmark's DP ratio has its own row from dp_throughput.json
 
