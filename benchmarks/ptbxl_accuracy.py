@@ -8,6 +8,7 @@ diagnostic superclasses (train folds 1-8, early stopping on fold 9, test fold 10
   lsemvae-full    pretrained, everything fine-tuned (encoders at 0.3x the head's learning rate)
   random-probe    the same model randomly initialised, probe (what the architecture alone gives)
   cnn             from-scratch 1-D ResNet on the 6 leads (lsemvae.train.baselines.ResNet1D)
+  cnn-12l         the same CNN on all 12 leads: an upper reference the 6-lead methods cannot see
 
 (LS-EMVAE models use the compact profile's head: per-lead means + fused mean, dropout 0.5, and
 FINETUNE_PROFILES["compact"], weight decay 0.05; the CNN keeps FinetuneConfig's defaults)
@@ -41,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 TASK = "superclass"
-METHODS = ("lsemvae-probe", "lsemvae-full", "random-probe", "cnn")
+METHODS = ("lsemvae-probe", "lsemvae-full", "random-probe", "cnn", "cnn-12l")
+PRETRAINED_METHODS = ("lsemvae-probe", "lsemvae-full")
 
 
 def _threads(n: int) -> None:
@@ -106,12 +108,13 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     heads = {TASK: {"kind": task.kind, "n_outputs": task.n_outputs}}
     train_idx, val_idx, test_idx = ptbxl_folds(ptbxl)
     train_idx = label_fraction(ptbxl, train_idx, fraction, task=TASK, seed=seed)
-    sets = [CohortDataset(ptbxl, idx, leads="6L", tasks=[TASK]) for idx in (train_idx, val_idx, test_idx)]
+    leads = "12L" if method == "cnn-12l" else "6L"
+    sets = [CohortDataset(ptbxl, idx, leads=leads, tasks=[TASK]) for idx in (train_idx, val_idx, test_idx)]
     torch.manual_seed(seed)
     compact = get_profile("compact", tasks=heads)
     recipe = FINETUNE_PROFILES["compact"]  # LS-EMVAE's recipe; the CNN keeps FinetuneConfig's defaults
-    if method == "cnn":
-        model, mode, recipe = ResNet1D({TASK: task}, leads="6L"), "full", FinetuneConfig()
+    if method.startswith("cnn"):
+        model, mode, recipe = ResNet1D({TASK: task}, leads=leads), "full", FinetuneConfig()
     elif method == "random-probe":
         model, mode = build_model(compact), "probe"
     else:  # heads are new at fine-tuning, so they follow the current profile even on an older checkpoint
@@ -183,6 +186,8 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
         "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "")
                    + (f" --pretrained {args.pretrained}" if args.pretrained else ""),
+        # a run restricted with --methods keeps the other methods' runs from WORK_DIR/runs.jsonl
+        "methods_run_by_last_command": list(args.methods),
     }
 
 
@@ -200,6 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     p.add_argument("--jobs", type=int, default=2, help="parallel single-threaded processes")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="run only these; runs of other methods already in WORK_DIR/runs.jsonl are kept")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pretraining and 3 fine-tuning epochs, one seed")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ptbxl_accuracy.json")
     p.add_argument("--summarise-only", action="store_true", help="rebuild the results file from WORK_DIR/runs.jsonl")
@@ -216,18 +223,22 @@ def main(argv=None) -> int:
         return write_results(runs, checkpoint, args, t0)
     load_data(args)  # build the caches once, before the workers read them
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    runs_log.write_text("")
-    runs: list[dict] = []
+    kept = [json.loads(l) for l in runs_log.read_text().splitlines()] if runs_log.exists() else []
+    runs = [r for r in kept if r["method"] not in args.methods]
+    runs_log.write_text("".join(json.dumps(r) + "\n" for r in runs))
     grid = [(f, s) for f in args.fractions for s in args.seeds]
+    pretrained = [m for m in args.methods if m in PRETRAINED_METHODS]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         pre = None
-        if args.pretrained is None:
+        if args.pretrained is None and pretrained:
             pre = pool.submit(run_pretrain, args, args.work_dir / ("pretrain-quick" if args.quick else "pretrain"))
-        independent = [pool.submit(run_finetune, args, m, f, s, None) for m in ("cnn", "random-probe") for f, s in grid]
-        checkpoint = str(args.pretrained) if pre is None else pre.result()
-        print(f"pretraining done: {checkpoint}", flush=True)
-        dependent = [pool.submit(run_finetune, args, m, f, s, checkpoint)
-                     for m in ("lsemvae-probe", "lsemvae-full") for f, s in grid]
+        independent = [pool.submit(run_finetune, args, m, f, s, None)
+                       for m in args.methods if m not in PRETRAINED_METHODS for f, s in grid]
+        earlier = next((r["checkpoint"] for r in runs if r["method"] in PRETRAINED_METHODS), None)
+        checkpoint = pre.result() if pre is not None else str(args.pretrained) if args.pretrained else earlier
+        if pre is not None:
+            print(f"pretraining done: {checkpoint}", flush=True)
+        dependent = [pool.submit(run_finetune, args, m, f, s, checkpoint) for m in pretrained for f, s in grid]
         for fut in independent + dependent:
             r = fut.result()
             print(f"{r['method']:14s} labels {r['fraction']:.0%} seed {r['seed']}: test {r['test_macro_auroc']:.3f} "
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
 
 def write_results(runs: list[dict], checkpoint: str, args, t0: float) -> int:
     from lsemvae.train.checkpoint import load_checkpoint
-    pretrain_metrics = load_checkpoint(checkpoint)["state"].get("best_metrics", {})
+    pretrain_metrics = load_checkpoint(checkpoint)["state"].get("best_metrics", {}) if checkpoint else {}
     result = summarise(runs, pretrain_metrics, args, time.time() - t0)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
