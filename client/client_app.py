@@ -168,8 +168,11 @@ def train(msg: Message, context: Context) -> Message:
     if n_train == 0:
         raise SiteRefusal(K.ERR_SITE_SETUP, f"site {site.name}: no training records after the evaluation split")
     batch = min(batch, n_train)
-    sample_rate = batch / n_train
-    steps_per_round = epochs * math.ceil(n_train / batch)
+    # Opacus' Poisson loader samples each record with probability 1 / len(loader) = 1 / ceil(n / batch), the rate
+    # its accountant and the ledger record; planning with batch / n would leave part of the budget unspent.
+    steps_per_epoch = math.ceil(n_train / batch)
+    sample_rate = 1 / steps_per_epoch
+    steps_per_round = epochs * steps_per_epoch
     sigma, history, ledger = None, None, None
     if dp:
         ledger = PrivacyLedger.open_or_create(site.ledger_path, site=site.name, delta=site.privacy.delta,
