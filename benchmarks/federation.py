@@ -33,6 +33,7 @@ heavy process on a shared 2-core machine, site caches built once, no per-run Ray
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -159,7 +160,15 @@ def label_counts(sites) -> dict:
 
 # ----------------------------------------------------------------------------- scoring
 
-def score(model, sites, tasks) -> dict:
+def eval_indices(data, limit: int | None) -> np.ndarray:
+    """The site's evaluation split, or a fixed random ``limit`` of it (large cohorts: scoring costs)."""
+    idx = data.eval_idx
+    if limit is None or len(idx) <= limit:
+        return idx
+    return np.sort(np.random.default_rng(0).choice(idx, limit, replace=False))
+
+
+def score(model, sites, tasks, eval_per_site: int | None = None) -> dict:
     """Exact AUROC on the pooled evaluation splits (macro over classes), and per site."""
     from lsemvae.train.finetune import predict
     from lsemvae.train.metrics import auroc
@@ -167,7 +176,7 @@ def score(model, sites, tasks) -> dict:
     pooled: dict[str, list] = {t: [] for t in tasks}
     per_site = {}
     for site, data in sites:
-        preds = predict(model, data.dataset(data.eval_idx, site.lead_names), data.tasks)
+        preds = predict(model, data.dataset(eval_indices(data, eval_per_site), site.lead_names), data.tasks)
         per_site[site.name] = {}
         for t, (y, p) in preds.items():
             pooled[t].append((y, p))
@@ -205,13 +214,13 @@ def _model(state_config: str, arrays: dict):
 def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int = 1, lr: float = 1e-3,
              batch_size: int = 32, strategy: str = "fedavg", server_lr: float = 0.01, dp: bool = False,
              epsilon: float | None = None, state_dir: Path | None = None, seed: int = 0,
-             eval_rounds: str = "all") -> dict:
+             eval_rounds: str = "all", eval_per_site: int | None = None) -> dict:
     """One federated run, the ClientApp's and ServerApp's steps in one process (see the module doc).
 
     ``dp``: every site trains with DP-SGD to ``epsilon`` (delta from its config), planning its
     noise multiplier once for all rounds and recording each round in a fresh privacy ledger under
     ``state_dir``; the reported epsilon per site is the ledger's (accountant over its history).
-    ``eval_rounds``: "all" or "last".
+    ``eval_rounds``: "all" or "last"; ``eval_per_site``: score at most this many held-out records per site.
     """
     import torch
 
@@ -249,13 +258,14 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
                 ledger = PrivacyLedger.open_or_create(site.ledger_path, site=site.name, delta=site.privacy.delta,
                                                       max_epsilon=site.privacy.epsilon, accountant=site.privacy.accountant,
                                                       anchor_dir=site.anchor_dir)
+                rate = 1 / math.ceil(n_train / batch)   # Opacus' Poisson rate, as client_app.train plans with
                 steps = fed.local_epochs * math.ceil(n_train / batch)
                 if site.name not in sigma:
                     sigma[site.name] = plan_noise_multiplier(
-                        target_epsilon=site.privacy.epsilon, delta=site.privacy.delta, sample_rate=batch / n_train,
+                        target_epsilon=site.privacy.epsilon, delta=site.privacy.delta, sample_rate=rate,
                         total_steps=(rounds - rnd + 1) * steps, accountant=site.privacy.accountant,
                         already_spent_history=ledger.history)
-                ledger.check_can_train(noise_multiplier=sigma[site.name], sample_rate=batch / n_train, steps=steps)
+                ledger.check_can_train(noise_multiplier=sigma[site.name], sample_rate=rate, steps=steps)
                 history = ledger.history
             res = train_round(model, data, site, lr=fed.lr, batch_size=batch, local_epochs=fed.local_epochs,
                               proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0, dp=dp,
@@ -267,7 +277,7 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
         state.model, state.opt, _ = aggregate_round(state.model, contributions, opt, state.opt)
         row = {"round": rnd, "train": train, "train_seconds": round(time.monotonic() - t0, 1)}
         if eval_rounds == "all" or rnd == rounds:
-            row.update(score(_model(state.model_config, state.model), sites, tasks))
+            row.update(score(_model(state.model_config, state.model), sites, tasks, eval_per_site))
         rows.append(row)
         au = ", ".join(f"{t} {v:.3f}" for t, v in row.get("auroc", {}).items())
         print(f"  round {rnd}/{rounds}: {row['train_seconds']:.0f} s train; AUROC {au}", flush=True)
@@ -275,7 +285,7 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
            "auroc_by_round": [r.get("auroc") for r in rows], "rounds": rows, "seconds": round(time.monotonic() - started, 1),
            "config": {"rounds": rounds, "local_epochs": local_epochs, "lr": lr, "batch_size": batch_size,
                       "strategy": strategy, "server_lr": server_lr if strategy in ("fedadam", "fedyogi") else None,
-                      "dp": dp, "target_epsilon": epsilon if dp else None, "seed": seed},
+                      "dp": dp, "target_epsilon": epsilon if dp else None, "seed": seed, "eval_per_site": eval_per_site},
            "final_arrays": state.model}
     if dp:
         out["epsilon"] = {s.name: PrivacyLedger.open(s.ledger_path, site=s.name, anchor_dir=s.anchor_dir).epsilon()
@@ -285,7 +295,54 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
     return out
 
 
+@contextlib.contextmanager
+def pooled_positive_weights(sites):
+    """Experiment only: sites weight positives by the POOLED prevalence instead of their own.
+
+    ``train_round`` computes ``positive_weights`` from the site's own training labels, which
+    balances every site separately; this swaps in the weights of the pooled labels (what the
+    centralised run uses), recognising each task by its site label array.
+    """
+    import client.local_training as lt
+    from lsemvae.model.losses import positive_weights
+
+    own = [(np.asarray(d.cohort.labels[t])[d.train_idx], t) for _, d in sites for t in d.tasks]
+    pooled = {t: positive_weights(np.concatenate([y for y, u in own if u == t])) for _, t in own}
+
+    def lookup(labels):
+        arr = np.asarray(labels)
+        for y, t in own:
+            if y.shape == arr.shape and np.array_equal(y, arr, equal_nan=True):
+                return pooled[t]
+        raise RuntimeError("pooled_positive_weights: labels of no known site and task")
+
+    original, lt.positive_weights = lt.positive_weights, lookup
+    try:
+        yield {t: w.tolist() for t, w in pooled.items()}
+    finally:
+        lt.positive_weights = original
+
+
 # ----------------------------------------------------------------------------- centralised
+
+class _AllTasks:
+    """A site's dataset whose items carry every pooled task (NaN = unlabelled, masked out of the loss),
+    so sites with different tasks (LUDB has no superclass) can share a batch."""
+
+    def __init__(self, ds, tasks: dict):
+        self.ds, self.tasks = ds, tasks
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        item = self.ds[i]
+        y = item["y"]
+        item["y"] = {t: y[t] if t in y else torch.full((task.n_outputs,), float("nan")) for t, task in self.tasks.items()}
+        return item
+
 
 def centralised(sites, checkpoint: Path, *, tasks, epochs: int, seeds=(0, 1, 2), lr: float = 1e-3,
                 batch_size: int = 32, eval_every_epoch: bool = False) -> dict:
@@ -302,12 +359,12 @@ def centralised(sites, checkpoint: Path, *, tasks, epochs: int, seeds=(0, 1, 2),
 
     torch.set_num_threads(1)
     _, state = _initial(checkpoint, tasks)
-    train = ConcatDataset([d.dataset(d.train_idx, s.lead_names) for s, d in sites])
+    task_defs = {t: next(d.tasks[t] for _, d in sites if t in d.tasks) for t in tasks}
+    train = ConcatDataset([_AllTasks(d.dataset(d.train_idx, s.lead_names), task_defs) for s, d in sites])
     pos = {}
     for t in tasks:
         labels = [np.asarray(d.cohort.labels[t])[d.train_idx] for _, d in sites if t in d.tasks]
         pos[t] = positive_weights(np.concatenate(labels))
-    task_defs = {t: next(d.tasks[t] for _, d in sites if t in d.tasks) for t in tasks}
     runs, started = [], time.monotonic()
     for seed in seeds:
         model = _model(state.model_config, state.model)
@@ -420,7 +477,36 @@ def exp_left_atrial(args) -> dict:
     return res
 
 
-EXPERIMENTS = {"validate": exp_validate, "synthetic": exp_synthetic, "real": exp_real, "left-atrial": exp_left_atrial}
+def exp_label_skew(args) -> dict:
+    """Does each site's own positive weighting (balancing every site separately) cost pooled AUROC?"""
+    out = {}
+    # Real data only: its left_atrial_lvh prevalence runs from 2% (PTB-XL site 0) to 69% (LUDB); the synthetic
+    # sites' left_atrial prevalences (9-15%) differ too little for their weights to matter.
+    for key, work, ck, tasks in (("real", args.out / "real-6L", args.real_checkpoint, REAL_TASKS),):
+        sites = load_sites(sorted((work / "sites").glob("*.toml")), ck)
+        seeds = range(args.real_fed_seeds) if key == "real" else [0]
+        with pooled_positive_weights(sites) as weights:
+            runs = [strip(federate(sites, ck, tasks=tasks, rounds=args.rounds, seed=s)) for s in seeds]
+        out[key] = {"pooled_positive_weights": weights, "runs": runs,
+                    "auroc": {t: float(np.mean([r["auroc"][t] for r in runs])) for t in tasks}}
+    return out
+
+
+def exp_five_site_variants(args) -> dict:
+    """On the 5-site synthetic cohort: pooled positive weights, and a larger step (lr x5 ~ one site's Adam steps
+    per round doing the work of the 5 sites' worth of centralised steps)."""
+    work = args.out / "synthetic-5sites"
+    sites = load_sites(sorted((work / "sites").glob("*.toml")), args.synthetic_checkpoint)
+    ck = args.synthetic_checkpoint
+    out = {"fedavg_lr_5e-3": strip(federate(sites, ck, tasks=SYNTH_TASKS, rounds=args.rounds, lr=5e-3))}
+    with pooled_positive_weights(sites) as weights:
+        out["fedavg_pooled_positive_weights"] = strip(federate(sites, ck, tasks=SYNTH_TASKS, rounds=args.rounds))
+    out["pooled_positive_weights"] = weights
+    return out
+
+
+EXPERIMENTS = {"validate": exp_validate, "synthetic": exp_synthetic, "real": exp_real, "left-atrial": exp_left_atrial,
+               "label-skew": exp_label_skew, "five-site-variants": exp_five_site_variants}
 
 
 def machine() -> str:
