@@ -56,7 +56,155 @@ def kill_hard(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
+def stop_tree(procs: list[subprocess.Popen]) -> None:
+    """Stop processes we started (each in its own session) and everything they spawned.
+
+    SIGTERM first (a SuperNode says goodbye, a SuperLink stops its SuperExec), then SIGKILL what is
+    left, including descendants that live in other sessions: the SuperExec starts ServerApps and
+    ClientApps in sessions of their own, which outlive a group kill and then retry forever."""
+    from tests.federation.helpers import stop_all
+
+    spawned = {pid: _start_time(pid) for p in procs if p.poll() is None for pid in descendants(p.pid)}
+    stop_all(procs)
+    for pid, started in spawned.items():
+        if started is not None and _start_time(pid) == started:    # still that process, not a reused pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def listening(port: int) -> set[str]:
     """Local addresses listening on ``port`` (TCP)."""
     out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, timeout=10).stdout
     return {line.split()[3] for line in out.splitlines() if line.split()[3].endswith(f":{port}")}
+
+
+def process_tree(proc: subprocess.Popen, name: str) -> list[int]:
+    """PIDs of ``proc``'s descendants whose command line mentions ``name`` (e.g. the site's flwr-clientapp)."""
+    out = []
+    for pid in descendants(proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if name in cmdline:
+            out.append(pid)
+    return out
+
+
+class Deployment:
+    """A loopback federation of real processes, the way the README starts one: flower-superlink, one
+    SuperNode per site through client/run.py, and ``flwr run --stream`` in the background.
+    Use as a context manager: every process it started is stopped on exit, whatever happened."""
+
+    def __init__(self, tmp: Path, *, superlink_host: str | None = "127.0.0.1"):
+        from tests.federation.helpers import free_port
+
+        self.tmp = tmp
+        self.port = free_port()
+        self.host = superlink_host
+        self.env = deployment_env(tmp)
+        self.procs: list[subprocess.Popen] = []
+        self.sites: dict[str, subprocess.Popen] = {}
+        self.link: subprocess.Popen | None = None
+        (tmp / "flwr-home").mkdir(exist_ok=True)
+        (tmp / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "e2e"\n\n[superlink.e2e]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_tree(self.procs)
+
+    def _start(self, cmd: list[str], log: str) -> subprocess.Popen:
+        from tests.federation.helpers import start
+
+        p = start(cmd, self.tmp / log, env=self.env, cwd=self.tmp)
+        self.procs.append(p)
+        return p
+
+    def superlink(self, tag: str = "", *, database: bool = False) -> subprocess.Popen:
+        """Without ``database`` the SuperLink keeps its state in memory (Flower's default): a test that never
+        restarts it gains a lot, since the SQLite state costs ORM work per tensor of every message (seconds
+        of CPU per round here) and fails with "database is locked" when the machine is overloaded."""
+        from tests.federation.helpers import wait_healthy
+
+        host = ["--host", self.host] if self.host else []
+        db = ["--database", str(self.tmp / "state.db")] if database else []
+        self.link = self._start([str(BIN / "flower-superlink"), "--insecure", *host, "--port", str(self.port), *db,
+                                 "--disable-runtime-dependency-installation"], f"superlink{tag}.log")
+        wait_healthy(self.port, self.link, timeout=120)
+        return self.link
+
+    def join(self, site: str, tag: str = "") -> subprocess.Popen:
+        """Start a site exactly as an operator does: client/run.py (preflight, then exec flower-supernode)."""
+        import sys
+
+        from tests.federation.helpers import REPO, free_port
+
+        p = self._start([sys.executable, str(REPO / "client" / "run.py"), "--site", site, "--sites-dir",
+                         str(self.tmp / "sites"), "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port",
+                         str(free_port()), "--max-retries", "100"], f"{site}{tag}.log")
+        self.sites[site] = p
+        return p
+
+    def site_online(self, site: str, tag: str = "") -> bool:
+        """The site's SuperNode registered and activated (it logs its node id right after ActivateNode)."""
+        log = self.tmp / f"{site}{tag}.log"
+        return log.exists() and "SuperNode ID:" in log.read_text(errors="replace")
+
+    def run(self, run_config: dict, tag: str = "") -> subprocess.Popen:
+        from tests.federation.helpers import REPO, run_config_arg
+
+        return self._start([str(BIN / "flwr"), "run", str(REPO), "e2e", "--stream", "--run-config",
+                            run_config_arg(run_config)], f"flwr-run{tag}.log")
+
+    def log(self, name: str) -> str:
+        path = self.tmp / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def listeners(pids: list[int]) -> dict[str, str]:
+    """Local address -> command line, for every TCP socket one of ``pids`` listens on (`ss -ltnp`)."""
+    import re
+
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
+    found = {}
+    for line in out.splitlines():
+        owners = [int(p) for p in re.findall(r"pid=(\d+),", line) if int(p) in set(pids)]
+        if owners:
+            try:
+                cmd = Path(f"/proc/{owners[0]}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                cmd = "?"
+            found[line.split()[3]] = cmd.strip()
+    return found
+
+
+def wait_server_done(dep: "Deployment", out: Path, timeout: float) -> None:
+    """Wait for the ServerApp to finish: its report written and its process gone.
+
+    ``flwr run --stream`` is not a reliable signal: its log stream ends (exit 0) whenever the
+    SuperLink's stream request fails, e.g. on SQLite "database is locked" under heavy load."""
+    report = out / "report" / "report.json"
+    seen = {"app": False}
+
+    def done() -> bool:
+        running = bool(process_tree(dep.link, "flwr-serverapp"))
+        seen["app"] |= running
+        if report.exists() and not running:
+            return True
+        assert running or not seen["app"] or report.exists(), \
+            f"the ServerApp exited without a report: see {dep.tmp / 'superlink.log'} and {out / 'server.log'}"
+        return False
+
+    wait_for(done, "ServerApp finished", timeout, [dep.link])

@@ -1,0 +1,98 @@
+"""The coordinator killed mid-run (SIGKILL, as a power cut would) and resumed gives the uninterrupted model.
+
+Three runs of simulation/run.py with the same fixed seeds, 2 sites, 2 rounds, no DP:
+  1. uninterrupted;
+  2. killed in round 2: once the ServerApp has checkpointed round 1 and sent round 2, the launcher,
+     its private SuperLink, the ServerApp, the simulation engine and the Ray site actors are all
+     SIGKILLed (no handler runs, nothing is flushed);
+  3. the same command with --resume on the killed run's folder.
+Run 3 continues from the round-1 checkpoint (round 1 is not run again) and its final model is
+bitwise the model of run 1. That holds without DP because the checkpoint restores the weights, the
+server optimiser state and the server RNG, so round 2 sends the same seed and every site samples the
+same batches. With DP it holds only up to the noise plan (test_resume_equivalence.py explains why).
+
+While run 2 is up, every socket of Flower's APIs in the simulation (SuperLink: Fleet, Control and
+the app runtime APIs; its SuperExec) must be bound to loopback. The simulation engine, Ray, binds
+its own servers (GCS, raylet, workers, the driver inside flwr-simulation) to all interfaces and has
+no authentication: that is Ray's design, not configurable through Flower; the README says to run
+simulations only on a trusted network. The test prints those sockets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.federation.helpers import REPO, read_jsonl, write_checkpoint
+from tests.reliability.procs import descendants, kill_hard, listeners, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# Processes that serve Flower's APIs (Fleet, Control, ServerAppIo/SimulationIo, runtime).
+FLOWER_SERVICES = ("flower-superlink", "flower-superexec", "flwr-serverapp")
+
+
+def _sim(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "simulation" / "run.py"), *args], capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt")
+    base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "5",
+            "--rounds", "2"]
+    started = time.monotonic()
+    _sim(base + ["--out", str(tmp_path / "straight")])
+    marks = {"straight": time.monotonic() - started}
+
+    crashed = tmp_path / "crashed"
+    log = tmp_path / "crashed.log"
+    sim = subprocess.Popen([sys.executable, str(REPO / "simulation" / "run.py"), *base, "--out", str(crashed)],
+                           stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list[int] = []
+    try:
+        server_log = crashed / "server" / "server.log"
+        wait_for(lambda: server_log.exists() and "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim])
+        tree = descendants(sim.pid)
+        bound = listeners(tree)
+        flower = {a: c for a, c in bound.items() if any(n in c for n in FLOWER_SERVICES)}
+        assert flower and all(a.startswith("127.0.0.1:") for a in flower), flower
+        ray = sorted(a for a in bound if a not in flower)   # Ray's own servers: all interfaces (see README)
+        kill_hard(sim)                                   # launcher, SuperLink, ServerApp, engine, Ray: all at once
+        marks["killed"] = time.monotonic() - started
+    finally:
+        if sim.poll() is None:
+            kill_hard(sim)
+        shutil.rmtree(f"/tmp/ray-lsemvae-{sim.pid}", ignore_errors=True)   # the launcher had no chance to remove it
+    wait_for(lambda: not any(_alive(p) for p in tree), "every killed process gone", 30)
+    assert torch.load(crashed / "server" / "server-state.pt", weights_only=True)["round"] == 1
+    assert [r["round"] for r in read_jsonl(crashed / "server" / "metrics.jsonl")] == [1]   # round 2 never finished
+
+    _sim(base + ["--resume", "--out", str(crashed)])
+    marks["resumed"] = time.monotonic() - started
+
+    assert "resuming from" in (crashed / "server" / "server.log").read_text()
+    assert [r["round"] for r in read_jsonl(crashed / "server" / "metrics.jsonl")] == [1, 2]   # round 1 not run again
+    a = torch.load(tmp_path / "straight" / "server" / "final-model.pt", weights_only=False)["model_state"]
+    b = torch.load(crashed / "server" / "final-model.pt", weights_only=False)["model_state"]
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, differing[:5]
+    start = torch.load(ckpt, weights_only=False)["model_state"]
+    assert any(not torch.equal(a[k], start[k]) for k in start if k in a)   # the federation did change the model
+    print(f"coordinator fault: {time.monotonic() - started:.0f} s wall; marks {({k: round(v) for k, v in marks.items()})}; "
+          f"Flower APIs on {sorted(flower)}; simulation engine (Ray) on {ray}")
