@@ -187,7 +187,8 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
         "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "")
                    + (f" --pretrained {args.pretrained}" if args.pretrained else ""),
         # a run restricted with --methods keeps the other methods' runs from WORK_DIR/runs.jsonl
-        "methods_run_by_last_command": list(args.methods),
+        "methods_run_by_last_command": None if args.summarise_only else list(args.methods),
+        "note": args.note,
     }
 
 
@@ -209,6 +210,7 @@ def main(argv=None) -> int:
                    help="run only these; runs of other methods already in WORK_DIR/runs.jsonl are kept")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pretraining and 3 fine-tuning epochs, one seed")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ptbxl_accuracy.json")
+    p.add_argument("--note", default="", help="free text stored with the results (e.g. what a partial run left out)")
     p.add_argument("--summarise-only", action="store_true", help="rebuild the results file from WORK_DIR/runs.jsonl")
     args = p.parse_args(argv)
     if args.quick:
