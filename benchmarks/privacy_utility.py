@@ -18,7 +18,7 @@ multiplier once for all rounds to end at the target epsilon and records every ro
 privacy ledger; the epsilon reported per site is the ledger's, recomputed by Opacus' RDP accountant
 from the recorded (noise multiplier, sample rate, steps) history, not the target. AUROC is exact on
 the pooled evaluation splits. The runs use benchmarks/federation.py's harness (the ClientApp's and
-ServerApp's functions in one process). Writes benchmarks/results/privacy_utility.json and .png.
+ServerApp's functions in one process). Writes benchmarks/results/privacy_utility.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -100,8 +100,58 @@ def summarise(results: dict) -> dict:
     return s
 
 
+def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks) -> int:
+    """Parameters a site trains under DP (its leads' encoders, fusion, its heads; minus DP_FROZEN)."""
+    from client.local_training import DP_FROZEN
+    from lsemvae.federation.groups import group_of, groups_for
+    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint
+    model = model_from_checkpoint(load_checkpoint(path), tasks={t: {"kind": "binary", "n_outputs": 1} for t in tasks})
+    groups = groups_for(leads, tasks)
+    return sum(p.numel() for n, p in model.named_parameters() if group_of(n) in groups and n not in DP_FROZEN)
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    """Table per cohort, and the noise-to-signal bound of one DP-SGD step: the Gaussian noise added to the
+    batch's summed clipped gradients has norm ~ sigma * C * sqrt(d), the signal at most B * C."""
+    from lsemvae.leads import LIMB_LEADS
+
+    lines = ["# Privacy-utility curve (federated, FedAvg)\n", "From `python benchmarks/privacy_utility.py` (commands, "
+             "machine, per-site AUROC and noise multipliers in privacy_utility.json; plot privacy_utility.png). "
+             "epsilon per site = the site's privacy ledger (Opacus RDP accountant over the recorded history), "
+             "not the target.\n"]
+    for key in COHORTS:
+        r = results.get(key)
+        if not r:
+            continue
+        d = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"])
+        sites = list(next(row["epsilon"] for row in r["settings"] if row["target_epsilon"] is not None))
+        lines += [f"## {r['data']}\n", f"{r['rounds']} round(s) x 1 local epoch, batch {r['batch_size']}, lr {r['lr']}, "
+                  f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP.\n",
+                  "| setting | " + " | ".join(f"AUROC {t}" for t in r["tasks"]) + " | epsilon per site (ledger): "
+                  + ", ".join(sites) + " | noise multiplier | noise / max signal (sigma sqrt(d) / B) |",
+                  "|---" * (len(r["tasks"]) + 4) + "|"]
+        for row in r["settings"]:
+            eps = ", ".join(f"{row['epsilon'][s]:.3f}" for s in sites) if row.get("epsilon") else "–"
+            sig = row.get("noise_multiplier") or {}
+            ratio = f"{max(sig.values()) * d ** 0.5 / r['batch_size']:.1f}" if sig else "–"
+            sig_txt = f"{min(sig.values()):.2f}-{max(sig.values()):.2f}" if sig else "–"
+            lines.append(f"| {row['setting']} | " + " | ".join(f"{row['auroc'][t]:.3f}" for t in r["tasks"])
+                         + f" | {eps} | {sig_txt} | {ratio} |")
+        under = sorted({s for row in r["settings"] if row.get("epsilon") for s, e in row["epsilon"].items()
+                        if e < 0.97 * row["target_epsilon"]})
+        if under:
+            lines.append(f"\nLedger epsilon below 97% of the target at {', '.join(under)}: this run planned the noise with "
+                         "sample rate batch/n, while Opacus' Poisson loader samples at 1/ceil(n/batch) (fixed in the "
+                         "ClientApp and this harness since; those sites trained with more noise than their budget needed).")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,6 +171,7 @@ def plot(results: dict, path: Path) -> None:
         ax.axhline(0.5, color="grey", lw=0.5)
         ax.set_xscale("log")
         ax.set_xticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"epsilon (max over sites, ledger), delta {r['delta']:g}")
         ax.set_ylabel("AUROC (pooled evaluation splits)")
         ax.set_title(f"{LABELS.get(key) or r['data'].split(';')[0]}\n{r['rounds']} round(s) x 1 local epoch",
@@ -133,7 +184,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="synthetic,real", help="comma-separated subset of synthetic, real")
+    p.add_argument("--only", default="synthetic,real",
+                   help="comma-separated subset of synthetic, real (empty: only rewrite the reports)")
     p.add_argument("--epsilons", default="0.5,1,2,4,8", help="DP targets (besides no DP)")
     p.add_argument("--records", type=int, default=4000, help="synthetic records per site (default 4000 = 20,000 in all)")
     p.add_argument("--synthetic-rounds", type=int, default=1, help="rounds on the synthetic cohort (default 1)")
@@ -155,16 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     path = H.RESULTS / "privacy_utility.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     results = {k: v for k, v in results.items() if k in COHORTS}
-    for key in [k.strip() for k in args.only.split(",") if k.strip()]:
-        print(f"== {key}", flush=True)
-        started = time.monotonic()
-        results[key] = COHORTS[key](args) | {
-            "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
-            "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    for key in [k.strip() for k in args.only.split(",") if k.strip()] + [None]:   # None: rewrite the reports
+        if key is not None:
+            print(f"== {key}", flush=True)
+            started = time.monotonic()
+            results[key] = COHORTS[key](args) | {
+                "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
+                "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         out = {"summary": summarise(results), "command": "python benchmarks/privacy_utility.py", "machine": H.machine(),
                **results}
         path.write_text(json.dumps(out, indent=2) + "\n")
         plot(results, H.RESULTS / "privacy_utility.png")
+        write_markdown(results, H.RESULTS / "privacy_utility.md")
     print(json.dumps(summarise(results), indent=1))
     return 0
 
