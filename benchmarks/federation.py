@@ -214,7 +214,7 @@ def _model(state_config: str, arrays: dict):
 def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int = 1, lr: float = 1e-3,
              batch_size: int = 32, strategy: str = "fedavg", server_lr: float = 0.01, dp: bool = False,
              epsilon: float | None = None, state_dir: Path | None = None, seed: int = 0,
-             eval_rounds: str = "all", eval_per_site: int | None = None) -> dict:
+             eval_rounds: str = "all", eval_per_site: int | None = None, train_encoders: bool = True) -> dict:
     """One federated run, the ClientApp's and ServerApp's steps in one process (see the module doc).
 
     ``dp``: every site trains with DP-SGD to ``epsilon`` (delta from its config), planning its
@@ -233,7 +233,7 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
     torch.set_num_threads(1)
     fed, state = _initial(checkpoint, tasks, **{"num-server-rounds": rounds, "local-epochs": local_epochs, "lr": lr,
                                                 "batch-size": batch_size, "strategy": strategy, "server-lr": server_lr,
-                                                "dp": dp, "seed": seed})
+                                                "dp": dp, "seed": seed, "train-encoders": train_encoders})
     opt = ServerOptimizer(fed.strategy, lr=fed.server_lr, beta1=fed.server_beta1, beta2=fed.server_beta2, tau=fed.server_tau)
     if dp:
         sites = [(s.model_copy(update={"state_dir": Path(state_dir) / s.name, "anchor_dir": Path(state_dir) / "anchors",
@@ -269,7 +269,8 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
                 history = ledger.history
             res = train_round(model, data, site, lr=fed.lr, batch_size=batch, local_epochs=fed.local_epochs,
                               proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0, dp=dp,
-                              noise_multiplier=sigma.get(site.name), history=history, seed=round_seed * 1000 + rnd)
+                              noise_multiplier=sigma.get(site.name), history=history, seed=round_seed * 1000 + rnd,
+                              train_encoders=fed.train_encoders)
             eps = ledger.record_round(round_number=rnd, run_id=f"bench-{seed}", history=res.history) if dp else None
             contributions.append(Contribution(site.name, res.arrays, res.group_weights))
             train[site.name] = {"loss": res.train_loss, "seconds": round(res.seconds, 1), "epsilon": eps,

@@ -40,7 +40,7 @@ DELTA = 1e-5
 
 
 def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float], work: Path,
-          eval_per_site: int | None = None) -> list[dict]:
+          eval_per_site: int | None = None, train_encoders: bool = True) -> list[dict]:
     rows = []
     for eps in [None, *epsilons]:
         label = "no DP" if eps is None else f"epsilon {eps:g}"
@@ -48,7 +48,7 @@ def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float],
         state = work / ("ledgers-nodp" if eps is None else f"ledgers-eps{eps:g}")
         shutil.rmtree(state, ignore_errors=True)    # a fresh ledger per setting: each run spends its own budget
         run = H.federate(sites, checkpoint, tasks=tasks, rounds=rounds, dp=eps is not None, epsilon=eps,
-                         state_dir=state, eval_rounds="last", eval_per_site=eval_per_site)
+                         state_dir=state, eval_rounds="last", eval_per_site=eval_per_site, train_encoders=train_encoders)
         row = {"setting": label, "target_epsilon": eps, **H.strip(run)}
         if eps is not None:
             print(f"   site epsilon (ledger): {', '.join(f'{s} {e:.3f}' for s, e in run['epsilon'].items())}", flush=True)
@@ -56,7 +56,7 @@ def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float],
     return rows
 
 
-def run_synthetic(args) -> dict:
+def run_synthetic(args, *, train_encoders: bool = True) -> dict:
     work = args.out / f"synthetic-{5 * args.records}"
     spec = H.five_site_spec(args.records, fs=100, leads="6L")
     sites = H.load_sites(H.synthetic_sites(spec, work, val_fraction=args.synthetic_eval_share, delta=DELTA),
@@ -67,8 +67,10 @@ def run_synthetic(args) -> dict:
             "n_records": 5 * args.records, "checkpoint": str(args.synthetic_checkpoint), "tasks": list(H.SYNTH_TASKS),
             "rounds": args.synthetic_rounds,
             "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
+            "train_encoders": train_encoders,
             "settings": curve(sites, args.synthetic_checkpoint, tasks=H.SYNTH_TASKS, rounds=args.synthetic_rounds,
-                              epsilons=args.epsilons, work=work, eval_per_site=args.synthetic_eval_records)}
+                              epsilons=args.epsilons, work=work, eval_per_site=args.synthetic_eval_records,
+                              train_encoders=train_encoders)}
 
 
 def run_real(args) -> dict:
@@ -82,8 +84,10 @@ def run_real(args) -> dict:
                               epsilons=args.epsilons, work=work)}
 
 
-COHORTS = {"synthetic": run_synthetic, "real": run_real}
-LABELS = {"real": "PTB-XL by site + LUDB, 6L"}
+COHORTS = {"synthetic": run_synthetic, "real": run_real,
+           # run-config train-encoders = false: only fusion + heads train under DP (a federated probe)
+           "synthetic-probe": lambda args: run_synthetic(args, train_encoders=False)}
+LABELS = {"real": "PTB-XL by site + LUDB, 6L", "synthetic-probe": "synthetic, fusion + heads only under DP"}
 
 
 def summarise(results: dict) -> dict:
@@ -100,15 +104,15 @@ def summarise(results: dict) -> dict:
     return s
 
 
-def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks) -> int:
-    """Parameters a site trains under DP (its leads' encoders, fusion, its heads; minus DP_FROZEN)."""
+def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_encoders: bool = True) -> int:
+    """Parameters a site trains under DP (its leads' encoders unless a probe, fusion, its heads; minus DP_FROZEN)."""
     from client.local_training import DP_FROZEN
     from lsemvae.federation.groups import group_of, groups_for
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint
     model = model_from_checkpoint(load_checkpoint(path), tasks={t: {"kind": "binary", "n_outputs": 1} for t in tasks})
-    groups = groups_for(leads, tasks)
+    groups = {g for g in groups_for(leads, tasks) if train_encoders or not g.startswith("encoders.")}
     return sum(p.numel() for n, p in model.named_parameters() if group_of(n) in groups and n not in DP_FROZEN)
 
 
@@ -125,7 +129,7 @@ def write_markdown(results: dict, path: Path) -> None:
         r = results.get(key)
         if not r:
             continue
-        d = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"])
+        d = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"], r.get("train_encoders", True))
         sites = list(next(row["epsilon"] for row in r["settings"] if row["target_epsilon"] is not None))
         lines += [f"## {r['data']}\n", f"{r['rounds']} round(s) x 1 local epoch, batch {r['batch_size']}, lr {r['lr']}, "
                   f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP.\n",

@@ -193,6 +193,7 @@ def train(msg: Message, context: Context) -> Message:
         warn_no_privacy(site.name, logger=log)
     result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs,
                          proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), dp=dp, noise_multiplier=sigma,
+                         train_encoders=bool(cfg.get(K.TRAIN_ENCODERS, True)),
                          history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
     epsilon = 0.0
     if dp:

@@ -70,12 +70,15 @@ def freeze_outside(model: torch.nn.Module, groups: set[str], *, dp: bool) -> lis
 
 
 def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: int, proximal_mu: float,
-                dp: bool, noise_multiplier: float | None, history: list | None, seed: int) -> RoundResult:
+                dp: bool, noise_multiplier: float | None, history: list | None, seed: int,
+                train_encoders: bool = True) -> RoundResult:
     """Fine-tune ``model`` (already holding the global weights) on the site's training split."""
     from lsemvae.privacy.dp import make_private, plain_state_dict
 
     started = time.perf_counter()
     groups = groups_for(site.lead_names, data.tasks) & {group_of(k) for k in model.state_dict()}
+    if not train_encoders:  # federated probe: the pretrained encoders stay fixed and are not sent
+        groups = {g for g in groups if not g.startswith("encoders.")}
     trainable = freeze_outside(model, groups, dp=dp)
     global_copy = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     train_set = data.dataset(data.train_idx, site.lead_names)

@@ -209,6 +209,9 @@ class FederationConfig(StrictModel):
         "fused, the 64-d fused mean, is the DP default; leads+fused (13x wider) closed a no-DP gap but cost "
         "0.15-0.25 AUROC under DP (benchmarks/results/federation_leads_fused_heads.md): DP noise grows with width")
     head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the task heads' input")
+    train_encoders: bool = Field(
+        True, description="false: sites fine-tune and send only the fusion gate and task heads (a federated probe); "
+        "DP noise then spreads over ~30x fewer parameters (benchmarks/results/privacy_utility.md)")
     update_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the model arrays on the wire, both directions (float16 halves the bytes; "
         "training and aggregation stay float32/float64, lsemvae.federation.codec)")

@@ -27,6 +27,7 @@ DP = "dp"
 NUM_ROUNDS = "num-server-rounds"
 HIST_BINS = "eval-bins"
 RUN_SEED = "seed"
+TRAIN_ENCODERS = "train-encoders"  # false: sites train and send only fusion and heads (encoders stay as pretrained)
 UPDATE_DTYPE = "update-dtype"     # wire dtype of ARRAYS in both directions (lsemvae.federation.codec)
 
 # Site -> server metric keys (all sites send the same keys).

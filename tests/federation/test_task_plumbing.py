@@ -118,3 +118,18 @@ def test_federation_heads_follow_the_run_config_not_the_checkpoint_profile(tmp_p
 
 def test_federation_default_heads_read_the_fused_mean():
     assert federation_config({}).head_input == "fused" and federation_config({}).head_dropout == 0.0
+
+
+def test_federated_probe_trains_and_sends_only_fusion_and_heads(sites):
+    """run-config train-encoders = false: the encoders stay as pretrained and never leave the site."""
+    state, site_list = sites
+    cfg, data, _ = site_list[0]
+    model = fresh_model(state)
+    res = train_round(model, data, cfg, lr=1e-2, batch_size=8, local_epochs=1, proximal_mu=0.0,
+                      dp=False, noise_multiplier=None, history=None, seed=1, train_encoders=False)
+    sent = {group_of(k) for k in res.arrays}
+    assert sent == {"fusion", *(f"heads.{t}" for t in TASKS)}
+    for key, value in model.state_dict().items():
+        if key.startswith("encoders."):
+            np.testing.assert_array_equal(value.numpy(), state.model[key], err_msg=key)
+    assert federation_config({"train-encoders": False}).train_encoders is False
