@@ -63,7 +63,8 @@ def run_synthetic(args, *, train_encoders: bool = True) -> dict:
                          args.synthetic_checkpoint)
     return {"data": f"synthetic, 5 sites x {args.records} records = {5 * args.records}, 100 Hz, 6 leads; "
                     f"{args.synthetic_eval_share:.0%} of each site's patients held out, "
-                    f"{args.synthetic_eval_records} of them per site scored",
+                    f"{args.synthetic_eval_records} of them per site scored"
+                    + ("" if train_encoders else "; run-config train-encoders = false: only fusion + heads train"),
             "n_records": 5 * args.records, "checkpoint": str(args.synthetic_checkpoint), "tasks": list(H.SYNTH_TASKS),
             "rounds": args.synthetic_rounds,
             "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
