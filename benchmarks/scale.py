@@ -23,9 +23,14 @@
     builds each site's data cache and starts the actors).
 
 (c) Deployment: flower-superlink and 2 flower-supernode processes (``client/run.py``) on
-    127.0.0.1, same model and per-site data, ``flwr run``: the same overhead with P = 2 nodes.
+    127.0.0.1, same model and per-site data, ``flwr run``: the same overhead with P = 2 nodes, and per
+    message the latency before the site's handler starts (SuperNode/SuperExec polling, a new
+    ``flwr-clientapp`` process and its imports, the download) and after its reply (upload, the
+    ServerApp's polling), from the sites' outgoing-message logs. A second run raises Flower's
+    concurrent object transfers (``--object-concurrency``) to test whether per-object latency is the cost.
+    The SuperLink keeps its state in memory by default (``--superlink-db file`` for SQLite).
 
-    python benchmarks/scale.py                     # ~30-40 min on 2 shared cores (50k records dominate)
+    python benchmarks/scale.py --workers 2         # ~40 min on 2 shared cores (the 50k cache build dominates)
     python benchmarks/scale.py --quick             # < 3 min: 1k records, 2 sites, 2 rounds, no deployment
     python benchmarks/scale.py --records 1000 10000 --sites 2 5 --no-deployment
 
@@ -129,6 +134,8 @@ def phase_epoch(n: int, work: Path, max_batches: int) -> dict:
     model = build_model(get_profile("compact"))
     cfg = PretrainConfig(batch_size=BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # untimed warm-up: a fresh process' first batches pay kernel selection and allocator growth
+    train_epoch(model, CohortDataset(cohort, idx[: 2 * BATCH]), cfg, opt, epoch=1, progress=False)
     t0 = time.perf_counter()
     train_epoch(model, CohortDataset(cohort, idx), cfg, opt, epoch=1, progress=False)
     wall = time.perf_counter() - t0
@@ -489,6 +496,22 @@ def main(argv: list[str] | None = None) -> int:
     deployment = not (args.quick or args.no_deployment)
     started = time.monotonic()
     res: dict = {"load_at_start": load()}
+
+    def write(partial: bool) -> dict:
+        """The results so far (after every section, so a later failure keeps the finished parts)."""
+        res["summary"] = summary(res)
+        result = {
+            "benchmark": "scale", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine(), "quick": args.quick, "partial": partial, "overhead_definition": OVERHEAD_DEFINITION,
+            "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
+                          "extrapolated linearly to the whole cohort",
+            "seconds": round(time.monotonic() - started, 1), "load_at_end": load(), **res,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scale-", dir=REPO / "runs")))
         work.mkdir(parents=True, exist_ok=True)
@@ -496,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         if records:
             print("records:", flush=True)
             res["records"] = [records_point(n, work, args) for n in records]
+            write(partial=True)
         if sites or dp_sites or deployment:
             args.checkpoint = compact_checkpoint(work / "compact.pt")
         if sites or dp_sites:
@@ -503,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             res["sites"] = [sites_point(n, work, args, dp=False) for n in sites]
             if dp_sites:
                 res["sites"].append(sites_point(dp_sites, work, args, dp=True))
+            write(partial=True)
         if deployment:
             print("deployment (superlink + 2 supernodes):", flush=True)
             res["deployment"] = deployment_point(work, args)
@@ -510,17 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"deployment, object concurrency {args.object_concurrency}:", flush=True)
                 res["deployment_object_concurrency"] = deployment_point(work, args,
                                                                         object_concurrency=args.object_concurrency)
-    res["summary"] = summary(res)
-    result = {
-        "benchmark": "scale", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(), "quick": args.quick, "overhead_definition": OVERHEAD_DEFINITION,
-        "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
-                      "extrapolated linearly to the whole cohort",
-        "seconds": round(time.monotonic() - started, 1), "load_at_end": load(), **res,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    result = write(partial=False)
     for k, v in result["summary"].items():
         print(f"{k:60s} {v}")
     print(f"wrote {args.out} ({result['seconds']} s)")
