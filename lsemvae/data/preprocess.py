@@ -28,7 +28,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.signal import butter, find_peaks, iirnotch, resample_poly, sosfiltfilt, tf2sos
 
 from lsemvae.config import StrictModel
 from lsemvae.data.record import ECGRecord
@@ -175,6 +174,8 @@ def interpolate_nan(x: np.ndarray) -> np.ndarray:
 
 def resample(x: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
     """Polyphase resampling along the last axis (anti-aliasing included)."""
+    from scipy.signal import resample_poly  # scipy is imported where signals are processed, not with the config:
+    # the ServerApp and every ClientApp process import PreprocessConfig, and scipy.signal costs seconds per process
     ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
     if ratio == 1:
         return x
@@ -184,6 +185,7 @@ def resample(x: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
 @lru_cache(maxsize=32)
 def _filters(fs: int, highpass: float | None, lowpass: float | None, order: int,
              powerline: int | None) -> tuple[np.ndarray, ...]:
+    from scipy.signal import butter, iirnotch, tf2sos
     nyq = fs / 2.0
     sos = []
     low = lowpass if lowpass and lowpass < 0.95 * nyq else None
@@ -202,6 +204,7 @@ def _filters(fs: int, highpass: float | None, lowpass: float | None, order: int,
 
 def bandpass(x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Zero-phase band-pass and notch at ``cfg.fs``."""
+    from scipy.signal import sosfiltfilt
     for sos in _filters(cfg.fs, cfg.highpass_hz, cfg.lowpass_hz, cfg.filter_order, cfg.powerline_hz):
         x = sosfiltfilt(sos, x, axis=-1)
     return x
@@ -254,6 +257,7 @@ def detect_r_peaks(z: np.ndarray, fs: int, valid: np.ndarray) -> np.ndarray:
     Peaks of :func:`qrs_envelope` at least 250 ms apart (240 bpm) above 30% of its 98th
     percentile, each moved to the largest |amplitude| summed over leads within +-60 ms (the R apex).
     """
+    from scipy.signal import find_peaks
     env = qrs_envelope(z, fs, valid)
     top = np.percentile(env[valid], 98) if valid.any() else 0.0
     if top <= 0:
