@@ -80,7 +80,45 @@ def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
                             cwd=cwd, start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), whatever session or group it moved to."""
+    kids: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Stop processes we started (each in its own session) and everything they spawned.
+
+    SIGTERM first (a SuperNode says goodbye, a SuperLink stops its SuperExec), then SIGKILL what is
+    left, including descendants in other sessions: the SuperExec starts ServerApps and ClientApps in
+    sessions of their own, which outlive a group kill and then retry forever."""
+    spawned = {pid: start_time(pid) for p in procs if p.poll() is None for pid in descendants(p.pid)}
+    _stop_groups(procs)
+    for pid, started in spawned.items():
+        if started is not None and start_time(pid) == started:    # still that process, not a reused pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _stop_groups(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.federation.helpers import BIN
+from tests.federation.helpers import BIN, descendants, stop_all  # noqa: F401  (descendants: used by the fault tests)
 
 
 def deployment_env(tmp: Path) -> dict:
@@ -28,22 +28,6 @@ def wait_for(predicate, what: str, timeout: float, procs: list[subprocess.Popen]
     raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
-def descendants(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def kill_hard(proc: subprocess.Popen) -> None:
     """SIGKILL a process started in its own session, its group and every descendant (even in other groups)."""
     spawned = descendants(proc.pid)
@@ -54,31 +38,6 @@ def kill_hard(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=10)
-
-
-def stop_tree(procs: list[subprocess.Popen]) -> None:
-    """Stop processes we started (each in its own session) and everything they spawned.
-
-    SIGTERM first (a SuperNode says goodbye, a SuperLink stops its SuperExec), then SIGKILL what is
-    left, including descendants that live in other sessions: the SuperExec starts ServerApps and
-    ClientApps in sessions of their own, which outlive a group kill and then retry forever."""
-    from tests.federation.helpers import stop_all
-
-    spawned = {pid: _start_time(pid) for p in procs if p.poll() is None for pid in descendants(p.pid)}
-    stop_all(procs)
-    for pid, started in spawned.items():
-        if started is not None and _start_time(pid) == started:    # still that process, not a reused pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def listening(port: int) -> set[str]:
@@ -123,7 +82,7 @@ class Deployment:
         return self
 
     def __exit__(self, *exc) -> None:
-        stop_tree(self.procs)
+        stop_all(self.procs)
 
     def _start(self, cmd: list[str], log: str) -> subprocess.Popen:
         from tests.federation.helpers import start
