@@ -2,7 +2,7 @@
 
 Three runs of simulation/run.py with the same fixed seeds, 2 sites, 2 rounds, no DP:
   1. uninterrupted;
-  2. killed in round 2: once the ServerApp has checkpointed round 1 and sent round 2, the launcher,
+  2. (side by side with 1) killed in round 2: once the ServerApp has checkpointed round 1 and sent round 2, the launcher,
      its private SuperLink, the ServerApp, the simulation engine and the Ray site actors are all
      SIGKILLed (no handler runs, nothing is flushed);
   3. the same command with --resume on the killed run's folder.
@@ -37,6 +37,11 @@ pytestmark = pytest.mark.e2e
 FLOWER_SERVICES = ("flower-superlink", "flower-superexec", "flwr-serverapp")
 
 
+def _start_sim(args: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "simulation" / "run.py"), *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _sim(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "simulation" / "run.py"), *args], capture_output=True, text=True,
                           timeout=400)
@@ -56,14 +61,12 @@ def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path)
     base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "5",
             "--rounds", "2"]
     started = time.monotonic()
-    _sim(base + ["--out", str(tmp_path / "straight")])
-    marks = {"straight": time.monotonic() - started}
-
+    # the uninterrupted run and the one to kill run side by side (independent SuperLinks, ports, folders)
+    straight = _start_sim(base + ["--out", str(tmp_path / "straight")], tmp_path / "straight.log")
     crashed = tmp_path / "crashed"
-    log = tmp_path / "crashed.log"
-    sim = subprocess.Popen([sys.executable, str(REPO / "simulation" / "run.py"), *base, "--out", str(crashed)],
-                           stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    sim = _start_sim(base + ["--out", str(crashed)], tmp_path / "crashed.log")
     tree: list[int] = []
+    marks = {}
     try:
         server_log = crashed / "server" / "server.log"
         wait_for(lambda: server_log.exists() and "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim])
@@ -74,10 +77,13 @@ def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path)
         ray = sorted(a for a in bound if a not in flower)   # Ray's own servers: all interfaces (see README)
         kill_hard(sim)                                   # launcher, SuperLink, ServerApp, engine, Ray: all at once
         marks["killed"] = time.monotonic() - started
+        assert straight.wait(timeout=400) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+        marks["straight"] = time.monotonic() - started
     finally:
-        if sim.poll() is None:
-            kill_hard(sim)
-        shutil.rmtree(f"/tmp/ray-lsemvae-{sim.pid}", ignore_errors=True)   # the launcher had no chance to remove it
+        for proc in (sim, straight):
+            if proc.poll() is None:
+                kill_hard(proc)
+            shutil.rmtree(f"/tmp/ray-lsemvae-{proc.pid}", ignore_errors=True)   # a killed launcher leaves its Ray dir
     wait_for(lambda: not any(_alive(p) for p in tree), "every killed process gone", 30)
     assert torch.load(crashed / "server" / "server-state.pt", weights_only=True)["round"] == 1
     assert [r["round"] for r in read_jsonl(crashed / "server" / "metrics.jsonl")] == [1]   # round 2 never finished
