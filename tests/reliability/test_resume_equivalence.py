@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,18 +24,27 @@ from tests.federation.helpers import REPO, read_jsonl, write_checkpoint
 pytestmark = pytest.mark.e2e
 
 
-def _sim(args: list[str]) -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "simulation" / "run.py"), *args], capture_output=True, text=True,
-                          timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def _sims(tmp: Path, *runs: list[str]) -> None:
+    """Run simulation/run.py once per argument list, side by side (independent SuperLinks, ports, folders)."""
+    logs = [tmp / f"sim-{len(list(tmp.glob('sim-*.log'))) + i}.log" for i in range(len(runs))]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "simulation" / "run.py"), *args], stdout=open(log, "w"),
+                              stderr=subprocess.STDOUT) for args, log in zip(runs, logs)]
+    try:
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=400) == 0, log.read_text()[-6000:]
+    finally:
+        for proc in procs:      # a failed or hung run must not outlive the test (SIGTERM: it stops its SuperLink)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=60)
 
 
 def test_non_dp_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
     base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "3"]
-    _sim(base + ["--rounds", "2", "--out", str(tmp_path / "straight")])
-    _sim(base + ["--rounds", "1", "--out", str(tmp_path / "resumed")])
-    _sim(base + ["--rounds", "2", "--resume", "--out", str(tmp_path / "resumed")])
+    _sims(tmp_path, base + ["--rounds", "2", "--out", str(tmp_path / "straight")],
+          base + ["--rounds", "1", "--out", str(tmp_path / "resumed")])
+    _sims(tmp_path, base + ["--rounds", "2", "--resume", "--out", str(tmp_path / "resumed")])
 
     assert [r["round"] for r in read_jsonl(tmp_path / "resumed" / "server" / "metrics.jsonl")] == [1, 2]
     a = torch.load(tmp_path / "straight" / "server" / "final-model.pt", weights_only=False)["model_state"]
