@@ -152,7 +152,7 @@ def _plan_sigma(context: Context, site, ledger, *, run_id: int, server_round: in
 @_guard
 def train(msg: Message, context: Context) -> Message:
     from client.local_training import train_round
-    from client.site_runtime import site_info
+    from client.site_runtime import site_info, site_training_lock
     from lsemvae.privacy.dp import BudgetExhausted, warn_no_privacy
     from lsemvae.privacy.ledger import PrivacyLedger
 
@@ -173,31 +173,34 @@ def train(msg: Message, context: Context) -> Message:
     steps_per_epoch = math.ceil(n_train / batch)
     sample_rate = 1 / steps_per_epoch
     steps_per_round = epochs * steps_per_epoch
-    sigma, history, ledger = None, None, None
-    if dp:
-        ledger = PrivacyLedger.open_or_create(site.ledger_path, site=site.name, delta=site.privacy.delta,
-                                              max_epsilon=site.privacy.epsilon, accountant=site.privacy.accountant,
-                                              anchor_dir=site.anchor_dir)
-        try:
-            sigma = _plan_sigma(context, site, ledger, run_id=int(context.run_id), server_round=server_round,
-                                num_rounds=num_rounds, sample_rate=sample_rate, steps_per_round=steps_per_round)
-            ledger.check_can_train(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_per_round)
-        except BudgetExhausted as err:
-            raise SiteRefusal(K.ERR_BUDGET, str(err)) from None
-        history = ledger.history
-    else:
-        if not site.privacy.allow_non_dp:
-            raise SiteRefusal(K.ERR_NON_DP_REFUSED,
-                              f"site {site.name}: the server asked for training WITHOUT differential privacy and this "
-                              "site does not allow it (privacy.allow_non_dp = false)")
-        warn_no_privacy(site.name, logger=log)
-    result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs,
-                         proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), dp=dp, noise_multiplier=sigma,
-                         train_encoders=bool(cfg.get(K.TRAIN_ENCODERS, True)),
-                         history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
-    epsilon = 0.0
-    if dp:
-        epsilon = ledger.record_round(round_number=server_round, run_id=context.run_id, history=result.history)
+    # One training at a time per site: a ClientApp still running a round the server gave up on must not
+    # pass the budget check next to the next round's (both would spend; the ledger would then overshoot).
+    with site_training_lock(site):
+        sigma, history, ledger = None, None, None
+        if dp:
+            ledger = PrivacyLedger.open_or_create(site.ledger_path, site=site.name, delta=site.privacy.delta,
+                                                  max_epsilon=site.privacy.epsilon, accountant=site.privacy.accountant,
+                                                  anchor_dir=site.anchor_dir)
+            try:
+                sigma = _plan_sigma(context, site, ledger, run_id=int(context.run_id), server_round=server_round,
+                                    num_rounds=num_rounds, sample_rate=sample_rate, steps_per_round=steps_per_round)
+                ledger.check_can_train(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_per_round)
+            except BudgetExhausted as err:
+                raise SiteRefusal(K.ERR_BUDGET, str(err)) from None
+            history = ledger.history
+        else:
+            if not site.privacy.allow_non_dp:
+                raise SiteRefusal(K.ERR_NON_DP_REFUSED,
+                                  f"site {site.name}: the server asked for training WITHOUT differential privacy and this "
+                                  "site does not allow it (privacy.allow_non_dp = false)")
+            warn_no_privacy(site.name, logger=log)
+        result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs,
+                             proximal_mu=float(cfg.get(K.PROXIMAL_MU, 0.0)), dp=dp, noise_multiplier=sigma,
+                             train_encoders=bool(cfg.get(K.TRAIN_ENCODERS, True)),
+                             history=history, seed=int(cfg.get(K.RUN_SEED, 0)) * 1000 + server_round)
+        epsilon = 0.0
+        if dp:
+            epsilon = ledger.record_round(round_number=server_round, run_id=context.run_id, history=result.history)
     metrics = MetricRecord({
         K.NUM_EXAMPLES: int(result.num_examples),
         K.TRAIN_LOSS: float(result.train_loss),

@@ -56,9 +56,11 @@ def test_site_slower_than_round_timeout_is_dropped_and_rejoins(tmp_path):
                 dep.join(name)
             wait_for(lambda: dep.site_online(fast) and dep.site_online(slow), "sites online", 180,
                      [link, *dep.sites.values()])
-            # A site starting (interpreter, imports, preflight) costs about what one ClientApp launch does.
+            # A site starting (interpreter, imports, preflight) costs about what one ClientApp launch does. The
+            # floor covers round 2 under load: the late round-1 ClientApp finishes first (the site trains one
+            # round at a time), then a fresh ClientApp starts and trains; 30 s was too short at load 8.
             startup = time.monotonic() - joined
-            timeout = round(min(240.0, max(30.0, 6 * startup)))
+            timeout = round(min(240.0, max(60.0, 6 * startup)))
             dep.run({"num-server-rounds": 2, "min-sites": 1, "round-timeout": float(timeout), "batch-size": 8,
                      "local-epochs": 1, "checkpoint": str(ckpt), "out-dir": str(out), "dp": True})
             server_log = out / "server.log"
