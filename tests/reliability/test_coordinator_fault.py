@@ -28,7 +28,7 @@ import time
 import pytest
 import torch
 
-from tests.federation.helpers import REPO, read_jsonl, write_checkpoint
+from tests.federation.helpers import REPO, alive, read_jsonl, write_checkpoint
 from tests.reliability.procs import descendants, kill_hard, listeners, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -46,14 +46,6 @@ def _sim(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "simulation" / "run.py"), *args], capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path):
@@ -84,7 +76,7 @@ def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path)
             if proc.poll() is None:
                 kill_hard(proc)
             shutil.rmtree(f"/tmp/ray-lsemvae-{proc.pid}", ignore_errors=True)   # a killed launcher leaves its Ray dir
-    wait_for(lambda: not any(_alive(p) for p in tree), "every killed process gone", 30)
+    wait_for(lambda: not any(alive(p) for p in tree), "every killed process gone", 30)
     assert torch.load(crashed / "server" / "server-state.pt", weights_only=True)["round"] == 1
     assert [r["round"] for r in read_jsonl(crashed / "server" / "metrics.jsonl")] == [1]   # round 2 never finished
 

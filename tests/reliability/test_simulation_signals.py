@@ -12,18 +12,10 @@ import time
 
 import pytest
 
-from tests.federation.helpers import REPO, write_checkpoint
+from tests.federation.helpers import REPO, alive, write_checkpoint
 from tests.reliability.procs import listening, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_sigterm_stops_the_simulation_superlink(tmp_path):
@@ -46,10 +38,10 @@ def test_sigterm_stops_the_simulation_superlink(tmp_path):
         os.kill(sim.pid, signal.SIGTERM)                 # the launcher only, as `kill <pid>` would
         code = sim.wait(timeout=60)
         assert code != 0
-        wait_for(lambda: not _alive(found["pid"]) and not listening(found["port"]), "SuperLink stopped", 30)
+        wait_for(lambda: not alive(found["pid"]) and not listening(found["port"]), "SuperLink stopped", 30)
     finally:
         if sim.poll() is None:
             os.killpg(sim.pid, signal.SIGKILL)
             sim.wait(timeout=10)
-        if found.get("pid") and _alive(found["pid"]):   # never leave it running, even when the test fails
+        if found.get("pid") and alive(found["pid"]):   # never leave it running, even when the test fails
             os.killpg(found["pid"], signal.SIGKILL)

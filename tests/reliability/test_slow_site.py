@@ -28,18 +28,10 @@ import pytest
 import torch
 
 from lsemvae.site import load_site_config
-from tests.federation.helpers import read_jsonl, write_checkpoint, write_sites
+from tests.federation.helpers import alive, read_jsonl, write_checkpoint, write_sites
 from tests.reliability.procs import Deployment, descendants, process_tree, wait_for, wait_server_done
 
 pytestmark = pytest.mark.e2e
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_site_slower_than_round_timeout_is_dropped_and_rejoins(tmp_path):
@@ -82,10 +74,10 @@ def test_site_slower_than_round_timeout_is_dropped_and_rejoins(tmp_path):
             dropped_after = time.monotonic() - frozen_at
         finally:
             for pid in stopped:                     # never leave a stopped process behind, even on failure
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGCONT)
         wait_server_done(dep, out, 600)
-        wait_for(lambda: not any(_alive(p) for p in frozen_apps), "late ClientApp finished", 180)
+        wait_for(lambda: not any(alive(p) for p in frozen_apps), "late ClientApp finished", 180)
         assert dep.sites[slow].poll() is None and dep.sites[fast].poll() is None
 
     rows = read_jsonl(out / "metrics.jsonl")
