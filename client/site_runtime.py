@@ -8,8 +8,6 @@ its state under ``sim-state-dir`` (so simulations never touch a real site's ledg
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
 from dataclasses import dataclass
@@ -122,14 +120,8 @@ def site_info(site: SiteConfig, *, dp: bool) -> dict[str, Any]:
     return {K.SITE_NAME: site.name, K.SITE_LEADS: list(site.lead_names), K.SITE_TASKS: list(site.task_names), K.SITE_DP: dp}
 
 
-@contextlib.contextmanager
 def site_training_lock(site: SiteConfig):
-    """Exclusive per-site lock (``flock`` on ``<state_dir>/.training.lock``) held from the budget check to the
-    ledger record. A process that dies releases it; one that hangs makes later rounds time out (fail safe)."""
-    site.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(site.state_dir / ".training.lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    """Exclusive per-site lock (``<state_dir>/.training.lock``) held from the budget check to the ledger record.
+    A process that dies releases it; one that hangs makes later rounds time out (fail safe)."""
+    from lsemvae.privacy.ledger import sidecar_lock
+    return sidecar_lock(site.state_dir / "training")

@@ -169,8 +169,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    """Exclusive lock for read-modify-write of one ledger (sidecar file: the ledger itself is replaced)."""
+def sidecar_lock(path: Path):
+    """Exclusive ``flock`` on ``.<name>.lock`` beside ``path`` (a sidecar: a ledger itself is replaced on write).
+    Held across processes; a process that dies releases it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.lock", "a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -337,7 +338,7 @@ class PrivacyLedger:
             raise LedgerError(f"site '{site}': need 0 < delta < 1 and max_epsilon > 0 (got delta={delta}, max_epsilon={max_epsilon})")
         path = Path(path).expanduser().absolute()
         anchor_dir = Path(anchor_dir).expanduser() if anchor_dir else default_anchor_dir()
-        with _locked(path):
+        with sidecar_lock(path):
             if not path.exists():
                 anchor = _read_anchor(anchor_dir, site)
                 if anchor is not None:
@@ -372,7 +373,7 @@ class PrivacyLedger:
         """Record a round: ``history`` is the accountant's full history after training
         (``session.history`` of an engine started from ``self.history``). Persists; returns epsilon."""
         increment = history_increment(self.history, history)
-        with _locked(self.path):
+        with sidecar_lock(self.path):
             self._reload()  # another process of this site may have recorded since we opened
             new = self.history
             for entry in increment:
@@ -401,7 +402,7 @@ class PrivacyLedger:
         _check_reason(reason)
         if not (math.isfinite(max_epsilon) and max_epsilon > 0):
             raise LedgerError(f"max_epsilon must be a positive number (got {max_epsilon})")
-        with _locked(self.path):
+        with sidecar_lock(self.path):
             self._reload()
             old = self.max_epsilon
             self._body["max_epsilon"] = float(max_epsilon)
@@ -433,7 +434,7 @@ class PrivacyLedger:
         _check_reason(reason)
         path = Path(path).expanduser().absolute()
         anchor_dir = Path(anchor_dir).expanduser() if anchor_dir else default_anchor_dir()
-        with _locked(path):
+        with sidecar_lock(path):
             previous: dict[str, Any] = {}
             old_body = None
             if path.exists():
