@@ -95,7 +95,7 @@ def ptbxl_index(root: str | Path, *, rate: int = 100) -> list[RecordRef]:
     if rate not in (100, 500):
         raise ConfigError(f"PTB-XL rate must be 100 or 500 Hz, got {rate!r}")
     csv_path = _require_file(root / "ptbxl_database.csv", "PTB-XL metadata ptbxl_database.csv",
-                             "Point --root at the PTB-XL folder (it holds ptbxl_database.csv).")
+                             "Give the PTB-XL folder itself (--root, --ptbxl): the one that holds ptbxl_database.csv.")
     table = pd.read_csv(csv_path)
     column = "filename_lr" if rate == 100 else "filename_hr"
     needed = {"ecg_id", "patient_id", "scp_codes", "strat_fold", column}
@@ -185,7 +185,7 @@ def ludb_index(root: str | Path) -> list[RecordRef]:
     import pandas as pd
 
     root = Path(root)
-    csv_path = _require_file(root / "ludb.csv", "LUDB metadata ludb.csv", "Point --root at the LUDB folder.")
+    csv_path = _require_file(root / "ludb.csv", "LUDB metadata ludb.csv", "Give the LUDB folder itself (--root, --ludb): the one that holds ludb.csv.")
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     missing = {"ID", "Sex", "Age", "Electric axis of the heart", "Hypertrophies"} - set(table.columns)
     if missing:
