@@ -69,11 +69,10 @@ def real_site(path: Path, workdir: Path, max_records: int | None):
 
 
 def build(site, tasks: dict):
-    from lsemvae.data.preprocess import PreprocessConfig
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.model.lsemvae import build_model
 
-    pre = PreprocessConfig()
+    pre = get_profile("compact").preprocess_config()
     heads = {name: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for name, t in tasks.items()}
     cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
                       encoder_channels=(16, 16, 32), encoder_kernels=(7, 5, 5), encoder_strides=(4, 4, 4),
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         args.records, args.epochs = min(args.records, 96), min(args.epochs, 8)
     torch.set_num_threads(1)
     from client.site_runtime import load_site_data
-    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.model.config import get_profile
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mia-") as tmp:
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             site = real_site(args.site_config, work, args.records)
         else:
             site = synthetic_site(work, args.records, args.seed)
-        data = load_site_data(site, PreprocessConfig().model_dump_json())
+        data = load_site_data(site, get_profile("compact").preprocess_config().model_dump_json())
         print(f"site {site.name}: {len(data.train_idx)} members (training), {len(data.eval_idx)} non-members "
               f"(held out); tasks {list(data.tasks)}", flush=True)
         settings = [None] + [float(e) for e in args.epsilons.split(",") if e.strip()]

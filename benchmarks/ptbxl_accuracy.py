@@ -51,17 +51,18 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)  # one thread per process: oversubscribed BLAS threads stall on a shared machine
 
 
-def load_data(args):
+def load_data(args, model_overrides: dict | None = None):
+    """The PTB-XL and LUDB cohorts preprocessed as the compact profile (with ``model_overrides``) reads them."""
     from lsemvae.data.cache import build_cohort
-    from lsemvae.data.preprocess import PreprocessConfig
     from lsemvae.data.sources import ludb_index, ptbxl_index
-    pcfg = PreprocessConfig(fs=100, seconds=10.0)
+    from lsemvae.model.config import get_profile
+    pcfg = get_profile("compact", **(model_overrides or {})).preprocess_config()  # the CNNs read the same signals
     ptbxl = build_cohort(ptbxl_index(args.ptbxl, rate=100), [TASK], pcfg, args.cache_dir, name="ptb-xl")
     ludb = build_cohort(ludb_index(args.ludb), [], pcfg, args.cache_dir, name="ludb")
     return pcfg, ptbxl, ludb
 
 
-def run_pretrain(args, out_dir: Path) -> str:
+def run_pretrain(args, out_dir: Path, model_overrides: dict | None = None) -> str:
     _threads(1)
     import torch
     from torch.utils.data import ConcatDataset
@@ -71,7 +72,7 @@ def run_pretrain(args, out_dir: Path) -> str:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    pcfg, ptbxl, ludb = load_data(args)
+    pcfg, ptbxl, ludb = load_data(args, model_overrides)
     train_parts, val_parts = [], []
     for cohort in (ptbxl, ludb):
         tr, va, _ = patient_split(cohort, 0.1, seed=0)
@@ -81,7 +82,7 @@ def run_pretrain(args, out_dir: Path) -> str:
         train_parts.append(CohortDataset(cohort, tr, tasks=[]))
         val_parts.append(CohortDataset(cohort, va, tasks=[]))
     torch.manual_seed(0)
-    model = build_model(get_profile("compact"))
+    model = build_model(get_profile("compact", **(model_overrides or {})))
     cfg = PretrainConfig(epochs=args.pretrain_epochs, seed=0)
     provenance = {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
                   "data_cache_keys": {"ptb-xl": ptbxl.key, "ludb": ludb.key}, "excluded_folds": [10]}
@@ -90,7 +91,11 @@ def run_pretrain(args, out_dir: Path) -> str:
     return str(out_dir / "best.pt")
 
 
-def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str | None) -> dict:
+def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str | None, *,
+                 model_overrides: dict | None = None, finetune_overrides: dict | None = None,
+                 score_test: bool = True) -> dict:
+    """One method at one label fraction and seed; ``*_overrides`` change the compact model or its recipe and
+    ``score_test=False`` never touches the test fold (benchmarks/model_variants.py)."""
     _threads(1)
     import torch
     from lsemvae.data.cache import CohortDataset, label_fraction, ptbxl_folds
@@ -102,7 +107,7 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     from lsemvae.train.finetune import FINETUNE_PROFILES, FinetuneConfig, finetune, macro_auroc, predict
 
     t0 = time.time()
-    _, ptbxl, _ = load_data(args)
+    _, ptbxl, _ = load_data(args, model_overrides)
     task = get_task(TASK)
     tasks = {TASK: task}
     heads = {TASK: {"kind": task.kind, "n_outputs": task.n_outputs}}
@@ -111,24 +116,26 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     leads = "12L" if method == "cnn-12l" else "6L"
     sets = [CohortDataset(ptbxl, idx, leads=leads, tasks=[TASK]) for idx in (train_idx, val_idx, test_idx)]
     torch.manual_seed(seed)
-    compact = get_profile("compact", tasks=heads)
+    compact = get_profile("compact", tasks=heads, **(model_overrides or {}))
     recipe = FINETUNE_PROFILES["compact"]  # LS-EMVAE's recipe; the CNN keeps FinetuneConfig's defaults
     if method.startswith("cnn"):
         model, mode, recipe = ResNet1D({TASK: task}, leads=leads), "full", FinetuneConfig()
     elif method == "random-probe":
         model, mode = build_model(compact), "probe"
     else:  # heads are new at fine-tuning, so they follow the current profile even on an older checkpoint
-        model = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads,
-                                      head_input=compact.head_input, head_dropout=compact.head_dropout)
+        model = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads, head_input=compact.head_input,
+                                      head_dropout=compact.head_dropout, head_hidden=compact.head_hidden)
         mode = method.split("-")[1]
-    cfg = recipe.model_copy(update={"mode": mode, "seed": seed, "epochs": args.finetune_epochs, "patience": args.patience})
+    cfg = recipe.model_copy(update={"mode": mode, "seed": seed, "epochs": args.finetune_epochs, "patience": args.patience,
+                                    **(finetune_overrides or {})})
     result = finetune(model, sets[0], sets[1], tasks, cfg, progress=False)
     val = predict(model, sets[1], tasks, **result["predict_kwargs"])
-    test = predict(model, sets[2], tasks, **result["predict_kwargs"])
-    return {"method": method, "fraction": fraction, "seed": seed, "n_train": len(sets[0]),
-            "best_epoch": result["best_epoch"], "val_macro_auroc": macro_auroc(val),
-            "test_macro_auroc": macro_auroc(test), "test_y": test[TASK][0].tolist(), "test_p": test[TASK][1].tolist(),
-            "seconds": round(time.time() - t0, 1)}
+    row = {"method": method, "fraction": fraction, "seed": seed, "n_train": len(sets[0]),
+           "best_epoch": result["best_epoch"], "val_macro_auroc": macro_auroc(val)}
+    if score_test:
+        test = predict(model, sets[2], tasks, **result["predict_kwargs"])
+        row.update(test_macro_auroc=macro_auroc(test), test_y=test[TASK][0].tolist(), test_p=test[TASK][1].tolist())
+    return {**row, "seconds": round(time.time() - t0, 1)}
 
 
 def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list[np.ndarray] | None = None,

@@ -121,12 +121,12 @@ def ptbxl_refs(root: Path, limit: int | None) -> list:
 def cache_build(refs: list, work: Path) -> tuple[dict, object]:
     """Build the superclass cohort into a fresh cache dir; the rate counts every record read."""
     from lsemvae.data.cache import build_cohort
-    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.model.config import get_profile
 
     cache_dir = work / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     t0, la = time.perf_counter(), load()
-    cohort = build_cohort(refs, ["superclass"], PreprocessConfig(), cache_dir, name="ptb-xl", progress=False)
+    cohort = build_cohort(refs, ["superclass"], get_profile("compact").preprocess_config(), cache_dir, name="ptb-xl", progress=False)
     wall = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
     return {"records_in": len(refs), "records_kept": len(cohort), "records_skipped": len(cohort.skipped),
@@ -206,13 +206,13 @@ def finetune_probe(cohort, idx, batch: int, seed: int, epochs: int) -> dict:
 def site_setup(work: Path, quick: bool):
     """PTB-XL recording site 1 (6 leads) as the ClientApp loads it, with state under ``work``."""
     from client.site_runtime import load_site_data
-    from lsemvae.data.preprocess import PreprocessConfig
+    from lsemvae.model.config import get_profile
     from lsemvae.site import load_site_config
 
     site = load_site_config(REPO / "configs" / "sites" / "ptbxl-site1.toml")
     data_cfg = site.data.model_copy(update={"max_records": 96 if quick else None})
     site = site.model_copy(update={"state_dir": work / "site-state", "data": data_cfg})
-    data = load_site_data(site, PreprocessConfig().model_dump_json())
+    data = load_site_data(site, get_profile("compact").preprocess_config().model_dump_json())
     return site, data
 
 

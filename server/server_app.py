@@ -79,7 +79,7 @@ def initial_state(fed: FederationConfig) -> ServerState:
                                   head_input=fed.head_input, head_dropout=fed.head_dropout)
     prov = ckpt.get("provenance", {}) or {}
     pre = prov.get("preprocess_config") or prov.get("preprocess")
-    pre_cfg = PreprocessConfig.model_validate(pre) if pre else PreprocessConfig(fs=model.config.fs)
+    pre_cfg = PreprocessConfig.model_validate(pre) if pre else model.config.preprocess_config()
     if not pre:
         log.warning("checkpoint %s records no preprocessing config: sites use the defaults at %d Hz", fed.checkpoint,
                     model.config.fs)

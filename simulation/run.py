@@ -126,15 +126,15 @@ def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> l
 def pretrained_checkpoint(args: argparse.Namespace) -> Path:
     """Quick central pretraining on a separate synthetic 12-lead cohort; cached by its settings."""
     from lsemvae.data.cache import CohortDataset, build_cohort, patient_split
-    from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig
+    from lsemvae.data.preprocess import PIPELINE_VERSION
     from lsemvae.data.sources import manifest_index
     from lsemvae.data.synthetic import CohortSpec, SiteSpec, write_cohort
     from lsemvae.model.config import get_profile
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    pre = PreprocessConfig()
-    model_cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples)
+    model_cfg = get_profile("compact")
+    pre = model_cfg.preprocess_config()
     # the model config is in the key: a changed profile (architecture, objective) retrains instead of reusing
     profile_hash = hashlib.sha256(model_cfg.model_dump_json().encode()).hexdigest()[:10]
     key = f"rec{args.pretrain_records}-ep{args.pretrain_epochs}-seed{args.seed}-v{PIPELINE_VERSION}-{profile_hash}"

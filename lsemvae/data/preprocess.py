@@ -9,10 +9,13 @@ Steps, in order (deterministic; the version and config hash go with every cache 
 3. resampling to ``cfg.fs`` (polyphase, ``resample_poly``);
 4. band-pass (Butterworth, zero-phase ``sosfiltfilt``) and a powerline notch when below Nyquist;
 5. crop (centred) / zero-pad (``sample_mask`` False) to ``cfg.n_samples``;
-6. per-lead standardisation (mean/std over real samples);
-7. R peaks on a multi-lead energy envelope and the per-lead R-aligned median beat over
-   ``beat_window_s`` -- the reconstruction target (a pooled latent cannot reconstruct the raw
-   10-s signal, see docs/findings.md). No beats -> reject.
+6. amplitude (``cfg.amplitude``): per-lead standardisation (mean/std over real samples), or the
+   mean-removed signal in millimetres of standard ECG paper (0.1 mV), which keeps the voltages and
+   the leads' relative sizes (hypertrophy voltage criteria, the electrical axis);
+7. R peaks (always found on the standardised leads) on a multi-lead energy envelope and the
+   per-lead R-aligned median beat over ``beat_window_s``, in the signal's units -- the
+   reconstruction target (a pooled latent cannot reconstruct the raw 10-s signal, see
+   docs/findings.md). No beats -> reject.
 
 Change anything that alters outputs -> bump :data:`PIPELINE_VERSION`.
 """
@@ -60,6 +63,9 @@ class PreprocessConfig(StrictModel):
     min_beats: int = Field(2, ge=1, description="reject when fewer complete beats are found")
     min_qrs_contrast: float = Field(5.0, ge=0, description="reject when QRS energy does not stand out this many "
                                     "times above the median (real ECGs here: 23 or more; white noise: 1.4)")
+    amplitude: Literal["standardised", "millimetres"] = Field(
+        "standardised", description="standardised: each lead z-scored per record (the paper's; voltages and the "
+        "leads' relative sizes are lost); millimetres: mean-removed signal in mm of standard ECG paper (0.1 mV)")
 
     @model_validator(mode="after")
     def _check(self) -> "PreprocessConfig":
@@ -95,7 +101,7 @@ class PreprocessConfig(StrictModel):
 class Preprocessed:
     """Model-ready arrays for one record, in ``LEADS_12`` order (absent leads zero, mask False)."""
 
-    signal: np.ndarray  # float32 [12, T], per-lead standardised
+    signal: np.ndarray  # float32 [12, T], per-lead standardised or in mm (cfg.amplitude)
     lead_mask: np.ndarray  # bool [12]
     sample_mask: np.ndarray  # bool [T], False where padded
     beat: np.ndarray  # float32 [12, Tb], R-aligned median beat, same units as signal
@@ -224,6 +230,16 @@ def fix_length(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+MM_PER_MV = 10.0  # standard ECG paper: 10 mm per mV
+
+
+def in_millimetres(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-lead mean removed over valid samples, millivolts -> mm of ECG paper; padding stays 0."""
+    out = (x - x[:, valid].mean(axis=1, keepdims=True)) * MM_PER_MV
+    out[:, ~valid] = 0.0
+    return out
+
+
 def standardise(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Per-lead zero mean / unit variance over valid samples; padding stays 0."""
     seg = x[:, valid]
@@ -304,6 +320,8 @@ def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None) -> Prepro
                           f"need {cfg.min_qrs_contrast:g}): noise, disconnected electrodes or asystole",
                           reason="no-beats")
     peaks = detect_r_peaks(z, cfg.fs, sample_mask)
+    if cfg.amplitude == "millimetres":
+        z = in_millimetres(x, sample_mask)
     beat, n_beats = median_beat(z, peaks, sample_mask, cfg)
     if n_beats < cfg.min_beats:
         raise RecordError(where, f"found {n_beats} complete beat(s), need {cfg.min_beats}: no usable QRS "
@@ -318,6 +336,6 @@ def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None) -> Prepro
 
 __all__ = [
     "PIPELINE_VERSION", "PreprocessConfig", "Preprocessed", "preprocess", "quality_check", "interpolate_nan",
-    "resample", "bandpass", "fix_length", "standardise", "qrs_envelope", "qrs_contrast", "detect_r_peaks",
+    "resample", "bandpass", "fix_length", "standardise", "in_millimetres", "qrs_envelope", "qrs_contrast", "detect_r_peaks",
     "median_beat",
 ]

@@ -4,6 +4,11 @@
 pooling over time, so any crop length works. ``flatten`` (faithful): the paper's three stride-2
 convolutions, ReLU, no normalisation, flattened into two 40000->256 linears (~20.49 M parameters).
 The log-variance is clamped (the paper's was not) so exp() cannot overflow.
+
+``amplitude = "millimetres"`` (inputs that keep their voltage): GroupNorm would discard a lead's
+size, so the convolutions see the lead divided by its RMS and the size enters the posterior
+layers explicitly, as three numbers next to the pooled features: log RMS and asinh of the largest
+positive and negative deflections (R and S/Q waves, what voltage criteria measure).
 """
 
 from __future__ import annotations
@@ -35,16 +40,24 @@ class LeadEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = cfg.encoder_pool
         width = c_in * length if self.pool == "flatten" else 2 * c_in
+        self.amplitude = cfg.amplitude == "millimetres"
+        width += 3 if self.amplitude else 0
         self.fc_mu = nn.Linear(width, cfg.latent_dim)
         self.fc_logvar = nn.Linear(width, cfg.latent_dim)
         self.logvar_range = (cfg.logvar_min, cfg.logvar_max)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.amplitude:
+            rms = x.pow(2).mean(-1).clamp_min(1e-4).sqrt()  # [B, 1]; floor keeps absent (all-zero) leads finite
+            size = torch.cat([rms.log(), torch.asinh(x.amax(-1)), torch.asinh(x.amin(-1))], dim=-1)
+            x = x / rms.unsqueeze(-1)
         h = self.features(x)
         if self.pool == "flatten":
             h = h.flatten(1)
         else:
             h = torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
+        if self.amplitude:
+            h = torch.cat([h, size], dim=-1)
         return self.fc_mu(h), self.fc_logvar(h).clamp(*self.logvar_range)
 
 

@@ -90,6 +90,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], **config_updates) -> LSEMVAE:
     pretraining and the fine-tuning tasks; any other missing or unexpected key is an error.
     """
     cfg = ModelConfig.model_validate({**ckpt["model_config"], **config_updates})
+    pre = (ckpt.get("provenance") or {}).get("preprocess_config")
+    recorded = pre.get("amplitude", "standardised") if pre else cfg.amplitude  # older pipelines standardised
+    if recorded != cfg.amplitude:
+        raise ConfigError(f"checkpoint was trained on {recorded} signals but its model config reads {cfg.amplitude}: "
+                          "preprocess with the model's own settings (ModelConfig.preprocess_config())")
     model = build_model(cfg)
     load_pretrained(model, ckpt["model_state"])
     return model

@@ -21,11 +21,6 @@ from lsemvae.leads import resolve_lead_set
 from lsemvae.model.config import FUSIONS
 
 
-def _preprocess_config(model_cfg):
-    from lsemvae.data.preprocess import PreprocessConfig
-    return PreprocessConfig(fs=model_cfg.fs, seconds=model_cfg.n_samples / model_cfg.fs)
-
-
 def _provenance(pcfg, cohorts) -> dict:
     from lsemvae.data.preprocess import PIPELINE_VERSION
     return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
@@ -58,7 +53,7 @@ def run_pretrain(args) -> int:
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
     mcfg = get_profile(args.profile, **({"fusion": args.fusion} if args.fusion else {}))
-    pcfg = _preprocess_config(mcfg)
+    pcfg = mcfg.preprocess_config()
     cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
     train_parts, val_parts = [], []
     for cohort in cohorts.values():
@@ -120,7 +115,7 @@ def run_finetune(args) -> int:
     leads = resolve_lead_set(args.leads)
     model, recipe, provenance = _finetune_model(args, tasks, heads)
     # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
-    pcfg = _preprocess_config(model.config if args.model == "lsemvae" else get_profile(args.profile))
+    pcfg = (model.config if args.model == "lsemvae" else get_profile(args.profile)).preprocess_config()
     cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
     train_idx, val_idx, _ = ptbxl_folds(cohort)  # fold 10 (test) is never used here
     train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)

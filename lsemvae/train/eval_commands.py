@@ -23,8 +23,8 @@ def _preprocess_config(model, ckpt):
     if recorded:
         return PreprocessConfig(**recorded)
     cfg = model.config
-    if hasattr(cfg, "fs") and hasattr(cfg, "n_samples"):
-        return PreprocessConfig(fs=cfg.fs, seconds=cfg.n_samples / cfg.fs)
+    if hasattr(cfg, "preprocess_config"):
+        return cfg.preprocess_config()
     return PreprocessConfig()
 
 

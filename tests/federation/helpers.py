@@ -54,12 +54,11 @@ def write_checkpoint(path: Path) -> Path:
     """A compact LS-EMVAE checkpoint in the real format (untrained: the tests check mechanics)."""
     import torch
 
-    from lsemvae.data.preprocess import PreprocessConfig
     from lsemvae.model.config import get_profile
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.checkpoint import save_checkpoint
 
-    pre = PreprocessConfig()
+    pre = get_profile("compact").preprocess_config()
     torch.manual_seed(0)
     # A narrow LS-EMVAE (same modules and parameter groups, ~20x fewer FLOPs): DP-SGD on 2 shared cores stays quick.
     model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,

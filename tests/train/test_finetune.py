@@ -118,14 +118,14 @@ def test_task_loss_ignores_nan_and_weights_positives():
 def test_tiny_real_pretrain_then_finetune_learns(ptbxl_root, tmp_path):
     """120 real PTB-XL records: 2 pretraining epochs lower the loss; fine-tuning beats chance on held-out patients."""
     from lsemvae.data.cache import CohortDataset, build_cohort, patient_split
-    from lsemvae.data.preprocess import PreprocessConfig
     from lsemvae.data.sources import ptbxl_index
     from lsemvae.data.tasks import get_task
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
     refs = ptbxl_index(ptbxl_root, rate=100)[:120]
-    cohort = build_cohort(refs, ["superclass"], PreprocessConfig(), tmp_path / "cache", name="tiny", progress=False)
+    cohort = build_cohort(refs, ["superclass"], get_profile("compact").preprocess_config(), tmp_path / "cache", name="tiny",
+                          progress=False)
     tr, va, _ = patient_split(cohort, 0.3, seed=0)
     torch.manual_seed(0)
     model = build_model(get_profile("compact", latent_dim=16, encoder_channels=(8, 16, 16, 16), decoder_hidden=32))

@@ -84,6 +84,21 @@ def test_finetune_heads_load_non_strictly_but_body_strictly(tmp_path):
         model_from_checkpoint(ckpt, latent_dim=16)
 
 
+def test_checkpoint_refuses_a_model_reading_other_amplitudes_than_it_was_trained_on(tmp_path):
+    from lsemvae.errors import ConfigError
+    model = _model()
+    assert model.config.amplitude == "millimetres"
+    save_checkpoint(tmp_path / "c.pt", model=model, epoch=1,
+                    provenance={"preprocess_config": model.config.preprocess_config().model_dump(mode="json")})
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    model_from_checkpoint(ckpt)
+    with pytest.raises(ConfigError, match="trained on millimetres signals but its model config reads standardised"):
+        model_from_checkpoint(ckpt, amplitude="standardised")
+    del ckpt["provenance"]["preprocess_config"]["amplitude"]  # a pipeline from before the field: standardised
+    with pytest.raises(ConfigError, match="trained on standardised"):
+        model_from_checkpoint(ckpt)
+
+
 def test_checkpoint_pretrained_with_a_fused_head_fine_tunes_with_the_leads_plus_fused_head(tmp_path):
     """What the benchmark does with an older checkpoint: same encoders/fusion, the current profile's head."""
     model = build_model(get_profile("compact", n_samples=200, beat_samples=40, latent_dim=8, encoder_channels=(8, 8, 8, 8),
