@@ -157,10 +157,18 @@ def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list
     return out
 
 
+def command_line(args) -> str:
+    work = "" if args.work_dir == REPO / "runs" / "bench" else f" --work-dir {Path(args.work_dir).relative_to(REPO)}"
+    return ("python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "") + work
+            + (f" --pretrained {args.pretrained}" if args.pretrained else "")
+            + ("" if list(args.methods) == list(METHODS) else " --methods " + " ".join(args.methods))
+            + ("" if list(args.fractions) == [1.0, 0.1] else " --fractions " + " ".join(map(str, args.fractions))))
+
+
 def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) -> dict:
     from lsemvae.train import metrics
     rows = []
-    for fraction in args.fractions:
+    for fraction in sorted({r["fraction"] for r in runs}, reverse=True):
         by_method = {m: sorted([r for r in runs if r["method"] == m and r["fraction"] == fraction], key=lambda r: r["seed"])
                      for m in METHODS}
         if not by_method["cnn"]:
@@ -187,14 +195,16 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
         "protocol": "PTB-XL subset (../shared/data), 6 limb leads, diagnostic superclasses (5, multilabel); "
                     "train folds 1-8, early stopping on fold 9 macro AUROC, test fold 10; pretraining on PTB-XL "
                     "folds 1-9 + LUDB (12-lead, unlabeled use, 10% of patients held out for validation); "
-                    "seeds " + ",".join(map(str, args.seeds)) + "; bootstrap 1000 stratified resamples",
+                    "seeds " + ",".join(map(str, sorted({r["seed"] for r in runs}))) + "; bootstrap 1000 stratified "
+                    "resamples; early stopping (patience 10 epochs) waits for 300 optimizer steps",
         "pretrain": {k: pretrain_metrics.get(k) for k in keep},
         "results": rows, "runtime_seconds": round(seconds), "jobs": args.jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
-        "command": "python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "")
-                   + (f" --pretrained {args.pretrained}" if args.pretrained else ""),
+        # every command whose runs the file holds, in order (a --methods/--fractions rerun keeps the others)
+        "command": " ; then ".join(dict.fromkeys(r.get("command", command_line(args)) for r in runs)),
         # a run restricted with --methods keeps the other methods' runs from WORK_DIR/runs.jsonl
         "methods_run_by_last_command": None if args.summarise_only else list(args.methods),
+        "fractions_run_by_last_command": None if args.summarise_only else list(args.fractions),
         "note": args.note,
     }
 
@@ -214,7 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     p.add_argument("--jobs", type=int, default=2, help="parallel single-threaded processes")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="run only these; runs of other methods already in WORK_DIR/runs.jsonl are kept")
+                   help="run only these; runs of other methods (or other --fractions) already in WORK_DIR/runs.jsonl "
+                        "are kept")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pretraining and 3 fine-tuning epochs, one seed")
     p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ptbxl_accuracy.json")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. what a partial run left out)")
@@ -233,7 +244,7 @@ def main(argv=None) -> int:
     load_data(args)  # build the caches once, before the workers read them
     args.work_dir.mkdir(parents=True, exist_ok=True)
     kept = [json.loads(l) for l in runs_log.read_text().splitlines()] if runs_log.exists() else []
-    runs = [r for r in kept if r["method"] not in args.methods]
+    runs = [r for r in kept if not (r["method"] in args.methods and r["fraction"] in args.fractions)]
     runs_log.write_text("".join(json.dumps(r) + "\n" for r in runs))
     grid = [(f, s) for f in args.fractions for s in args.seeds]
     pretrained = [m for m in args.methods if m in PRETRAINED_METHODS]
@@ -252,7 +263,7 @@ def main(argv=None) -> int:
             r = fut.result()
             print(f"{r['method']:14s} labels {r['fraction']:.0%} seed {r['seed']}: test {r['test_macro_auroc']:.3f} "
                   f"val {r['val_macro_auroc']:.3f} ({r['seconds']} s)", flush=True)
-            r["checkpoint"] = checkpoint
+            r["checkpoint"], r["command"] = checkpoint, command_line(args)
             runs.append(r)
             with open(runs_log, "a", encoding="utf-8") as fh:  # raw runs survive a failure in the summary
                 fh.write(json.dumps(r) + "\n")

@@ -39,6 +39,8 @@ class FinetuneConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(10, gt=0, description="epochs without validation AUROC gain before stopping")
+    min_steps: int = Field(300, ge=0, description="never stop early before this many optimizer steps: a small "
+                           "label set takes few steps per epoch (75 records: 3), too few for patience in epochs")
     seed: int = 0
     eval_crops: int = Field(3, ge=1, description="average logits over this many crop windows (1 = whole signal)")
     augment: AugmentConfig = AugmentConfig(crop_samples=500, scale_jitter=0.1, noise_std=0.05)
@@ -203,16 +205,18 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
     optimizer = make_optimizer(model, cfg)
     best = {"auroc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     history = log if log is not None else []
+    steps = 0
     for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"finetune ({cfg.mode})", disable=not progress):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen)
         train = train_one_epoch(trained, loader, optimizer, tasks, class_weights=weights, max_grad_norm=cfg.grad_clip,
                                 augmentation=cfg.augment, generator=gen)
+        steps += len(loader)
         val = macro_auroc(predict(trained, val_set, tasks, crop_samples=crop, n_crops=n_crops))
         history.append({"epoch": epoch, "train_loss": train["loss"], "val_macro_auroc": val})
         if val > best["auroc"]:
             best = {"auroc": val, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        elif epoch - best["epoch"] >= cfg.patience:
+        elif epoch - best["epoch"] >= cfg.patience and steps >= cfg.min_steps:
             break
     model.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "best_val_auroc": best["auroc"], "history": history,

@@ -92,6 +92,16 @@ def test_compact_recipe_regularises_the_leads_plus_fused_head():
     assert all(g["weight_decay"] == 0.05 for g in opt.param_groups)
 
 
+def test_early_stopping_waits_for_min_steps():
+    """64 records in batches of 16 take 4 steps an epoch: with nothing learnt (lr ~ 0) patience 1 stops after
+    epoch 2, unless min_steps asks for 10 steps first (epoch 3)."""
+    cfg = CFG.model_copy(update={"epochs": 6, "patience": 1, "lr": 1e-12})
+    for min_steps, epochs_run in ((0, 2), (10, 3)):
+        result = finetune(TinyCNN(), Separable(64, 0), Separable(32, 1), TASKS,
+                          cfg.model_copy(update={"min_steps": min_steps}), progress=False)
+        assert len(result["history"]) == epochs_run and result["best_epoch"] == 1
+
+
 def test_train_one_epoch_skips_empty_batches():
     model = TinyCNN()
     ds = Separable(8, 0)
