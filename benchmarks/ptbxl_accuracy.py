@@ -158,7 +158,8 @@ def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list
 
 
 def command_line(args) -> str:
-    work = "" if args.work_dir == REPO / "runs" / "bench" else f" --work-dir {Path(args.work_dir).relative_to(REPO)}"
+    work = Path(args.work_dir).resolve()
+    work = "" if work == REPO / "runs" / "bench" else f" --work-dir {work.relative_to(REPO) if work.is_relative_to(REPO) else work}"
     return ("python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "") + work
             + (f" --pretrained {args.pretrained}" if args.pretrained else "")
             + ("" if list(args.methods) == list(METHODS) else " --methods " + " ".join(args.methods))
