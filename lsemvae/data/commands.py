@@ -219,8 +219,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         tasks = resolve_tasks([t for t in args.tasks.split(",") if t.strip()])
     else:
         tasks = default_tasks(dataset, refs)
-    cfg = validate(PreprocessConfig, {"fs": args.fs, "seconds": args.seconds, "powerline_hz": args.powerline or None},
-                   source="command line (--fs, --seconds, --powerline)")
+    cfg = validate(PreprocessConfig, {"fs": args.fs, "seconds": args.seconds, "powerline_hz": args.powerline or None,
+                                      "amplitude": args.amplitude},
+                   source="command line (--fs, --seconds, --powerline, --amplitude)")
     name = args.name or f"{dataset}-{args.fs}hz"
     cohort = build_cohort(refs, tasks, cfg, args.cache_dir, name=name, progress=not args.no_progress,
                           workers=args.workers)
@@ -292,6 +293,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fs", type=int, default=100, help="model sampling rate, Hz")
     p.add_argument("--seconds", type=positive_float, default=10.0, help="fixed record length, s")
     p.add_argument("--powerline", type=int, choices=(0, 50, 60), default=50, help="mains frequency (0: no notch)")
+    p.add_argument("--amplitude", choices=("millimetres", "standardised"), default="millimetres",
+                   help="millimetres (default, what the compact model reads: voltages kept, mm of ECG paper) or "
+                        "standardised (each lead z-scored per record, what the faithful profile reads)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all that apply; "
                    f"known: {', '.join(TASKS)}, or column:<label column>)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N records")

@@ -60,6 +60,10 @@ def test_prepare_builds_then_reuses_cache(ludb_root, tmp_path, capsys):
     cohort = load_cohort(cache)
     assert set(cohort.labels) == {"right_heart", "right_heart_axis", "phenotype", "left_atrial", "left_atrial_lvh"}
     assert main(args) == 0 and len(list(tmp_path.iterdir())) == 1
+    # the default is what the compact model reads; the faithful profile's standardised signals are another cache
+    from lsemvae.model.config import get_profile
+    assert cohort.config == get_profile("compact").preprocess_config()
+    assert main(args + ["--amplitude", "standardised"]) == 0 and len(list(tmp_path.iterdir())) == 2
 
 
 def test_prepare_manifest_site(tmp_path, capsys):
