@@ -15,7 +15,8 @@ from lsemvae.config import StrictModel
 class AugmentConfig(StrictModel):
     crop_samples: int | None = Field(None, gt=0, description="random crop length; None = whole signal")
     scale_jitter: float = Field(0.0, ge=0, description="per-lead amplitude factor 1 + N(0, s)")
-    noise_std: float = Field(0.0, ge=0, description="additive Gaussian noise (standardised units)")
+    noise_std: float = Field(0.0, ge=0, description="additive Gaussian noise, in the signal's units "
+                             "(mm or standard deviations)")
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

@@ -125,8 +125,8 @@ def reconstruction_quality(model: nn.Module, x: torch.Tensor, lead_mask: torch.T
                            batch_size: int = 64) -> dict | None:
     """Per-lead Pearson r, RMSE and R² of the reconstruction of ``leads`` from the input leads.
 
-    ``target [N,12,Tb]`` is what the decoders reconstruct (median beats or signals, standardised
-    units) and ``target_mask`` which leads each record really has. None for models without a decoder.
+    ``target [N,12,Tb]`` is what the decoders reconstruct (median beats or signals, in the model's input
+    units: mm or standard deviations) and ``target_mask`` which leads each record really has. None without a decoder.
     """
     from lsemvae.train.pretrain import reconstruction_r2
 
