@@ -15,6 +15,8 @@ Experiments (each writes its section of benchmarks/results/federation.json; fede
 * ``real``: PTB-XL split by recording site (0, 1, 2 and the rest) plus LUDB, all on the 6 limb
   leads; tasks superclass (PTB-XL sites only: LUDB has no superclass labels) and left_atrial_lvh
   (LAO/LAE or LVH, labelled at all four sites).
+* ``amplitude``: the synthetic 5-site experiment twice, on standardised leads (the paper's input) and in
+  millimetres (the compact default), each with its own synthetic pretraining.
 * ``left-atrial``: why left_atrial lagged in the federation (see the ``explain`` text in the JSON):
   the centralised learning curve, and the federation with more local steps, FedAdam, a higher lr.
 
@@ -448,6 +450,22 @@ def exp_synthetic(args) -> dict:
             "federated": strip(fed), "centralised": central, "gap": gap(fed, central)}
 
 
+def exp_amplitude(args) -> dict:
+    """The synthetic 5-site cohort pretrained and fine-tuned twice, on standardised leads (each lead z-scored per
+    record, the paper's input) and in millimetres (the compact default); records, sites, rounds and seeds equal."""
+    from simulation.run import parse_args, pretrained_checkpoint
+    work = args.out / "synthetic-5sites"
+    out = {"data": f"synthetic, 5 sites x {args.records} records (as in the synthetic section)", "tasks": list(SYNTH_TASKS)}
+    for amplitude in ("standardised", "millimetres"):
+        checkpoint = pretrained_checkpoint(parse_args([]), {"amplitude": amplitude})
+        sites = load_sites(synthetic_sites(five_site_spec(args.records), work), checkpoint)
+        fed = federate(sites, checkpoint, tasks=SYNTH_TASKS, rounds=args.rounds)
+        central = centralised(sites, checkpoint, tasks=SYNTH_TASKS, epochs=args.rounds, seeds=range(args.central_seeds))
+        out[amplitude] = {"checkpoint": str(checkpoint), "federated": strip(fed), "centralised": central,
+                          "gap": gap(fed, central)}
+    return out
+
+
 def exp_real(args) -> dict:
     work = args.out / "real-6L"
     sites = load_sites(real_sites(work), args.real_checkpoint)
@@ -518,7 +536,8 @@ def exp_adam_reset(args) -> dict:
 
 
 EXPERIMENTS = {"validate": exp_validate, "synthetic": exp_synthetic, "real": exp_real, "left-atrial": exp_left_atrial,
-               "label-skew": exp_label_skew, "five-site-variants": exp_five_site_variants, "adam-reset": exp_adam_reset}
+               "label-skew": exp_label_skew, "five-site-variants": exp_five_site_variants, "adam-reset": exp_adam_reset,
+               "amplitude": exp_amplitude}
 
 
 def machine() -> str:
@@ -588,6 +607,19 @@ def write_markdown(results: dict) -> None:
         for t in r["tasks"]:
             fsd = f" ± {f['auroc_sd'][t]:.3f}" if "auroc_sd" in f else ""
             lines.append(f"| {t} | {f['auroc'][t]:.3f}{fsd} | {c['auroc'][t]:.3f} ± {c['auroc_sd'][t]:.3f} | {r['gap'][t]:+.3f} |")
+        lines.append("")
+    amp = results.get("amplitude")
+    if amp:
+        lines += [f"## Input amplitude: standardised leads vs millimetres ({amp['data']})\n",
+                  "Each arm pretrained on the same synthetic pretraining cohort, then federated (FedAvg, no DP) and "
+                  "centralised on the same sites; only the input amplitude differs.\n",
+                  "| input | task | federated | centralised | gap |", "|---|---|---|---|---|"]
+        for amplitude in ("standardised", "millimetres"):
+            r = amp[amplitude]
+            for t in amp["tasks"]:
+                c = r["centralised"]
+                lines.append(f"| {amplitude} | {t} | {r['federated']['auroc'][t]:.3f} | {c['auroc'][t]:.3f} ± "
+                             f"{c['auroc_sd'][t]:.3f} | {r['gap'][t]:+.3f} |")
         lines.append("")
     la = results.get("left-atrial")
     if la:

@@ -123,8 +123,10 @@ def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> l
     return names
 
 
-def pretrained_checkpoint(args: argparse.Namespace) -> Path:
-    """Quick central pretraining on a separate synthetic 12-lead cohort; cached by its settings."""
+def pretrained_checkpoint(args: argparse.Namespace, model_overrides: dict | None = None) -> Path:
+    """Quick central pretraining on a separate synthetic 12-lead cohort; cached by its settings.
+
+    ``model_overrides`` change the compact profile (benchmarks compare variants; the key follows them)."""
     from lsemvae.data.cache import CohortDataset, build_cohort, patient_split
     from lsemvae.data.preprocess import PIPELINE_VERSION
     from lsemvae.data.sources import manifest_index
@@ -133,7 +135,7 @@ def pretrained_checkpoint(args: argparse.Namespace) -> Path:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    model_cfg = get_profile("compact")
+    model_cfg = get_profile("compact", **(model_overrides or {}))
     pre = model_cfg.preprocess_config()
     # the model config is in the key: a changed profile (architecture, objective) retrains instead of reusing
     profile_hash = hashlib.sha256(model_cfg.model_dump_json().encode()).hexdigest()[:10]
