@@ -61,12 +61,15 @@ def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path)
     marks = {}
     try:
         server_log = crashed / "server" / "server.log"
-        wait_for(lambda: server_log.exists() and "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim])
-        tree = descendants(sim.pid)
-        bound = listeners(tree)
+        # every service is up once round 1 is sent: check the sockets then, so that nothing slow (`ss`) stands
+        # between seeing round 2 sent and the kill (under load round 2 once finished in that gap)
+        wait_for(lambda: server_log.exists() and "round 1/2: sending" in server_log.read_text(), "round 1 sent", 300, [sim])
+        bound = listeners(descendants(sim.pid))
         flower = {a: c for a, c in bound.items() if any(n in c for n in FLOWER_SERVICES)}
         assert flower and all(a.startswith("127.0.0.1:") for a in flower), flower
         ray = sorted(a for a in bound if a not in flower)   # Ray's own servers: all interfaces (see README)
+        wait_for(lambda: "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim])
+        tree = descendants(sim.pid)
         kill_hard(sim)                                   # launcher, SuperLink, ServerApp, engine, Ray: all at once
         marks["killed"] = time.monotonic() - started
         assert straight.wait(timeout=400) == 0, (tmp_path / "straight.log").read_text()[-3000:]
