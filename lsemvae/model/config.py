@@ -105,9 +105,9 @@ PROFILES: dict[str, ModelConfig] = {
     # Uniform bound weights: with the gate's own weights, 97% went to I/II/III and the V1-V3 encoders
     # reconstructed nothing (R^2 < 0), so the fused mean the limb leads align to carried no precordial signal.
     # Millimetres: per-lead z-scoring erased the voltages (hypertrophy criteria) and the leads' relative sizes (the
-    # axis); keeping them raised PTB-XL fold-9 validation macro AUROC 0.912 -> 0.922 (100% labels) and 0.879 -> 0.893 (10%), seeds 0-1.
-    # Alignment weight 1.0 (the paper's 0.1 kept every lead's own posterior far from the fused one): with millimetre
-    # inputs +0.007 / +0.005 fold-9 validation AUROC at 100% / 10% labels, every seed (results/model_variants.json).
+    # axis); keeping them raised PTB-XL fold-9 validation macro AUROC 0.912 -> 0.922 (100% labels) and
+    # 0.879 -> 0.893 (10%), seeds 0-1. Alignment weight 1.0 instead of the paper's 0.1: with millimetre inputs
+    # +0.007 / +0.005 validation AUROC at 100% / 10% labels, every seed (benchmarks/results/model_variants.json).
     "compact": ModelConfig(head_input="leads+fused", head_dropout=0.5, amplitude="millimetres",
                            objective=ObjectiveConfig(bound_weights="uniform", align_weight=1.0)),
     # The paper's per-lead encoder and decoder (reference-model.md §1.2, §1.3, §1.7, §8).
