@@ -130,7 +130,8 @@ def write_markdown(results: dict, path: Path) -> None:
         r = results.get(key)
         if not r:
             continue
-        d = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"], r.get("train_encoders", True))
+        d = r.get("dp_parameters") or dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"],
+                                                             r.get("train_encoders", True))
         sites = list(next(row["epsilon"] for row in r["settings"] if row["target_epsilon"] is not None))
         lines += [f"## {r['data']}\n", f"{r['rounds']} round(s) x 1 local epoch, batch {r['batch_size']}, lr {r['lr']}, "
                   f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP.\n",
@@ -188,6 +189,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lsemvae.leads import LIMB_LEADS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="synthetic,real",
                    help="comma-separated subset of synthetic, real (empty: only rewrite the reports)")
@@ -216,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         if key is not None:
             print(f"== {key}", flush=True)
             started = time.monotonic()
-            results[key] = COHORTS[key](args) | {
+            r = COHORTS[key](args)
+            # counted now, while the checkpoint is at hand (the report of a kept cohort must not need it)
+            r["dp_parameters"] = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"], r.get("train_encoders", True))
+            results[key] = r | {
                 "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
                 "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         out = {"summary": summarise(results), "command": "python benchmarks/privacy_utility.py", "machine": H.machine(),
