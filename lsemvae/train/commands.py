@@ -52,7 +52,8 @@ def run_pretrain(args) -> int:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
-    mcfg = get_profile(args.profile, **({"fusion": args.fusion} if args.fusion else {}))
+    overrides = {k: v for k, v in (("fusion", args.fusion), ("amplitude", args.amplitude)) if v}
+    mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
     cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
     train_parts, val_parts = [], []
@@ -157,6 +158,9 @@ def register(subparsers) -> None:
     p.add_argument("--profile", default="compact", help="model profile: compact (default) or faithful")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="fusion ablation (default: the profile's, hime-gated for compact)")
+    p.add_argument("--amplitude", choices=("millimetres", "standardised"), default=None,
+                   help="what the encoders read (default: the profile's, millimetres for compact); the checkpoint "
+                        "records it and fine-tuning, evaluation and the federation's sites follow")
     p.add_argument("--epochs", type=positive_int, default=40)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=2e-3)

@@ -50,3 +50,17 @@ def test_cnn_baseline_and_fusion_ablation_through_the_finetune_command(mini_ptbx
 def test_cnn_refuses_a_pretrained_checkpoint_or_probe(mini_ptbxl, tmp_path, capsys):
     code = main(["finetune", "--model", "cnn", "--mode", "probe", "--ptbxl", str(mini_ptbxl), "--out", str(tmp_path)])
     assert code == 2 and "--model cnn" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_pretrain_amplitude_flag_carries_through_the_checkpoint_to_fine_tuning(mini_ptbxl, tmp_path):
+    import torch
+    common = ["--ptbxl", str(mini_ptbxl), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1"]
+    assert main(["pretrain", "--amplitude", "standardised", *common, "--out", str(tmp_path / "pre")]) == 0
+    pre = torch.load(tmp_path / "pre" / "best.pt", weights_only=True)
+    assert pre["model_config"]["amplitude"] == "standardised"
+    assert pre["provenance"]["preprocess_config"]["amplitude"] == "standardised"
+    # fine-tuning preprocesses as the checkpoint's model reads (a mismatch would be refused)
+    assert main(["finetune", "--checkpoint", str(tmp_path / "pre" / "best.pt"), *common, "--out", str(tmp_path / "ft")]) == 0
+    ft = torch.load(tmp_path / "ft" / "model.pt", weights_only=True)
+    assert ft["provenance"]["preprocess_config"]["amplitude"] == "standardised"
