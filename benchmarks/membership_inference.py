@@ -72,12 +72,10 @@ def build(site, tasks: dict):
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.model.lsemvae import build_model
 
-    pre = get_profile("compact").preprocess_config()
     heads = {name: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for name, t in tasks.items()}
-    cfg = get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
-                      encoder_channels=(16, 16, 32), encoder_kernels=(7, 5, 5), encoder_strides=(4, 4, 4),
-                      latent_dim=32, gate_hidden=16, decoder_hidden=16, head_hidden=32, tasks=heads)
-    return build_model(cfg), pre
+    return build_model(get_profile("compact", encoder_channels=(16, 16, 32), encoder_kernels=(7, 5, 5),
+                                   encoder_strides=(4, 4, 4), latent_dim=32, gate_hidden=16, decoder_hidden=16,
+                                   head_hidden=32, tasks=heads))
 
 
 @torch.no_grad()
@@ -143,7 +141,7 @@ def run_setting(site, data, *, epsilon: float | None, epochs: int, batch: int, l
     from lsemvae.privacy.dp import epsilon_of, plan_noise_multiplier
 
     torch.manual_seed(seed)
-    model, _ = build(site, data.tasks)
+    model = build(site, data.tasks)
     n_train = len(data.train_idx)
     steps = epochs * math.ceil(n_train / batch)
     sigma = None
@@ -155,7 +153,7 @@ def run_setting(site, data, *, epsilon: float | None, epochs: int, batch: int, l
     result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs, proximal_mu=0.0,
                          dp=epsilon is not None, noise_multiplier=sigma, history=None, seed=seed)
     seconds = time.perf_counter() - started
-    trained, _ = build(site, data.tasks)
+    trained = build(site, data.tasks)
     state = trained.state_dict()
     state.update({k: torch.from_numpy(np.asarray(v)) for k, v in result.arrays.items()})
     trained.load_state_dict(state)

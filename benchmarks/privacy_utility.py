@@ -120,8 +120,6 @@ def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_
 def write_markdown(results: dict, path: Path) -> None:
     """Table per cohort, and the noise-to-signal bound of one DP-SGD step: the Gaussian noise added to the
     batch's summed clipped gradients has norm ~ sigma * C * sqrt(d), the signal at most B * C."""
-    from lsemvae.leads import LIMB_LEADS
-
     lines = ["# Privacy-utility curve (federated, FedAvg)\n", "From `python benchmarks/privacy_utility.py` (commands, "
              "machine, per-site AUROC and noise multipliers in privacy_utility.json; plot privacy_utility.png). "
              "epsilon per site = the site's privacy ledger (Opacus RDP accountant over the recorded history), "
@@ -130,8 +128,7 @@ def write_markdown(results: dict, path: Path) -> None:
         r = results.get(key)
         if not r:
             continue
-        d = r.get("dp_parameters") or dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"],
-                                                             r.get("train_encoders", True))
+        d = r["dp_parameters"]
         sites = list(next(row["epsilon"] for row in r["settings"] if row["target_epsilon"] is not None))
         lines += [f"## {r['data']}\n", f"{r['rounds']} round(s) x 1 local epoch, batch {r['batch_size']}, lr {r['lr']}, "
                   f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP.\n",
@@ -220,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             r = COHORTS[key](args)
             # counted now, while the checkpoint is at hand (the report of a kept cohort must not need it)
-            r["dp_parameters"] = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"], r.get("train_encoders", True))
+            r["dp_parameters"] = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"],
+                                                       r.get("train_encoders", True))
             results[key] = r | {
                 "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
                 "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}

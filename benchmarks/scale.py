@@ -101,15 +101,16 @@ def phase_synth(n: int, work: Path) -> dict:
 
 def phase_cache(n: int, work: Path, workers: int) -> dict:
     from lsemvae.data.cache import build_cohort
-    from lsemvae.model.config import get_profile
     from lsemvae.data.sources import manifest_index
+    from lsemvae.model.config import get_profile
 
     site = work / "cohort" / "scale"
     t0 = time.perf_counter()
     refs = manifest_index(site / "records", site / "labels.csv")
     index_s = time.perf_counter() - t0
     shutil.rmtree(work / "cache", ignore_errors=True)
-    cohort = build_cohort(refs, [], get_profile("compact").preprocess_config(), work / "cache", name="scale", progress=False, workers=workers)
+    cohort = build_cohort(refs, [], get_profile("compact").preprocess_config(), work / "cache", name="scale",
+                          progress=False, workers=workers)
     wall = time.perf_counter() - t0
     return {"seconds": round(wall, 2), "index_seconds": round(index_s, 2), "records_per_s": round(n / wall, 1),
             "records_kept": len(cohort), "skipped": len(cohort.skipped), "workers": workers,
@@ -260,10 +261,10 @@ def compact_checkpoint(path: Path) -> Path:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.checkpoint import save_checkpoint
 
-    pre = get_profile("compact").preprocess_config()
+    cfg = get_profile("compact")
     torch.manual_seed(0)
-    model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples))
-    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": pre.model_dump(mode="json")})
+    model = build_model(cfg)
+    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": cfg.preprocess_config().model_dump(mode="json")})
 
 
 class RoundWatcher:

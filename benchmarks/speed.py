@@ -126,7 +126,8 @@ def cache_build(refs: list, work: Path) -> tuple[dict, object]:
     cache_dir = work / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     t0, la = time.perf_counter(), load()
-    cohort = build_cohort(refs, ["superclass"], get_profile("compact").preprocess_config(), cache_dir, name="ptb-xl", progress=False)
+    cohort = build_cohort(refs, ["superclass"], get_profile("compact").preprocess_config(), cache_dir, name="ptb-xl",
+                          progress=False)
     wall = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
     return {"records_in": len(refs), "records_kept": len(cohort), "records_skipped": len(cohort.skipped),

@@ -336,6 +336,6 @@ def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None) -> Prepro
 
 __all__ = [
     "PIPELINE_VERSION", "PreprocessConfig", "Preprocessed", "preprocess", "quality_check", "interpolate_nan",
-    "resample", "bandpass", "fix_length", "standardise", "in_millimetres", "qrs_envelope", "qrs_contrast", "detect_r_peaks",
-    "median_beat",
+    "resample", "bandpass", "fix_length", "standardise", "in_millimetres", "qrs_envelope", "qrs_contrast",
+    "detect_r_peaks", "median_beat",
 ]

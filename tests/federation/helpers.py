@@ -58,13 +58,12 @@ def write_checkpoint(path: Path) -> Path:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.checkpoint import save_checkpoint
 
-    pre = get_profile("compact").preprocess_config()
     torch.manual_seed(0)
     # A narrow LS-EMVAE (same modules and parameter groups, ~20x fewer FLOPs): DP-SGD on 2 shared cores stays quick.
-    model = build_model(get_profile("compact", fs=pre.fs, n_samples=pre.n_samples, beat_samples=pre.beat_samples,
-                                    encoder_channels=(8, 8), encoder_kernels=(5, 5), encoder_strides=(4, 4),
-                                    latent_dim=8, gate_hidden=8, decoder_hidden=16))
-    return save_checkpoint(path, model=model, epoch=0, provenance={"preprocess_config": pre.model_dump(mode="json")})
+    cfg = get_profile("compact", encoder_channels=(8, 8), encoder_kernels=(5, 5), encoder_strides=(4, 4),
+                      latent_dim=8, gate_hidden=8, decoder_hidden=16)
+    return save_checkpoint(path, model=build_model(cfg), epoch=0,
+                           provenance={"preprocess_config": cfg.preprocess_config().model_dump(mode="json")})
 
 
 def run_config_arg(cfg: dict) -> str:
