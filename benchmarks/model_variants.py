@@ -29,19 +29,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import ptbxl_accuracy as bench  # noqa: E402
 
-#: name -> (what it changes, model overrides (pretrained anew when not empty), fine-tuning recipe overrides)
-VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "reference": ("the compact profile as it is", {}, {}),
+#: name -> (what it changes, model overrides, fine-tuning recipe overrides, pretraining recipe overrides); a variant
+#: with model (other than head) or pretraining overrides is pretrained anew, the others reuse the reference checkpoint
+VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
+    "reference": ("the compact profile as it is", {}, {}, {}),
     "standardised": ("each lead z-scored per record (the paper's input, the profile before millimetres)",
-                     {"amplitude": "standardised"}, {}),
-    "wide-encoders": ("encoder channels 32-64-96-128 instead of 16-32-48-64", {"encoder_channels": (32, 64, 96, 128)}, {}),
-    "align-1.0": ("alignment weight 1.0 instead of 0.1", {"objective": {"align_weight": 1.0}}, {}),
-    "keep-0.5": ("pretraining expert keep probability 0.5 instead of 0.75", {"objective": {"expert_keep_prob": 0.5}}, {}),
+                     {"amplitude": "standardised"}, {}, {}),
+    "wide-encoders": ("encoder channels 32-64-96-128 instead of 16-32-48-64", {"encoder_channels": (32, 64, 96, 128)}, {}, {}),
+    "align-1.0": ("alignment weight 1.0 instead of 0.1", {"objective": {"align_weight": 1.0}}, {}, {}),
+    "keep-0.5": ("pretraining expert keep probability 0.5 instead of 0.75", {"objective": {"expert_keep_prob": 0.5}}, {}, {}),
     "fused-head": ("heads read the fused mean only (no per-lead means), no head dropout",
-                   {"head_input": "fused", "head_dropout": 0.0}, {}),
-    "mlp-head": ("a 128-unit hidden layer in the head", {"head_hidden": 128}, {}),
-    "encoder-lr-1.0": ("encoders fine-tune at the head's learning rate (not 0.3x)", {}, {"encoder_lr_scale": 1.0}),
-    "eval-crops-5": ("5 evaluation crops instead of 3", {}, {"eval_crops": 5}),
+                   {"head_input": "fused", "head_dropout": 0.0}, {}, {}),
+    "mlp-head": ("a 128-unit hidden layer in the head", {"head_hidden": 128}, {}, {}),
+    "encoder-lr-1.0": ("encoders fine-tune at the head's learning rate (not 0.3x)", {}, {"encoder_lr_scale": 1.0}, {}),
+    "eval-crops-5": ("5 evaluation crops instead of 3", {}, {"eval_crops": 5}, {}),
+    "pretrain-cosine": ("pretraining learning rate decays on a cosine over the 40 epochs (was constant)",
+                        {}, {}, {"lr_schedule": "cosine"}),
+    "pretrain-120-cosine": ("pretraining 120 epochs (was 40), cosine learning rate", {}, {},
+                            {"epochs": 120, "lr_schedule": "cosine"}),
+    "beta-0.5": ("final KL weight 0.5 instead of 1 (a more informative latent)", {"objective": {"beta_max": 0.5}}, {}, {}),
+    "probe-first": ("fusion + heads trained on frozen encoders first, then everything (LP-FT)", {},
+                    {"probe_first": True}, {}),
+    "lr-3e-4": ("fine-tuning learning rate 3e-4 instead of 1e-3", {}, {"lr": 3e-4}, {}),
+    "whole-signal": ("fine-tuning on the whole 10-s signal (no random 5-s crops), scored on it too", {},
+                     {"augment": {"crop_samples": None, "scale_jitter": 0.1, "noise_std": 0.05}, "eval_crops": 1}, {}),
+    "latent-128": ("latent dimension 128 instead of 64", {"latent_dim": 128}, {}, {}),
 }
 HEAD_ONLY = {"head_input", "head_dropout", "head_hidden"}  # applied at fine-tuning: no new pretraining
 FRACTIONS, SEEDS = (1.0, 0.1), (0, 1)
@@ -73,17 +85,19 @@ def main(argv=None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     pretrained, rows = {}, []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        needs = {name: {k: v for k, v in VARIANTS[name][1].items() if k not in HEAD_ONLY} for name in args.variants}
-        own = {name: model_overrides(m) for name, m in needs.items() if m}
+        needs = {name: ({k: v for k, v in VARIANTS[name][1].items() if k not in HEAD_ONLY}, VARIANTS[name][3])
+                 for name in args.variants}
+        own = {name: (model_overrides(m), p) for name, (m, p) in needs.items() if m or p}
         if "reference" in args.variants or len(own) < len(args.variants):
-            own["reference"] = {}
-        futures = {name: pool.submit(bench.run_pretrain, args, args.work_dir / name, m) for name, m in own.items()}
+            own["reference"] = ({}, {})
+        futures = {name: pool.submit(bench.run_pretrain, args, args.work_dir / name, m, p)
+                   for name, (m, p) in own.items()}
         for name, fut in futures.items():
             pretrained[name] = fut.result()
             print(f"pretrained {name}: {pretrained[name]}", flush=True)
         jobs = []
         for name in args.variants:
-            desc, m, f = VARIANTS[name]
+            desc, m, f, _ = VARIANTS[name]
             ckpt = pretrained[name if name in own else "reference"]
             for fraction in FRACTIONS:
                 for seed in SEEDS:

@@ -62,7 +62,7 @@ def load_data(args, model_overrides: dict | None = None):
     return pcfg, ptbxl, ludb
 
 
-def run_pretrain(args, out_dir: Path, model_overrides: dict | None = None) -> str:
+def run_pretrain(args, out_dir: Path, model_overrides: dict | None = None, pretrain_overrides: dict | None = None) -> str:
     _threads(1)
     import torch
     from torch.utils.data import ConcatDataset
@@ -83,7 +83,7 @@ def run_pretrain(args, out_dir: Path, model_overrides: dict | None = None) -> st
         val_parts.append(CohortDataset(cohort, va, tasks=[]))
     torch.manual_seed(0)
     model = build_model(get_profile("compact", **(model_overrides or {})))
-    cfg = PretrainConfig(epochs=args.pretrain_epochs, seed=0)
+    cfg = PretrainConfig(**{"epochs": args.pretrain_epochs, "seed": 0, **(pretrain_overrides or {})})
     provenance = {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
                   "data_cache_keys": {"ptb-xl": ptbxl.key, "ludb": ludb.key}, "excluded_folds": [10]}
     pretrain(model, ConcatDataset(train_parts), ConcatDataset(val_parts), cfg, out_dir, provenance=provenance,
@@ -126,8 +126,8 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
         model = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads, head_input=compact.head_input,
                                       head_dropout=compact.head_dropout, head_hidden=compact.head_hidden)
         mode = method.split("-")[1]
-    cfg = recipe.model_copy(update={"mode": mode, "seed": seed, "epochs": args.finetune_epochs, "patience": args.patience,
-                                    **(finetune_overrides or {})})
+    cfg = FinetuneConfig.model_validate({**recipe.model_dump(), "mode": mode, "seed": seed, "epochs": args.finetune_epochs,
+                                         "patience": args.patience, **(finetune_overrides or {})})
     result = finetune(model, sets[0], sets[1], tasks, cfg, progress=False)
     val = predict(model, sets[1], tasks, **result["predict_kwargs"])
     row = {"method": method, "fraction": fraction, "seed": seed, "n_train": len(sets[0]),

@@ -41,6 +41,9 @@ class FinetuneConfig(StrictModel):
     patience: int = Field(10, gt=0, description="epochs without validation AUROC gain before stopping")
     min_steps: int = Field(300, ge=0, description="never stop early before this many optimizer steps: a small "
                            "label set takes few steps per epoch (75 records: 3), too few for patience in epochs")
+    probe_first: bool = Field(False, description="full mode: train fusion + heads on the frozen encoders to their best "
+                              "validation epoch first, then everything (LP-FT, Kumar et al. 2022): new heads then "
+                              "start from a fit instead of sending random gradients into the pretrained encoders")
     seed: int = 0
     eval_crops: int = Field(3, ge=1, description="average logits over this many crop windows (1 = whole signal)")
     augment: AugmentConfig = AugmentConfig(crop_samples=500, scale_jitter=0.1, noise_std=0.05)
@@ -193,6 +196,10 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
     """
     if len(train_set) == 0:
         raise LSEMVAEError("fine-tuning set is empty: check the folds, lead set and label fraction")
+    history = log if log is not None else []
+    if cfg.probe_first and cfg.mode == "full" and isinstance(model, LSEMVAE):
+        finetune(model, train_set, val_set, tasks, cfg.model_copy(update={"mode": "probe", "probe_first": False}),
+                 progress=progress, log=history)
     torch.manual_seed(cfg.seed)
     set_trainable(model, cfg.mode)
     weights = class_weights_from(train_set, tasks)
@@ -204,7 +211,6 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
         cfg = cfg.model_copy(update={"augment": AugmentConfig()})
     optimizer = make_optimizer(model, cfg)
     best = {"auroc": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    history = log if log is not None else []
     steps = 0
     for epoch in tqdm(range(1, cfg.epochs + 1), desc=f"finetune ({cfg.mode})", disable=not progress):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -213,7 +219,7 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
                                 augmentation=cfg.augment, generator=gen)
         steps += len(loader)
         val = macro_auroc(predict(trained, val_set, tasks, crop_samples=crop, n_crops=n_crops))
-        history.append({"epoch": epoch, "train_loss": train["loss"], "val_macro_auroc": val})
+        history.append({"mode": cfg.mode, "epoch": epoch, "train_loss": train["loss"], "val_macro_auroc": val})
         if val > best["auroc"]:
             best = {"auroc": val, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         elif epoch - best["epoch"] >= cfg.patience and steps >= cfg.min_steps:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,10 +39,19 @@ class PretrainConfig(StrictModel):
     epochs: int = Field(40, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: epoch t trains at lr * (1 + cos(pi * (t - 1) / epochs)) / 2")
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     seed: int = 0
     augment: AugmentConfig = AugmentConfig(crop_samples=500, scale_jitter=0.1, noise_std=0.05)
+
+
+def epoch_lr(cfg: PretrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based); a function of the epoch alone, so ``resume`` follows it exactly."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+    return cfg.lr
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -150,6 +159,8 @@ def pretrain(model: LSEMVAE, train_set: Dataset, val_set: Dataset, cfg: Pretrain
         metrics_path.unlink()  # a fresh run: its log starts empty
     provenance = {**(provenance or {}), "pretrain_config": cfg.model_dump(mode="json")}
     for epoch in tqdm(range(start, cfg.epochs + 1), desc="pretrain", disable=not progress, initial=start - 1, total=cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg, epoch)
         row = {"epoch": epoch, **train_epoch(model, train_set, cfg, optimizer, epoch, progress=progress),
                **validate(model, val_set)}
         if row["val_loss"] < state["best_val_loss"]:

@@ -83,6 +83,17 @@ def test_full_mode_trains_encoders_of_present_leads_only():
     assert changed == {"I", "II", "III", "aVR", "aVL", "aVF"}
 
 
+def test_probe_first_fits_the_heads_on_frozen_encoders_then_trains_everything():
+    model = _small_lsemvae()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune(model, Separable(32, 0), Separable(16, 1), TASKS,
+                      CFG.model_copy(update={"epochs": 2, "probe_first": True}), progress=False)
+    assert [r["mode"] for r in result["history"]] == ["probe", "probe", "full", "full"]
+    after = model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoders."))
+    assert result["predict_kwargs"] == {"crop_samples": 100, "n_crops": 2}  # the full phase's, not the probe's
+
+
 def test_compact_recipe_regularises_the_leads_plus_fused_head():
     from lsemvae.train.finetune import FINETUNE_PROFILES
     assert FINETUNE_PROFILES["compact"].weight_decay == 0.05 and FinetuneConfig().weight_decay == 1e-4

@@ -11,7 +11,7 @@ from lsemvae.model.config import get_profile
 from lsemvae.model.lsemvae import build_model
 from lsemvae.train.augment import AugmentConfig
 from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from lsemvae.train.pretrain import PretrainConfig, pretrain, reconstruction_r2
+from lsemvae.train.pretrain import PretrainConfig, epoch_lr, pretrain, reconstruction_r2
 
 
 class Generated(Dataset):
@@ -38,7 +38,8 @@ def _model():
                                    encoder_channels=(8, 8, 8, 8), decoder_hidden=16, gate_hidden=8))
 
 
-CFG = PretrainConfig(epochs=2, batch_size=8, seed=1, augment=AugmentConfig(crop_samples=150, scale_jitter=0.1, noise_std=0.05))
+# Cosine: the learning rate changes between epochs, so identical resumption also shows the schedule resumes.
+CFG = PretrainConfig(epochs=2, batch_size=8, seed=1, lr_schedule="cosine", augment=AugmentConfig(crop_samples=150, scale_jitter=0.1, noise_std=0.05))
 
 
 @pytest.mark.e2e  # ~20 s on the shared 2-core machine (two short training runs)
@@ -108,6 +109,14 @@ def test_checkpoint_pretrained_with_a_fused_head_fine_tunes_with_the_leads_plus_
                                head_input="leads+fused", head_dropout=0.5)
     assert ft.state_dict()["heads.t.net.1.weight"].shape == (1, 13 * 8)
     assert torch.equal(ft.state_dict()["encoders.II.fc_mu.weight"], model.state_dict()["encoders.II.fc_mu.weight"])
+
+
+def test_cosine_schedule_starts_at_lr_and_decays_to_a_half_step_above_zero():
+    cfg = PretrainConfig(epochs=4, lr=1.0, lr_schedule="cosine")
+    lrs = [epoch_lr(cfg, t) for t in range(1, 5)]
+    assert lrs == pytest.approx([1.0, (1 + np.cos(np.pi / 4)) / 2, 0.5, (1 + np.cos(3 * np.pi / 4)) / 2])
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
+    assert [epoch_lr(cfg.model_copy(update={"lr_schedule": "constant"}), t) for t in (1, 4)] == [1.0, 1.0]
 
 
 def test_r2_is_one_for_perfect_and_zero_for_mean():
