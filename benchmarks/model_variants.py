@@ -53,9 +53,10 @@ VARIANTS: dict[str, tuple[str, dict, dict, dict]] = {
     "lr-3e-4": ("fine-tuning learning rate 3e-4 instead of 1e-3", {}, {"lr": 3e-4}, {}),
     "whole-signal": ("fine-tuning on the whole 10-s signal (no random 5-s crops), scored on it too", {},
                      {"augment": {"crop_samples": None, "scale_jitter": 0.1, "noise_std": 0.05}, "eval_crops": 1}, {}),
+    "head-init-random": ("new heads start random (PyTorch's default) instead of at zero", {"head_init": "random"}, {}, {}),
     "latent-128": ("latent dimension 128 instead of 64", {"latent_dim": 128}, {}, {}),
 }
-HEAD_ONLY = {"head_input", "head_dropout", "head_hidden"}  # applied at fine-tuning: no new pretraining
+HEAD_ONLY = {"head_input", "head_dropout", "head_hidden", "head_init"}  # applied at fine-tuning: no new pretraining
 FRACTIONS, SEEDS = (1.0, 0.1), (0, 1)
 
 

@@ -124,7 +124,8 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
         model, mode = build_model(compact), "probe"
     else:  # heads are new at fine-tuning, so they follow the current profile even on an older checkpoint
         model = model_from_checkpoint(load_checkpoint(checkpoint), tasks=heads, head_input=compact.head_input,
-                                      head_dropout=compact.head_dropout, head_hidden=compact.head_hidden)
+                                      head_dropout=compact.head_dropout, head_hidden=compact.head_hidden,
+                                      head_init=compact.head_init)
         mode = method.split("-")[1]
     cfg = FinetuneConfig.model_validate({**recipe.model_dump(), "mode": mode, "seed": seed, "epochs": args.finetune_epochs,
                                          "patience": args.patience, **(finetune_overrides or {})})

@@ -70,6 +70,9 @@ class ModelConfig(StrictModel):
     head_leads: tuple[str, ...] = LIMB_LEADS
     head_hidden: int = Field(0, ge=0, description="0 = linear head")
     head_dropout: float = Field(0.0, ge=0, lt=1)
+    head_init: Literal["random", "zero"] = Field(
+        "zero", description="a new head's output layer: random (PyTorch's default) or zero (predicts nothing "
+        "until trained; what few noisy DP-SGD steps need)")
     tasks: dict[str, TaskHeadSpec] = Field(default_factory=dict)
     objective: ObjectiveConfig = ObjectiveConfig()
 

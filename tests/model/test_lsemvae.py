@@ -80,7 +80,8 @@ def test_masked_lead_equals_absent_lead_and_gets_no_gradient(model):
     assert torch.allclose(a.mu[0], b.mu[0], atol=1e-6) and torch.allclose(a.recon[0], b.recon[0], atol=1e-6)
 
 
-def test_gradient_reaches_present_encoders_only(model):
+def test_gradient_reaches_present_encoders_only(random_heads_model):
+    model = random_heads_model
     model.train()
     model.zero_grad()
     x, mask = _batch(six=True)
@@ -149,13 +150,16 @@ def test_unknown_fusion_is_a_config_error():
 
 
 @pytest.fixture(scope="module")
-def leads_fused_model(model):
-    assert model.config.head_input == "leads+fused"  # the compact default
-    return model
+def random_heads_model():
+    """The compact model with random heads standing in for trained ones (new heads start at zero)."""
+    torch.manual_seed(0)
+    m = build_model(get_profile("compact", tasks=TASKS, n_samples=400, head_init="random"))
+    assert m.config.head_input == "leads+fused"  # the compact default
+    return m
 
 
-def test_leads_plus_fused_head_sees_every_present_lead_in_its_slot(leads_fused_model):
-    m = leads_fused_model.eval()
+def test_leads_plus_fused_head_sees_every_present_lead_in_its_slot(random_heads_model):
+    m = random_heads_model.eval()
     d = m.config.latent_dim
     x, mask = _batch(six=True)
     out = m(x, mask, decode=False)
@@ -170,9 +174,9 @@ def test_leads_plus_fused_head_sees_every_present_lead_in_its_slot(leads_fused_m
     assert torch.allclose(feats[:, 12 * d :], out.mu)
 
 
-def test_leads_plus_fused_logits_depend_on_each_limb_lead_even_with_a_one_hot_gate(leads_fused_model):
+def test_leads_plus_fused_logits_depend_on_each_limb_lead_even_with_a_one_hot_gate(random_heads_model):
     """A gate that puts all weight on one group (the observed collapse) must not hide the other leads."""
-    m = leads_fused_model.eval()
+    m = random_heads_model.eval()
     x, mask = _batch(b=2, six=True)
     with torch.no_grad():
         mu_leads, logvar_leads = m.encode(x, mask)
@@ -191,9 +195,9 @@ def test_leads_plus_fused_logits_depend_on_each_limb_lead_even_with_a_one_hot_ga
         assert (per_lead[i] > 0) == (lead in LIMB_LEADS), lead
 
 
-def test_leads_plus_fused_is_per_sample_independent_and_opacus_valid(leads_fused_model):
+def test_leads_plus_fused_is_per_sample_independent_and_opacus_valid(random_heads_model):
     from opacus.validators import ModuleValidator
-    m = leads_fused_model.eval()
+    m = random_heads_model.eval()
     x, mask = _batch(b=3, six=True)
     a = m.forward_logits(x, mask)["superclass"]
     x2 = x.clone()
@@ -229,6 +233,22 @@ def test_gate_starts_at_equal_weights():
     m = build_model(get_profile("compact", n_samples=400)).eval()
     x, mask = _batch()
     assert torch.allclose(m(x, mask).gates, torch.full((4, 4), 0.25))
+
+
+def test_new_heads_start_at_zero_and_send_no_gradient_into_the_encoders(model):
+    """A zero start: logits are 0 for every record, and the first step moves only the heads' output layer."""
+    m = model.train()
+    m.zero_grad()
+    x, mask = _batch(six=True)
+    logits = m.forward_logits(x, mask)["superclass"]
+    assert (logits == 0).all()
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+    assert m.heads["superclass"].net[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.encoders.parameters())
+    m.zero_grad()
+    torch.manual_seed(0)
+    rand = build_model(get_profile("compact", tasks=TASKS, n_samples=400, head_init="random"))
+    assert rand.heads["superclass"].net[-1].weight.abs().sum() > 0
 
 
 def test_amplitude_encoder_sees_shape_through_the_convolutions_and_size_as_three_numbers():
