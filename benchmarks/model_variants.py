@@ -128,13 +128,17 @@ def write(args, rows: list[dict], pretrained: dict, seconds: float) -> None:
                                      for f in FRACTIONS},
             "runs": mine,
         }
+    # each row is compared with the reference of the run that measured it (the profile moves between runs)
     ref = variants.get("reference", {}).get("val_macro_auroc_mean", {})
+    for name in args.variants:
+        variants[name]["reference_val_macro_auroc_mean"] = ref
     for v in variants.values():
-        v["vs_reference"] = {k: round(x - ref[k], 4) for k, x in v["val_macro_auroc_mean"].items() if k in ref}
+        own_ref = v.get("reference_val_macro_auroc_mean", ref)
+        v["vs_reference"] = {k: round(x - own_ref[k], 4) for k, x in v["val_macro_auroc_mean"].items() if k in own_ref}
     result = {"benchmark": "model_variants",
               "selection": "PTB-XL fold-9 validation macro AUROC only, mean of seeds 0-1, full fine-tuning, "
                            "6 limb leads, superclass; fold 10 (test) never scored",
-              "variants": variants, "runtime_seconds": round(seconds),
+              "note": old.get("note", ""), "variants": variants, "runtime_seconds": round(seconds),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
               "command": "python benchmarks/model_variants.py --variants " + " ".join(args.variants)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
