@@ -216,7 +216,7 @@ def _model(state_config: str, arrays: dict):
 def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int = 1, lr: float = 1e-3,
              batch_size: int = 32, strategy: str = "fedavg", server_lr: float = 0.01, dp: bool = False,
              epsilon: float | None = None, state_dir: Path | None = None, seed: int = 0,
-             eval_rounds: str = "all", eval_per_site: int | None = None, train_encoders: bool = True) -> dict:
+             eval_rounds: str = "all", eval_per_site: int | None = None, train_encoders: bool | str = "auto") -> dict:
     """One federated run, the ClientApp's and ServerApp's steps in one process (see the module doc).
 
     ``dp``: every site trains with DP-SGD to ``epsilon`` (delta from its config), planning its
@@ -272,7 +272,7 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
             res = train_round(model, data, site, lr=fed.lr, batch_size=batch, local_epochs=fed.local_epochs,
                               proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0, dp=dp,
                               noise_multiplier=sigma.get(site.name), history=history, seed=round_seed * 1000 + rnd,
-                              train_encoders=fed.train_encoders)
+                              train_encoders=fed.encoders_train)
             eps = ledger.record_round(round_number=rnd, run_id=f"bench-{seed}", history=res.history) if dp else None
             contributions.append(Contribution(site.name, res.arrays, res.group_weights))
             train[site.name] = {"loss": res.train_loss, "seconds": round(res.seconds, 1), "epsilon": eps,

@@ -1,7 +1,7 @@
 """Privacy-utility curve (issue 5, item 3): federated AUROC at epsilon 0.5, 1, 2, 4, 8 and without DP.
 
-    python benchmarks/privacy_utility.py                       # both cohorts (~35 min on this machine)
-    python benchmarks/privacy_utility.py --only real           # one cohort; the other's results are kept
+    python benchmarks/privacy_utility.py                       # synthetic, real, real-full (~40 min here)
+    python benchmarks/privacy_utility.py --only real           # one cohort; the others' results are kept
 
 Cohorts (delta 1e-5 at every site):
 
@@ -10,7 +10,9 @@ Cohorts (delta 1e-5 at every site):
   6-lead DP-SGD is what fits the compute budget), half of each site's patients held out for
   evaluation; tasks right_heart, left_atrial.
 * ``real``: PTB-XL subset split by recording site + LUDB, 6 limb leads (benchmarks/federation.py's
-  real sites); tasks superclass (PTB-XL sites) and left_atrial_lvh (all sites).
+  real sites); tasks superclass (PTB-XL sites) and left_atrial_lvh (all sites). The run-config default
+  (train-encoders = auto: under DP only fusion + heads train); ``real-full`` trains the encoders under DP
+  too, for comparison; ``synthetic-probe`` is the synthetic cohort with train-encoders = false.
 
 Every setting is a fresh federated run from the same pretrained checkpoint (FedAvg, batch 32,
 lr 1e-3, 1 local epoch per round; rounds per cohort in the JSON): each site plans its noise
@@ -40,18 +42,32 @@ DELTA = 1e-5
 
 
 def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float], work: Path,
-          eval_per_site: int | None = None, train_encoders: bool = True) -> list[dict]:
+          eval_per_site: int | None = None, train_encoders: bool | str = True, seeds: int = 1) -> list[dict]:
+    """One row per setting; with ``seeds`` > 1 each setting runs once per run seed (head initialisation, the
+    sites' sampling and DP noise) and the row's AUROC is the seed mean (every seed's in ``per_seed``)."""
+    import numpy as np
+
     rows = []
     for eps in [None, *epsilons]:
         label = "no DP" if eps is None else f"epsilon {eps:g}"
         print(f"-- {label}", flush=True)
-        state = work / ("ledgers-nodp" if eps is None else f"ledgers-eps{eps:g}")
-        shutil.rmtree(state, ignore_errors=True)    # a fresh ledger per setting: each run spends its own budget
-        run = H.federate(sites, checkpoint, tasks=tasks, rounds=rounds, dp=eps is not None, epsilon=eps,
-                         state_dir=state, eval_rounds="last", eval_per_site=eval_per_site, train_encoders=train_encoders)
-        row = {"setting": label, "target_epsilon": eps, **H.strip(run)}
-        if eps is not None:
-            print(f"   site epsilon (ledger): {', '.join(f'{s} {e:.3f}' for s, e in run['epsilon'].items())}", flush=True)
+        runs = []
+        for seed in range(seeds):
+            state = work / (("ledgers-nodp" if eps is None else f"ledgers-eps{eps:g}") + f"-seed{seed}")
+            shutil.rmtree(state, ignore_errors=True)    # a fresh ledger per run: each run spends its own budget
+            runs.append(H.federate(sites, checkpoint, tasks=tasks, rounds=rounds, dp=eps is not None, epsilon=eps,
+                                   state_dir=state, eval_rounds="last", eval_per_site=eval_per_site,
+                                   train_encoders=train_encoders, seed=seed))
+            if eps is not None:
+                print(f"   seed {seed} site epsilon (ledger): "
+                      f"{', '.join(f'{s} {e:.3f}' for s, e in runs[-1]['epsilon'].items())}", flush=True)
+        row = {"setting": label, "target_epsilon": eps, **H.strip(runs[0]),
+               "auroc": {t: float(np.mean([r["auroc"][t] for r in runs])) for t in tasks}}
+        if seeds > 1:
+            row["auroc_sd"] = {t: float(np.std([r["auroc"][t] for r in runs], ddof=1)) for t in tasks}
+            row["per_seed"] = [{"seed": i, "auroc": r["auroc"], "epsilon": r.get("epsilon")} for i, r in enumerate(runs)]
+        if eps is not None:   # every run's own ledger; the largest per site is what a claim may quote
+            row["epsilon"] = {s: max(r["epsilon"][s] for r in runs) for s in runs[0]["epsilon"]}
         rows.append(row)
     return rows
 
@@ -74,21 +90,28 @@ def run_synthetic(args, *, train_encoders: bool = True) -> dict:
                               train_encoders=train_encoders)}
 
 
-def run_real(args) -> dict:
+def run_real(args, *, train_encoders: bool | str = "auto") -> dict:
     work = args.out / "real-6L"
     sites = H.load_sites(H.real_sites(work, delta=DELTA), args.real_checkpoint)
+    how = {"auto": "run-config train-encoders = auto (the default): only fusion + heads train under DP, everything "
+                   "without", True: "run-config train-encoders = true: the encoders train under DP too"}[train_encoders]
     return {"data": "PTB-XL subset by recording site (0, 1, 2+3+small) + LUDB, 6 limb leads; 20% of each site's "
-                    "patients held out",
+                    f"patients held out; {how}",
             "checkpoint": str(args.real_checkpoint), "tasks": list(H.REAL_TASKS), "rounds": args.real_rounds,
             "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
+            "train_encoders": train_encoders,
+            "seeds": args.real_seeds,
             "settings": curve(sites, args.real_checkpoint, tasks=H.REAL_TASKS, rounds=args.real_rounds,
-                              epsilons=args.epsilons, work=work)}
+                              epsilons=args.epsilons, work=work, train_encoders=train_encoders, seeds=args.real_seeds)}
 
 
 COHORTS = {"synthetic": run_synthetic, "real": run_real,
+           "real-full": lambda args: run_real(args, train_encoders=True),
            # run-config train-encoders = false: only fusion + heads train under DP (a federated probe)
            "synthetic-probe": lambda args: run_synthetic(args, train_encoders=False)}
-LABELS = {"real": "PTB-XL by site + LUDB, 6L", "synthetic-probe": "synthetic, fusion + heads only under DP"}
+LABELS = {"real": "PTB-XL by site + LUDB, 6L (default: fusion + heads only under DP)",
+          "real-full": "PTB-XL by site + LUDB, 6L, encoders trained under DP",
+          "synthetic-probe": "synthetic, fusion + heads only under DP"}
 
 
 def summarise(results: dict) -> dict:
@@ -131,7 +154,9 @@ def write_markdown(results: dict, path: Path) -> None:
         d = r["dp_parameters"]
         sites = list(next(row["epsilon"] for row in r["settings"] if row["target_epsilon"] is not None))
         lines += [f"## {r['data']}\n", f"{r['rounds']} round(s) x 1 local epoch, batch {r['batch_size']}, lr {r['lr']}, "
-                  f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP.\n",
+                  f"delta {r['delta']:g}; a 6-lead site trains d = {d:,} parameters under DP."
+                  + (f" AUROC: mean ± sd over run seeds 0-{r['seeds'] - 1}; epsilon: the largest any seed's "
+                     "ledger holds." if r.get("seeds", 1) > 1 else "") + "\n",
                   "| setting | " + " | ".join(f"AUROC {t}" for t in r["tasks"]) + " | epsilon per site (ledger): "
                   + ", ".join(sites) + " | noise multiplier | noise / max signal (sigma sqrt(d) / B) |",
                   "|---" * (len(r["tasks"]) + 4) + "|"]
@@ -140,7 +165,9 @@ def write_markdown(results: dict, path: Path) -> None:
             sig = row.get("noise_multiplier") or {}
             ratio = f"{max(sig.values()) * d ** 0.5 / r['batch_size']:.1f}" if sig else "–"
             sig_txt = f"{min(sig.values()):.2f}-{max(sig.values()):.2f}" if sig else "–"
-            lines.append(f"| {row['setting']} | " + " | ".join(f"{row['auroc'][t]:.3f}" for t in r["tasks"])
+            sd = row.get("auroc_sd", {})
+            lines.append(f"| {row['setting']} | " + " | ".join(f"{row['auroc'][t]:.3f}" + (f" ± {sd[t]:.3f}" if t in sd else "")
+                                                              for t in r["tasks"])
                          + f" | {eps} | {sig_txt} | {ratio} |")
         under = sorted({s for row in r["settings"] if row.get("epsilon") for s, e in row["epsilon"].items()
                         if e < 0.97 * row["target_epsilon"]})
@@ -188,8 +215,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from lsemvae.leads import LIMB_LEADS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="synthetic,real",
-                   help="comma-separated subset of synthetic, real (empty: only rewrite the reports)")
+    p.add_argument("--only", default="synthetic,real,real-full",
+                   help="comma-separated subset of " + ", ".join(COHORTS) + " (empty: only rewrite the reports)")
     p.add_argument("--epsilons", default="0.5,1,2,4,8", help="DP targets (besides no DP)")
     p.add_argument("--records", type=int, default=4000, help="synthetic records per site (default 4000 = 20,000 in all)")
     p.add_argument("--synthetic-rounds", type=int, default=1, help="rounds on the synthetic cohort (default 1)")
@@ -198,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic-eval-records", type=int, default=1000,
                    help="held-out records scored per site (a fixed random subset; default 1000)")
     p.add_argument("--real-rounds", type=int, default=3, help="rounds on the real cohort (default 3)")
+    p.add_argument("--real-seeds", type=int, default=3,
+                   help="run seeds per setting on the real cohort, AUROC averaged (default 3: its small sites make "
+                        "one run's AUROC under DP swing by 0.1-0.3 from seed to seed)")
     p.add_argument("--synthetic-checkpoint", type=Path, default=None)
     p.add_argument("--real-checkpoint", type=Path, default=REPO / "runs" / "bench" / "pretrain" / "best.pt")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "bench-privacy-utility")
@@ -218,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             r = COHORTS[key](args)
             # counted now, while the checkpoint is at hand (the report of a kept cohort must not need it)
             r["dp_parameters"] = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"],
-                                                       r.get("train_encoders", True))
+                                                       r.get("train_encoders", True) is True)  # auto: a probe under DP
             results[key] = r | {
                 "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
                 "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -174,7 +174,7 @@ def train_config(fed: FederationConfig, state: ServerState, server_round: int, s
     return ConfigRecord({
         K.ROUND: server_round, K.NUM_ROUNDS: fed.num_server_rounds, K.LOCAL_EPOCHS: fed.local_epochs, K.LR: fed.lr,
         K.BATCH_SIZE: fed.batch_size, K.PROXIMAL_MU: fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
-        K.DP: fed.dp, K.TRAIN_ENCODERS: fed.train_encoders, K.HIST_BINS: fed.eval_bins, K.RUN_SEED: seed, K.UPDATE_DTYPE: fed.update_dtype,
+        K.DP: fed.dp, K.TRAIN_ENCODERS: fed.encoders_train, K.HIST_BINS: fed.eval_bins, K.RUN_SEED: seed, K.UPDATE_DTYPE: fed.update_dtype,
         K.MODEL_CONFIG: state.model_config, K.PREPROCESS_CONFIG: state.preprocess_config,
     })
 

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-bins", type=int, default=20, help="score-histogram bins in evaluation replies (default 20)")
     p.add_argument("--update-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the model arrays sent each way (float16 halves the bytes; default float32)")
+    p.add_argument("--train-encoders", choices=["auto", "true", "false"], default="auto",
+                   help="auto (default): under DP sites train only the fusion gate and task heads (a federated probe: "
+                        "far less noise per signal), without DP everything; true / false force it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last server checkpoint")
     p.add_argument("--cpus-per-site", type=int, default=1, help="Ray CPUs per simulated site (default 1)")
     return p.parse_args(argv)
@@ -266,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "sites-dir": str(sites_dir), "sim-sites": ",".join(names), "sim-state-dir": str(out / "site-state"),
             "sim-epsilon": args.epsilon, "resume": args.resume, "eval-bins": args.eval_bins,
             "update-dtype": args.update_dtype,
+            "train-encoders": {"true": True, "false": False}.get(args.train_encoders, args.train_encoders),
         }
         (out / "simulation.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                          "run_config": run_cfg}, indent=2) + "\n")

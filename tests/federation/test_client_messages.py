@@ -40,8 +40,9 @@ def task_identity():
 def world(tmp_path_factory, task_identity):
     tmp = tmp_path_factory.mktemp("clientmsg")
     names = write_sites(tmp, n_sites=3, records=16, epsilon=2.0)   # site 3 (clinic_c) records 6 leads
+    # encoders train under DP here (not the auto default): the routing of each lead's encoder is under test
     fed = federation_config({"checkpoint": str(write_checkpoint(tmp / "ckpt.pt")), "num-server-rounds": 2,
-                             "batch-size": 8, "min-sites": 1})
+                             "batch-size": 8, "min-sites": 1, "train-encoders": True})
     return tmp, names, fed, initial_state(fed)
 
 
@@ -64,6 +65,16 @@ def site_ids(tmp, site: str) -> set[str]:
     with open(folder / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))
     return {r["record_id"] for r in rows} | {r["patient_id"] for r in rows}
+
+
+def test_under_dp_the_default_federation_is_a_probe_and_sends_no_encoder(world):
+    tmp, names, fed, state = world
+    auto = federation_config({**fed.as_run_config(), "train-encoders": "auto"})
+    assert auto.dp and train_config(auto, state, 1, seed=1)[K.TRAIN_ENCODERS] is False
+    reply = call(world, names[0], K.TRAIN, config_update={K.TRAIN_ENCODERS: False})
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert {group_of(k) for k in reply.content[K.ARRAYS]} == {"fusion", "heads.right_heart", "heads.left_atrial"}
+    assert reply.content[K.METRICS][K.EPSILON] > 0
 
 
 def test_six_lead_site_sends_only_its_groups_and_aggregates(world):

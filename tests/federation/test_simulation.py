@@ -26,7 +26,7 @@ def test_simulation_three_sites_and_resume(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "sim"
     base = ["--sites", "3", "--records", "16", "--epsilon", "4", "--batch-size", "8", "--checkpoint", str(ckpt),
-            "--out", str(out), "--strategy", "fedadam"]
+            "--out", str(out), "--strategy", "fedadam", "--train-encoders", "true"]   # encoders' routing is checked
     first = _run(base + ["--rounds", "1"])
     assert torch.load(out / "server" / "server-state.pt", weights_only=True)["round"] == 1
     _run(base + ["--rounds", "2", "--resume"])

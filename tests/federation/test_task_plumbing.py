@@ -17,6 +17,7 @@ import torch
 from client.local_training import evaluate, train_round
 from client.site_runtime import load_site_data, model_from_config
 from lsemvae.federation.groups import group_of
+from lsemvae.errors import ConfigError
 from lsemvae.site import federation_config, load_site_config
 from server.aggregation import Contribution, ServerOptimizer, ServerOptimizerState, aggregate_round
 from server.server_app import initial_state
@@ -133,3 +134,14 @@ def test_federated_probe_trains_and_sends_only_fusion_and_heads(sites):
         if key.startswith("encoders."):
             np.testing.assert_array_equal(value.numpy(), state.model[key], err_msg=key)
     assert federation_config({"train-encoders": False}).train_encoders is False
+
+
+@pytest.mark.parametrize("value, dp, trains", [("auto", True, False), ("auto", False, True), (True, True, True),
+                                               (False, False, False)])
+def test_train_encoders_auto_means_a_probe_under_dp_only(value, dp, trains):
+    assert federation_config({"train-encoders": value, "dp": dp}).encoders_train is trains
+
+
+def test_train_encoders_rejects_other_words_naming_the_field():
+    with pytest.raises(ConfigError, match="train-encoders|train_encoders"):
+        federation_config({"train-encoders": "sometimes"})

@@ -16,20 +16,21 @@ def deployment_env(tmp: Path) -> dict:
             "LSEMVAE_LEDGER_ANCHOR_DIR": str(tmp / "anchors")}
 
 
-def wait_for(predicate, what: str, timeout: float, procs: list[subprocess.Popen] = ()) -> None:
-    """Poll ``predicate`` (bounded by ``timeout``); fail early if one of ``procs`` exits."""
+def wait_for(predicate, what: str, timeout: float, procs: list[subprocess.Popen] = (), *, every: float = 0.5) -> None:
+    """Poll ``predicate`` every ``every`` s (bounded by ``timeout``); fail early if one of ``procs`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         for p in procs:
             assert p.poll() is None, f"{what}: a process exited with {p.returncode}"
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
-def kill_hard(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started in its own session, its group and every descendant (even in other groups)."""
+def kill_hard(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL a process started in its own session, its group and every descendant (even in other groups);
+    returns the descendants killed."""
     spawned = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     for pid in spawned:
@@ -38,6 +39,7 @@ def kill_hard(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=10)
+    return spawned
 
 
 def listening(port: int) -> set[str]:

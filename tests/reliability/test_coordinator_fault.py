@@ -51,7 +51,7 @@ def _sim(args: list[str]) -> None:
 def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
     base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "5",
-            "--rounds", "2"]
+            "--rounds", "2", "--local-epochs", "10"]
     started = time.monotonic()
     # the uninterrupted run and the one to kill run side by side (independent SuperLinks, ports, folders)
     straight = _start_sim(base + ["--out", str(tmp_path / "straight")], tmp_path / "straight.log")
@@ -68,9 +68,9 @@ def test_coordinator_killed_mid_run_resumes_to_the_uninterrupted_model(tmp_path)
         flower = {a: c for a, c in bound.items() if any(n in c for n in FLOWER_SERVICES)}
         assert flower and all(a.startswith("127.0.0.1:") for a in flower), flower
         ray = sorted(a for a in bound if a not in flower)   # Ray's own servers: all interfaces (see README)
-        wait_for(lambda: "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim])
-        tree = descendants(sim.pid)
-        kill_hard(sim)                                   # launcher, SuperLink, ServerApp, engine, Ray: all at once
+        # polled tightly and killed at once: round 2 (10 local epochs) must not finish in between
+        wait_for(lambda: "round 2/2: sending" in server_log.read_text(), "round 2 sent", 300, [sim], every=0.02)
+        tree = kill_hard(sim)                            # launcher, SuperLink, ServerApp, engine, Ray: all at once
         marks["killed"] = time.monotonic() - started
         assert straight.wait(timeout=400) == 0, (tmp_path / "straight.log").read_text()[-3000:]
         marks["straight"] = time.monotonic() - started
