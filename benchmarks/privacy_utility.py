@@ -134,8 +134,13 @@ def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_
     from lsemvae.federation.groups import group_of, groups_for
     from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
 
+    from lsemvae.data.tasks import get_task
+    from lsemvae.site import FederationConfig
+
     path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint
-    model = model_from_checkpoint(load_checkpoint(path), tasks={t: {"kind": "binary", "n_outputs": 1} for t in tasks})
+    fed = FederationConfig()   # the federation's fresh heads follow the run config (head-input), not the profile
+    model = model_from_checkpoint(load_checkpoint(path), head_input=fed.head_input, head_dropout=fed.head_dropout,
+                                  tasks={t: {"kind": get_task(t).kind, "n_outputs": get_task(t).n_outputs} for t in tasks})
     groups = {g for g in groups_for(leads, tasks) if train_encoders or not g.startswith("encoders.")}
     return sum(p.numel() for n, p in model.named_parameters() if group_of(n) in groups and n not in DP_FROZEN)
 

@@ -211,7 +211,7 @@ class FederationConfig(StrictModel):
     head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the task heads' input")
     train_encoders: bool | Literal["auto"] = Field(
         "auto", description="false: sites fine-tune and send only the fusion gate and task heads (a federated probe), "
-        "~45x fewer parameters for the DP noise to spread over; true: the encoders train too; auto: a probe under DP, "
+        "~58x fewer parameters for the DP noise to spread over; true: the encoders train too; auto: a probe under DP, "
         "everything without. On PTB-XL by site under DP the probe matched full fine-tuning (superclass AUROC 0.832 vs "
         "0.830 at epsilon 8) at a third of the compute; without DP full fine-tuning is ahead "
         "(benchmarks/results/privacy_utility.md)")
