@@ -44,7 +44,8 @@ DELTA = 1e-5
 def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float], work: Path,
           eval_per_site: int | None = None, train_encoders: bool | str = True, seeds: int = 1) -> list[dict]:
     """One row per setting; with ``seeds`` > 1 each setting runs once per run seed (head initialisation, the
-    sites' sampling and DP noise) and the row's AUROC is the seed mean (every seed's in ``per_seed``)."""
+    sites' sampling and DP noise) and the row's AUROC is the seed mean (every seed's in ``per_seed``); the
+    row's other fields (per-site AUROC, rounds, noise multipliers) are seed 0's."""
     import numpy as np
 
     rows = []
@@ -132,15 +133,10 @@ def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_
     """Parameters a site trains under DP (its leads' encoders unless a probe, fusion, its heads; minus DP_FROZEN)."""
     from client.local_training import DP_FROZEN
     from lsemvae.federation.groups import group_of, groups_for
-    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
-
-    from lsemvae.data.tasks import get_task
-    from lsemvae.site import FederationConfig
 
     path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint
-    fed = FederationConfig()   # the federation's fresh heads follow the run config (head-input), not the profile
-    model = model_from_checkpoint(load_checkpoint(path), head_input=fed.head_input, head_dropout=fed.head_dropout,
-                                  tasks={t: {"kind": get_task(t).kind, "n_outputs": get_task(t).n_outputs} for t in tasks})
+    _, state = H._initial(path, tasks)   # the model the federation builds (its heads follow the run config)
+    model = H._model(state.model_config, state.model)
     groups = {g for g in groups_for(leads, tasks) if train_encoders or not g.startswith("encoders.")}
     return sum(p.numel() for n, p in model.named_parameters() if group_of(n) in groups and n not in DP_FROZEN)
 
