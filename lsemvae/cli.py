@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "lsemvae.privacy.commands",
     "lsemvae.train.commands",
     "lsemvae.train.eval_commands",
+    "lsemvae.train.predict_command",
 ]
 
 

@@ -61,6 +61,7 @@ class Cohort:
     tasks: dict[str, Task]
     path: Path
     stats: dict = field(default_factory=dict)  # build time, records/s, flags
+    paths: list[str] = field(default_factory=list)  # each record's source file, as indexed
 
     def __len__(self) -> int:
         return len(self.record_ids)
@@ -339,7 +340,7 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
         beats=arr("beats.npy"), labels={t: arr(f"labels.{t}.npy") for t in task_map},
         record_ids=index["record_ids"], patient_ids=index["patient_ids"], meta=index["meta"],
         skipped=index["skipped"], key=index["key"], config=PreprocessConfig(**index["config"]),
-        tasks=task_map, path=path, stats=index.get("stats", {}),
+        tasks=task_map, path=path, stats=index.get("stats", {}), paths=index["paths"],
     )
     for nm, a in [("signals", cohort.signals), ("beats", cohort.beats), ("lead_mask", cohort.lead_mask),
                   ("sample_mask", cohort.sample_mask), *cohort.labels.items()]:

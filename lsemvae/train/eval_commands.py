@@ -28,18 +28,26 @@ def _preprocess_config(model, ckpt):
     return PreprocessConfig()
 
 
+def _load_matching_cache(path, pcfg, fix: str):
+    """A prepared cohort, refused when preprocessed at another rate, length or amplitude than the model reads."""
+    from lsemvae.data.cache import load_cohort
+
+    cohort = load_cohort(path)
+    have = cohort.config
+    if (have.fs, have.n_samples, have.amplitude) != (pcfg.fs, pcfg.n_samples, pcfg.amplitude):
+        raise ConfigError(f"{path}: cached at {have.fs} Hz x {have.n_samples} samples ({have.amplitude}), the model "
+                          f"expects {pcfg.fs} Hz x {pcfg.n_samples} ({pcfg.amplitude}); {fix}")
+    return cohort
+
+
 def _cohort(args, model, ckpt, task_names):
-    from lsemvae.data.cache import build_cohort, load_cohort
+    from lsemvae.data.cache import build_cohort
     from lsemvae.data.sources import ptbxl_index
     from lsemvae.data.tasks import resolve_tasks
 
     pcfg = _preprocess_config(model, ckpt)
     if args.cache:
-        cohort = load_cohort(args.cache)
-        if (cohort.config.fs, cohort.config.n_samples) != (pcfg.fs, pcfg.n_samples):
-            raise ConfigError(f"{args.cache}: cached at {cohort.config.fs} Hz x {cohort.config.n_samples} samples, "
-                              f"the model expects {pcfg.fs} Hz x {pcfg.n_samples}; use --ptbxl to build a matching cache")
-        return cohort
+        return _load_matching_cache(args.cache, pcfg, "use --ptbxl to build a matching cache")
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)
     if root is None:
         raise ConfigError("no data given: pass --cache DIR (a prepared cohort), --ptbxl ROOT or --dataset ptb-xl")

@@ -38,18 +38,17 @@ def _class_names(task: Any, n: int) -> list[str]:
 
 def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64) -> interpret.LogitsFn:
     """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated)."""
-    from lsemvae.train.finetune import crop_windows
+    from lsemvae.train.finetune import crop_averaged_logits
 
     @torch.no_grad()
     def fn(model: nn.Module, x: torch.Tensor, lead_mask: torch.Tensor) -> dict[str, np.ndarray]:
         model.eval()
-        windows = crop_windows(x.shape[-1], crop_samples, n_crops)
         out: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(x), batch_size):
-            xb, mb = x[i:i + batch_size], lead_mask[i:i + batch_size]
-            logits = [model.forward_logits(xb[..., w], mb) for w in windows]
-            for task in logits[0]:
-                out.setdefault(task, []).append(torch.stack([o[task] for o in logits]).mean(0).float().numpy())
+            logits = crop_averaged_logits(model, x[i:i + batch_size], lead_mask[i:i + batch_size],
+                                          crop_samples=crop_samples, n_crops=n_crops)
+            for task, v in logits.items():
+                out.setdefault(task, []).append(v.float().numpy())
         return {t: np.concatenate(v) for t, v in out.items()}
 
     return fn
@@ -261,6 +260,6 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:
                           f"unexpected {unexpected[:5]}")
     heads = getattr(model, "heads", {})
     if not len(heads):
-        raise ConfigError(f"{path}: the model has no task heads: evaluate a fine-tuned checkpoint "
+        raise ConfigError(f"{path}: the model has no task heads: give a fine-tuned checkpoint "
                           "(`lsemvae finetune ... --out DIR` writes DIR/model.pt), not a pretraining one")
     return model.eval(), ckpt

@@ -103,24 +103,30 @@ def crop_windows(length: int, crop: int | None, n_crops: int) -> list[slice]:
 
 
 @torch.no_grad()
+def crop_averaged_logits(model: nn.Module, x: torch.Tensor, lead_mask: torch.Tensor, *,
+                         crop_samples: int | None = None, n_crops: int = 1) -> dict[str, torch.Tensor]:
+    """``{task: logits}`` of one batch averaged over :func:`crop_windows` (the caller sets eval mode).
+
+    With ``crop_samples`` (the training crop length) a model trained on crops is scored on inputs
+    like the ones it saw; every scoring path (validation, test, ``lsemvae predict``) goes through here.
+    """
+    outs = [model.forward_logits(x[..., w], lead_mask) for w in crop_windows(x.shape[-1], crop_samples, n_crops)]
+    return {name: torch.stack([o[name] for o in outs]).mean(0) for name in outs[0]}
+
+
+@torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, tasks: Mapping[str, Any], *, batch_size: int = 128,
             crop_samples: int | None = None, n_crops: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{task: (y_true [N, n_out], probability [N, n_out])}`` in eval mode (deterministic).
-
-    With ``crop_samples`` (the training crop length) logits are averaged over ``n_crops`` windows,
-    so a model trained on crops is scored on inputs like the ones it saw.
-    """
+    """``{task: (y_true [N, n_out], probability [N, n_out])}`` in eval mode (deterministic),
+    logits averaged over crops as :func:`crop_averaged_logits` does."""
     model.eval()
     ys: dict[str, list] = {t: [] for t in tasks}
     ps: dict[str, list] = {t: [] for t in tasks}
     for batch in DataLoader(dataset, batch_size=batch_size):
-        x = batch["x"]
-        windows = crop_windows(x.shape[-1], crop_samples, n_crops)
-        outs = [model.forward_logits(x[..., w], batch["lead_mask"]) for w in windows]
+        logits = crop_averaged_logits(model, batch["x"], batch["lead_mask"], crop_samples=crop_samples, n_crops=n_crops)
         for name, t in tasks.items():
-            logits = torch.stack([o[name] for o in outs]).mean(0)
             ys[name].append(batch["y"][name].numpy())
-            ps[name].append(probabilities(logits, _kind(t)).numpy())
+            ps[name].append(probabilities(logits[name], _kind(t)).numpy())
     return {t: (np.concatenate(ys[t]), np.concatenate(ps[t])) for t in tasks}
 
 
