@@ -9,8 +9,10 @@ Everything runs the project's own code on real PTB-XL (``--ptbxl``, default ../s
     whole model (encoders train); ``probe`` = what :func:`finetune` does for a probe (one frozen-encoder
     pass caching the posteriors, then epochs over the cache), both parts timed;
   * a site's federated step: :func:`client.local_training.train_round` on PTB-XL recording site 1
-    (6 leads, ``configs/sites/ptbxl-site1.toml``), with Opacus DP-SGD and without; their throughput
-    ratio is measured in the same run, beside ``dp_throughput.json`` (the encoder-only microbenchmark);
+    (6 leads, ``configs/sites/ptbxl-site1.toml``), with Opacus DP-SGD and without, encoders trained;
+    their throughput ratio is measured in the same run, beside ``dp_throughput.json`` (the encoder-only
+    microbenchmark). Also the DP round as the federation runs it by default (``train-encoders = "auto"``:
+    a probe under DP, the frozen encoders still run every step), against the non-DP round;
   * inference latency per ECG (compact, 6 leads, eval mode, no decoders): batch 1 and batch 64,
     median and 95th percentile over repeats;
   * data-loading share: time spent inside the DataLoader iterator's ``__next__`` (fetch + collate)
@@ -217,14 +219,15 @@ def site_setup(work: Path, quick: bool):
     return site, data
 
 
-def site_round(site, data, *, dp: bool, batch: int, seed: int, profile: bool = False):
+def site_round(site, data, *, dp: bool, batch: int, seed: int, profile: bool = False, train_encoders: bool = True):
     """One local round as the ClientApp runs it (fresh model = the global weights), then evaluate."""
     from client.local_training import evaluate, train_round
 
     torch.manual_seed(seed)
     model = compact_model(data.tasks)
     result = train_round(model, data, site, lr=1e-3, batch_size=batch, local_epochs=1, proximal_mu=0.0, dp=dp,
-                         noise_multiplier=1.0 if dp else None, history=[] if dp else None, seed=seed)
+                         noise_multiplier=1.0 if dp else None, history=[] if dp else None, seed=seed,
+                         train_encoders=train_encoders)
     if profile:
         evaluate(model if not dp else compact_model(data.tasks), data, site, bins=20)
     return result
@@ -395,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         finetune_probe(cohort, train_idx[:64], batch, seed, 1)
         for dp in (False, True):
             site_round(site, data, dp=dp, batch=batch, seed=seed)
+        site_round(site, data, dp=True, batch=batch, seed=seed, train_encoders=False)
 
         # Interleaved repeats: every kind of work once per repeat, so load changes hit all alike.
-        runs: dict[str, list] = {k: [] for k in ("pretrain", "ft_full", "ft_probe", "site_dp", "site_nodp")}
+        runs: dict[str, list] = {k: [] for k in ("pretrain", "ft_full", "ft_probe", "site_dp", "site_nodp",
+                                                  "site_dp_probe")}
         for r in range(repeats):
             print(f"repeat {r + 1}/{repeats}", flush=True)
             dl, la, sec = timed(pretrain_epoch, cohort, train_idx, batch, seed + r)
@@ -406,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             runs["ft_full"].append((sec, dl, la))
             _, la, probe = timed(finetune_probe, cohort, train_idx, batch, seed + r, 5)
             runs["ft_probe"].append((probe["encode_s"], probe["epochs_s"] / 5, la))
-            for key, dp in (("site_nodp", False), ("site_dp", True)):
-                dl, la, out = timed(site_round, site, data, dp=dp, batch=batch, seed=seed + r)
+            for key, dp, enc in (("site_nodp", False, True), ("site_dp", True, True), ("site_dp_probe", True, False)):
+                dl, la, out = timed(site_round, site, data, dp=dp, batch=batch, seed=seed + r, train_encoders=enc)
                 runs[key].append((out.seconds, dl, la))
             res.setdefault("peak_rss_mb_after_training", peak_rss_mb())
 
@@ -434,11 +439,16 @@ def main(argv: list[str] | None = None) -> int:
             "load": [la for _, _, la in runs["ft_probe"]]}
         dp_t, nodp_t = throughput("site_dp", n_site), throughput("site_nodp", n_site)
         ratios = [nd / d for (d, _, _), (nd, _, _) in zip(runs["site_dp"], runs["site_nodp"])]
+        probe_ratios = [nd / d for (d, _, _), (nd, _, _) in zip(runs["site_dp_probe"], runs["site_nodp"])]
         res["site_round"] = {
             "what": "client.local_training.train_round on PTB-XL recording site 1 (6 leads, superclass + right_heart), "
                     "batch %d, 1 local epoch; seconds include make_private and the weight copy-out" % batch,
             "dp": dp_t, "non_dp": nodp_t, "dp_to_non_dp_throughput_ratio": med(ratios),
-            "ratio_runs": [round(v, 3) for v in ratios]}
+            "ratio_runs": [round(v, 3) for v in ratios],
+            "dp_probe": {"what": "DP round with frozen encoders (train_encoders=False): what a site runs under DP by "
+                                 "default", **throughput("site_dp_probe", n_site)},
+            "dp_probe_to_non_dp_throughput_ratio": med(probe_ratios),
+            "dp_probe_ratio_runs": [round(v, 3) for v in probe_ratios]}
         micro = RESULTS / "dp_throughput.json"
         if micro.is_file():
             rows = json.loads(micro.read_text())["results"]
@@ -486,6 +496,10 @@ def summary(res: dict) -> dict:
         "site round DP-SGD (ECGs/s)": res["site_round"]["dp"]["ecgs_per_s"],
         "site round non-DP (ECGs/s)": res["site_round"]["non_dp"]["ecgs_per_s"],
         "DP / non-DP throughput, site round (ratio)": res["site_round"]["dp_to_non_dp_throughput_ratio"],
+        "site round DP-SGD, probe: the federation's default under DP (ECGs/s)":
+            res["site_round"]["dp_probe"]["ecgs_per_s"],
+        "site round, the federation's defaults: DP probe over non-DP full training (throughput ratio)":
+            res["site_round"]["dp_probe_to_non_dp_throughput_ratio"],
         "inference batch 1, median (ms/ECG)": res["inference"]["batch_1"]["median_ms_per_ecg"],
         "inference batch 1, p95 (ms/ECG)": res["inference"]["batch_1"]["p95_ms_per_ecg"],
         "inference batch 64, median (ms/ECG)": res["inference"]["batch_64"]["median_ms_per_ecg"],
