@@ -224,8 +224,10 @@ def run_predict(args) -> int:
                           "writes OUT/model.pt, a federation <out>/server/final-model.pt)")
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
-    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or "6L")
-    readable = getattr(model, "leads", leads)  # the CNN baseline's input channels; LS-EMVAE reads any lead
+    # a federated model records no lead set: its sites trained on every lead they had, so it reads them all
+    readable = getattr(model, "leads", None)  # the CNN baseline's input channels; LS-EMVAE reads any lead
+    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or readable or "12L")
+    readable = readable or leads
     if set(leads) - set(readable):
         raise ConfigError(f"{args.checkpoint}: this model reads only {' '.join(readable)}; --leads "
                           f"{' '.join(sorted(set(leads) - set(readable)))} cannot be inputs")
@@ -288,7 +290,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="scores CSV to write")
     p.add_argument("--leads", default=None,
                    help="lead set: 6L, 12L or names like I,II,aVF (default: the leads the checkpoint was "
-                   "fine-tuned on)")
+                   "fine-tuned on; for a federated model, every lead a record has)")
     p.add_argument("--thresholds", type=Path, default=None, metavar="REPORT.json",
                    help="an `lsemvae evaluate` report.json of this model: adds call:<task>:<class> 0/1 columns at "
                    "its validation-chosen thresholds")

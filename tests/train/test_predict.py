@@ -174,6 +174,22 @@ def test_lead_sets_and_a_record_without_any_of_them(records100, ckpt_path, cache
     assert twelve["chest"]["gate:limb"] == 0 and twelve["chest"]["gate:augmented"] == 0
 
 
+def test_a_federated_model_reads_every_lead_a_record_has(records100, ckpt_path, cache_dir, tmp_path):
+    """The federation's final-model.pt records no lead set (its sites trained on the leads they had)."""
+    from lsemvae.train.checkpoint import load_checkpoint
+
+    model, ckpt = load_classifier(ckpt_path)
+    fed = tmp_path / "final-model.pt"
+    save_checkpoint(fed, model=model, epoch=3, provenance={"preprocess_config": ckpt["provenance"]["preprocess_config"],
+                                                           "federation": {"rounds": 3}})
+    assert "leads" not in load_checkpoint(fed)["provenance"]
+    folder = copy_records(records100, tmp_path / "ecgs", [1, 2])
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--checkpoint", str(fed), str(folder), "--out", str(out), "--cache-dir", str(cache_dir),
+                 "--no-progress"]) == 0
+    assert {r["leads"] for r in read_csv(out)} == {"I II III aVR aVL aVF V1 V2 V3 V4 V5 V6"}
+
+
 def test_cnn_checkpoint_through_the_command_and_user_errors(records100, ckpt_path, cache_dir, labelled, tmp_path,
                                                             capsys):
     folder = copy_records(records100, tmp_path / "ecgs", [1, 2, 3])
