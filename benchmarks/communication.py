@@ -9,7 +9,8 @@ Writes benchmarks/results/communication.json:
   and 6-lead sites, float32 and float16 (run config ``update-dtype``), from the parameter shapes of
   the built model (on PyTorch's meta device: the 256 M-parameter faithful model is never
   allocated), with task heads as the federation builds them (run config ``head-input``). Up = the
-  groups a site trained (its leads' encoders, fusion, its task heads); down = every federated
+  groups a site trained (its leads' encoders, fusion, its task heads); ``up_probe`` = what it sends
+  under DP by default (run config ``train-encoders = "auto"``: fusion and heads); down = every federated
   group, sent twice per round (train message, then the evaluation broadcast of the aggregated
   model). Counted as Flower serialises each tensor (``flwr.app.Array``: .npy bytes, i.e. the
   values plus a 128-byte header per tensor), exactly what the ServerApp logs; the message
@@ -89,10 +90,14 @@ def computed_bytes() -> dict:
         row = {"parameters_total": sum(v.numel() for v in state.values()), "parameters_federated": numel_down,
                "tensors_federated": len(sent), "head_input": run.head_input}
         for leads_name, leads in (("12L", LEADS_12), ("6L", LIMB_LEADS)):
-            up = select(sent, groups_for(leads, TASKS))
+            groups = groups_for(leads, TASKS)
+            up = select(sent, groups)
+            up_probe = select(sent, {g for g in groups if not g.startswith("encoders.")})
             for dtype in DTYPES:
                 down = sum(npy_bytes(tuple(v.shape), dtype) for v in sent.values())
                 row[f"{leads_name}/{dtype}"] = {"up": sum(npy_bytes(tuple(v.shape), dtype) for v in up.values()),
+                                                "up_probe": sum(npy_bytes(tuple(v.shape), dtype)
+                                                                for v in up_probe.values()),
                                                 "down_train": down, "down_evaluate": down, "down": 2 * down}
         out[profile] = row
     # the shape-based count is what Flower really serialises (checked on the small compact model)
@@ -174,6 +179,7 @@ def summary(results: dict) -> dict:
         for key, b in row.items():
             if isinstance(b, dict):
                 s[f"{profile} {key} up MB"] = round(b["up"] / 1e6, 3)
+                s[f"{profile} {key} up under DP (probe, the default) MB"] = round(b["up_probe"] / 1e6, 4)
                 s[f"{profile} {key} down MB (train + evaluate)"] = round(b["down"] / 1e6, 3)
     for pair in results.get("runs", []):
         for task, d in pair["auroc_difference"].items():

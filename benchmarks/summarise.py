@@ -316,6 +316,9 @@ def section_communication(r: Results) -> tuple[Table, str]:
                 target = f"< 5 MB sent per site: {met(b['up'] < 5e6)}"
             t.add(f"{profile}, {leads} site, {dtype}: up / down (train + evaluate broadcast), MB",
                   f"{b['up'] / 1e6:.2f} / {b['down'] / 1e6:.2f}", src, target)
+            if "up_probe" in b:
+                t.add(f"{profile}, {leads} site, {dtype}, under DP (probe, the default): up, MB",
+                      f"{b['up_probe'] / 1e6:.4f}", src)
     rnd = data.get("float16_rounding")
     if rnd:
         t.add("float16 round trip of the pretrained compact weights: relative L2 error / max abs error",
@@ -333,7 +336,9 @@ def section_communication(r: Results) -> tuple[Table, str]:
               f"{pair.get('final_weights_relative_l2_gap', math.nan):.1e} of their norm"
               + (f"; fine-tuning moved them by {moved:.1e})" if moved is not None else ")"),
               ", ".join(f"{k} {v:+.4f}" for k, v in pair["auroc_difference"].items()), src)
-    note = ("Up is what a site sends (its leads' encoders, the fusion gate, its task heads); down is every federated "
+    note = ("Up is what a site sends when it trains its encoders (its leads' encoders, the fusion gate, its task heads; "
+            "the default without DP); under DP a site trains and sends only the fusion gate and heads by default "
+            "(`train-encoders = \"auto\"`). Down is every federated "
             "group, sent twice per round (train message and the evaluation broadcast of the aggregated model). "
             "Decoders never travel. Bytes are the serialised tensors (`flwr.app.Array`: values plus a 128-byte .npy "
             "header each); the message envelope adds a few kB. float16 is the run-config key "
