@@ -31,7 +31,7 @@ import numpy as np
 from lsemvae.data.preprocess import PIPELINE_VERSION, Preprocessed, PreprocessConfig, preprocess
 from lsemvae.data.readers import record_files
 from lsemvae.data.sources import RecordRef
-from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks
+from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks, task_name
 from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 
@@ -306,7 +306,11 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
     path = Path(path)
     index_path = path / INDEX_FILE
     if not index_path.is_file():
-        raise CacheError(f"{path}: not a cohort cache (no {INDEX_FILE}); build it with `lsemvae data prepare`")
+        # a common slip: the --cache-dir folder instead of one cohort inside it
+        inside = sorted(p.parent.name for p in path.glob(f"*/{INDEX_FILE}")) if path.is_dir() else []
+        hint = (f"it holds the prepared cohort(s) {', '.join(inside[:5])}: pass one of them, e.g. {path / inside[0]}"
+                if inside else "build it with `lsemvae data prepare`")
+        raise CacheError(f"{path}: not a cohort cache (no {INDEX_FILE}); {hint}")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -347,6 +351,31 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
         if a.shape[0] != n:
             raise CacheError(f"{path}: {nm} has {a.shape[0]} rows, index lists {n} records; delete to rebuild")
     return cohort
+
+
+def matching_cohort(cohort: Cohort, pcfg: PreprocessConfig, fix: str | None = None) -> Cohort:
+    """``cohort``, refused when preprocessed at another rate, length or amplitude than a model reads (``pcfg``).
+
+    ``fix`` says what to do instead (default: the ``lsemvae data prepare`` options that match).
+    """
+    have = cohort.config
+    if (have.fs, have.n_samples, have.amplitude) != (pcfg.fs, pcfg.n_samples, pcfg.amplitude):
+        fix = fix or (f"prepare it again with `lsemvae data prepare ... --fs {pcfg.fs} --seconds {pcfg.seconds:g} "
+                      f"--amplitude {pcfg.amplitude}`")
+        raise ConfigError(f"{cohort.path}: cached at {have.fs} Hz x {have.n_samples} samples ({have.amplitude}), the "
+                          f"model expects {pcfg.fs} Hz x {pcfg.n_samples} ({pcfg.amplitude}); {fix}")
+    return cohort
+
+
+def cohort_tasks(cohort: Cohort, names: Iterable[str] | None = None) -> dict[str, Task]:
+    """The cohort's tasks called ``names`` (``mpap_gt20`` or ``column:mpap_gt20``; default: all it has labels for)."""
+    wanted = list(dict.fromkeys(task_name(n) for n in names)) if names else list(cohort.tasks)
+    absent = [n for n in wanted if n not in cohort.tasks]
+    if absent or not wanted:
+        raise ConfigError(f"cohort {cohort.path} has no labels for {absent or 'any task'} (it has "
+                          f"{list(cohort.tasks)}): prepare it with `lsemvae data prepare ... --tasks "
+                          "column:<label column>` (comma-separated) to add a label column")
+    return {n: cohort.tasks[n] for n in wanted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +458,56 @@ def patient_split(cohort: Cohort, val_fraction: float = 0.1, seed: int = 0, *,
     part = {p: 1 for p in patients[:n_val]} | {p: 2 for p in patients[n_val:n_val + n_test]}
     which = np.array([part.get(p, 0) for p in cohort.patient_ids])
     return np.flatnonzero(which == 0), np.flatnonzero(which == 1), np.flatnonzero(which == 2)
+
+
+PTBXL_FOLDS, PATIENT_SPLIT = "ptbxl-folds", "patient"
+
+
+def has_ptbxl_folds(cohort: Cohort) -> bool:
+    """Every record carries PTB-XL's ``strat_fold`` (a site's text column of that name does not count)."""
+    return all(isinstance(m.get("strat_fold"), int) for m in cohort.meta)
+
+
+def cohort_split(cohort: Cohort, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                 recorded: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(train, val, test, record)`` row indices of ``cohort`` and a description of the split.
+
+    Cohorts where every record has a PTB-XL ``strat_fold`` keep the official folds (1-8 / 9 / 10);
+    any other cohort gets :func:`patient_split` with these fractions and ``seed``. ``record``
+    (method, fractions, seed, the cohort's cache key, validation and test record ids) goes into a
+    checkpoint's provenance; given back as ``recorded``, it yields the same parts again: PTB-XL folds
+    from any PTB-XL cache (the folds are the records' own), a patient split only from the cohort it
+    was drawn from (same cache key), by its record ids.
+    """
+    if recorded is None:
+        method = PTBXL_FOLDS if has_ptbxl_folds(cohort) else PATIENT_SPLIT
+    else:
+        method = recorded["method"]
+        # PTB-XL's folds are the records' own (any PTB-XL cache has them); a patient split exists only in its cohort
+        if not (has_ptbxl_folds(cohort) if method == PTBXL_FOLDS else recorded["cache_key"] == cohort.key):
+            origin = "PTB-XL folds" if method == PTBXL_FOLDS else f"cache key {recorded['cache_key'][:16]}"
+            raise ConfigError(f"cohort {cohort.path} (cache key {cohort.key[:16]}) is not the cohort the split was "
+                              f"recorded on ({origin}): its validation and test records are not defined here")
+    if method == PTBXL_FOLDS:
+        train, val, test = ptbxl_folds(cohort)
+        params: dict[str, Any] = {"method": PTBXL_FOLDS, "val_fraction": None, "test_fraction": None, "seed": None}
+    elif recorded is not None:
+        row = {rid: i for i, rid in enumerate(cohort.record_ids)}
+        val, test = (np.array([row[r] for r in recorded[k]], dtype=np.int64) for k in ("val_ids", "test_ids"))
+        train = np.setdiff1d(np.arange(len(cohort)), np.concatenate([val, test]))
+        return train, val, test, dict(recorded)
+    else:
+        train, val, test = patient_split(cohort, val_fraction, seed, test_fraction=test_fraction)
+        empty = [part for part, rows in (("training", train), ("validation", val), ("test", test)) if not len(rows)]
+        if empty:
+            raise ConfigError(f"cohort {cohort.path}: {len(set(cohort.patient_ids))} patients are too few for a "
+                              f"validation share of {val_fraction:g} and a test share of {test_fraction:g} (the "
+                              f"{' and '.join(empty)} part would be empty): add records or change --val-fraction / "
+                              "--test-fraction")
+        params = {"method": PATIENT_SPLIT, "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    record = {**params, "cache_key": cohort.key, "val_ids": [cohort.record_ids[i] for i in val],
+              "test_ids": [cohort.record_ids[i] for i in test]}
+    return train, val, test, record
 
 
 def label_fraction(cohort: Cohort, indices: Sequence[int] | np.ndarray, fraction: float, *,

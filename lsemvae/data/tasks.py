@@ -214,6 +214,11 @@ def get_task(name: str) -> Task:
                       f"or '{COLUMN_PREFIX}<label column>' for a site's own label column")
 
 
+def task_name(spec: str) -> str:
+    """The name a task's labels and model head carry: ``column:mpap_gt20`` -> ``mpap_gt20``."""
+    return spec[len(COLUMN_PREFIX):].strip() if spec.startswith(COLUMN_PREFIX) else spec
+
+
 def resolve_tasks(tasks: Mapping[str, Task] | Iterable[Task | str]) -> dict[str, Task]:
     """Task objects, names, or a ``{name: Task}`` mapping -> ``{name: Task}`` (order kept)."""
     items = tasks.values() if isinstance(tasks, Mapping) else tasks

@@ -2,7 +2,8 @@
 
 Data come from the cohort cache (:mod:`lsemvae.data.cache`): PTB-XL (``--ptbxl``, official
 strat_folds), LUDB (``--ludb``) or any folder of records (``--folder``), preprocessed at the
-model's sampling rate and length.
+model's sampling rate and length; ``finetune --cache`` takes a cohort already prepared
+(``lsemvae data prepare``), split by patient (:func:`~lsemvae.data.cache.cohort_split`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
@@ -103,44 +105,75 @@ def _finetune_model(args, tasks, heads):
     return model, FINETUNE_PROFILES.get(model.config.profile, FinetuneConfig()), provenance
 
 
+def _require_both_classes(cohort, tasks, parts: dict) -> None:
+    """Every task needs both classes in training (to learn) and validation (its AUROC drives early stopping)."""
+    for t in tasks:
+        for part, rows in parts.items():
+            y = np.asarray(cohort.labels[t])[rows]  # NaN (unknown) compares false to both classes
+            if ((y == 1).any(0) & (y == 0).any(0)).any():
+                continue
+            found = (f"no labels in its {len(rows)} records" if np.isnan(y).all() else
+                     f"only one class ({int((y == 1).sum())} positive, {int((y == 0).sum())} negative labels)")
+            raise ConfigError(f"task {t!r} has {found} in the {part} part of cohort {cohort.path}: it can be "
+                              "neither learned nor validated. Check its label column, leave it out with --task, or "
+                              "give more records of the missing class (a patient split: another --split-seed or "
+                              "larger fractions)")
+
+
 def run_finetune(args) -> int:
-    from lsemvae.data.cache import CohortDataset, label_fraction, ptbxl_folds
+    from lsemvae.data.cache import (
+        CohortDataset, cohort_split, cohort_tasks, label_fraction, load_cohort, matching_cohort,
+    )
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.train.checkpoint import save_checkpoint
     from lsemvae.train.finetune import FinetuneConfig, finetune
 
-    tasks = resolve_tasks(args.task)
+    if not (args.ptbxl or args.cache):
+        raise ConfigError("no data given: pass --ptbxl ROOT (PTB-XL, official folds) or --cache DIR (a cohort "
+                          "prepared with `lsemvae data prepare`, split by patient)")
+    # a prepared cohort is opened first: its labels are the default tasks, which the model's heads need
+    prepared = load_cohort(args.cache) if args.cache else None
+    tasks = cohort_tasks(prepared, args.task) if prepared else resolve_tasks(args.task)
     heads = {n: TaskHeadSpec(kind=t.kind, n_outputs=t.n_outputs) for n, t in tasks.items()}
     torch.manual_seed(args.seed)
     leads = resolve_lead_set(args.leads)
     model, recipe, provenance = _finetune_model(args, tasks, heads)
     # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
     pcfg = (model.config if args.model == "lsemvae" else get_profile(args.profile)).preprocess_config()
-    cohort = load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
-    train_idx, val_idx, _ = ptbxl_folds(cohort)  # fold 10 (test) is never used here
+    cohort = matching_cohort(prepared, pcfg) if prepared else load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
+    # the test part is never used here: `lsemvae evaluate --split test` scores it from the recorded split
+    train_idx, val_idx, _, split = cohort_split(cohort, val_fraction=args.val_fraction,
+                                                test_fraction=args.test_fraction, seed=args.split_seed)
     train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)
+    _require_both_classes(cohort, tasks, {"training": train_idx, "validation": val_idx})
     train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))
     val_set = CohortDataset(cohort, val_idx, leads=leads, tasks=list(tasks))
     mode = "full" if args.model == "cnn" else args.mode
     cfg = validate(FinetuneConfig, {**recipe.model_dump(), "mode": mode, "epochs": args.epochs,
                                      "lr": args.lr if args.lr is not None else recipe.lr, "seed": args.seed},
                    source="command line")
-    print(f"fine-tuning {args.model} ({mode}, leads {','.join(leads)}): {len(train_set)} train / {len(val_set)} validation records")
+    print(f"fine-tuning {args.model} ({mode}, leads {','.join(leads)}, tasks {', '.join(tasks)}) on "
+          f"{cohort.path.name}: {len(train_set)} train / {len(val_set)} validation records, {len(split['test_ids'])} test records held "
+          f"out ({split['method']} split)")
     result = finetune(model, train_set, val_set, tasks, cfg)
     out = Path(args.out)
     save_checkpoint(out / "model.pt", model=model, epoch=result["best_epoch"],
                     provenance={**provenance, "preprocess_config": pcfg.model_dump(mode="json"),
                                 "finetune_config": cfg.model_dump(mode="json"), "leads": list(leads),
-                                "label_fraction": args.label_fraction, "n_train": len(train_set)},
+                                "label_fraction": args.label_fraction, "n_train": len(train_set), "split": split},
                     state={k: v for k, v in result.items() if k != "history"})
     (out / "finetune.json").write_text(json.dumps(result, indent=2))
     print(f"best epoch {result['best_epoch']}: validation macro AUROC {result['best_val_auroc']:.3f}; model {out / 'model.pt'}")
     return 0
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ptbxl", type=Path, help="PTB-XL root (folder with ptbxl_database.csv)")
+def _data_args(p: argparse.ArgumentParser, *, prepared: bool = False) -> None:
+    source = p.add_mutually_exclusive_group() if prepared else p
+    source.add_argument("--ptbxl", type=Path, help="PTB-XL root (folder with ptbxl_database.csv)")
+    if prepared:
+        source.add_argument("--cache", type=Path, help="a cohort prepared with `lsemvae data prepare` (e.g. a "
+                            "hospital's records + labels CSV): split by patient into training, validation and test")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="preprocessed cohort cache (default .cache)")
 
 
@@ -171,32 +204,44 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_pretrain)
 
     p = subparsers.add_parser(
-        "finetune", help="fine-tune LS-EMVAE (or a baseline) on labelled PTB-XL (any lead set)",
-        description="Supervised fine-tuning on PTB-XL folds 1-8, early stopping on fold 9 macro AUROC (fold 10 is "
-        "never touched here). probe = frozen encoders (fusion gate + heads trained); full = everything, encoders "
-        "at a lower learning rate. Class imbalance via pos_weight. Writes OUT/model.pt and OUT/finetune.json. "
-        "Baselines through the same folds: --model cnn (from-scratch 1-D ResNet), no --checkpoint with --mode probe "
-        "(random-encoder probe), --fusion poe|moe|hime (fusion ablations). Score any of them with `lsemvae evaluate`.")
-    _data_args(p)
+        "finetune", help="fine-tune LS-EMVAE (or a baseline) on labelled ECGs: PTB-XL or your own prepared cohort",
+        description="Supervised fine-tuning with early stopping on validation macro AUROC; the test part is never "
+        "touched here. --ptbxl: official folds 1-8 train, 9 validation, 10 test. --cache: a cohort prepared with "
+        "`lsemvae data prepare` (e.g. a hospital's records and label column), split by patient (--val-fraction, "
+        "--test-fraction, --split-seed; a cohort of PTB-XL records keeps its folds). OUT/model.pt records the split "
+        "(method, fractions, seed, the cohort's cache key, validation and test record ids): `lsemvae evaluate "
+        "--cache DIR --split test` scores exactly those test records. probe = frozen encoders (fusion gate + heads "
+        "trained); full = everything, encoders at a lower learning rate. Class imbalance via pos_weight. Writes "
+        "OUT/model.pt and OUT/finetune.json. Baselines through the same split: --model cnn (from-scratch 1-D "
+        "ResNet), no --checkpoint with --mode probe (random-encoder probe), --fusion poe|moe|hime (fusion "
+        "ablations). Score any of them with `lsemvae evaluate`.")
+    _data_args(p, prepared=True)
     p.add_argument("--model", choices=["lsemvae", "cnn"], default="lsemvae",
-                   help="lsemvae (default) or cnn: the from-scratch 1-D ResNet baseline on the same leads and folds")
+                   help="lsemvae (default) or cnn: the from-scratch 1-D ResNet baseline on the same leads and split")
     p.add_argument("--checkpoint", type=Path, help="pretrained checkpoint (best.pt); omit for a random-encoder model")
     p.add_argument("--profile", default="compact", help="profile when no --checkpoint is given")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
                    help="fusion ablation for a random-encoder model (a checkpoint keeps its pretrained fusion)")
-    p.add_argument("--task", action="append", default=None, help="task name (repeatable; default superclass)")
+    p.add_argument("--task", action="append", default=None,
+                   help="task (repeatable): a built-in name or column:<label column>; default: superclass with "
+                        "--ptbxl, every task the cohort has labels for with --cache")
     p.add_argument("--leads", default="6L", help="lead set: 6L (default), 12L or names like I,II,V1")
     p.add_argument("--mode", choices=["probe", "full"], default="full")
     p.add_argument("--label-fraction", type=fraction_up_to_one, default=1.0, help="share of training records with labels (e.g. 0.1)")
     p.add_argument("--epochs", type=positive_int, default=40)
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the profile's fine-tuning recipe)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=open_fraction, default=0.15,
+                   help="--cache: share of patients for validation (default 0.15; PTB-XL keeps fold 9)")
+    p.add_argument("--test-fraction", type=open_fraction, default=0.15,
+                   help="--cache: share of patients held out for testing (default 0.15; PTB-XL keeps fold 10)")
+    p.add_argument("--split-seed", type=int, default=0, help="--cache: seed of the patient split (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
     p.set_defaults(func=lambda a: run_finetune(_with_default_task(a)))
 
 
 def _with_default_task(args):
-    if not args.task:
+    if not args.task and not args.cache:  # a prepared cohort defaults to every task it has labels for
         args.task = ["superclass"]
     if not 0 < args.label_fraction <= 1:
         raise LSEMVAEError(f"--label-fraction must be in (0, 1], got {args.label_fraction}")

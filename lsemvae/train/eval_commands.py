@@ -28,26 +28,14 @@ def _preprocess_config(model, ckpt):
     return PreprocessConfig()
 
 
-def _load_matching_cache(path, pcfg, fix: str):
-    """A prepared cohort, refused when preprocessed at another rate, length or amplitude than the model reads."""
-    from lsemvae.data.cache import load_cohort
-
-    cohort = load_cohort(path)
-    have = cohort.config
-    if (have.fs, have.n_samples, have.amplitude) != (pcfg.fs, pcfg.n_samples, pcfg.amplitude):
-        raise ConfigError(f"{path}: cached at {have.fs} Hz x {have.n_samples} samples ({have.amplitude}), the model "
-                          f"expects {pcfg.fs} Hz x {pcfg.n_samples} ({pcfg.amplitude}); {fix}")
-    return cohort
-
-
 def _cohort(args, model, ckpt, task_names):
-    from lsemvae.data.cache import build_cohort
+    from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
     from lsemvae.data.sources import ptbxl_index
     from lsemvae.data.tasks import resolve_tasks
 
     pcfg = _preprocess_config(model, ckpt)
     if args.cache:
-        return _load_matching_cache(args.cache, pcfg, "use --ptbxl to build a matching cache")
+        return matching_cohort(load_cohort(args.cache), pcfg)
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)
     if root is None:
         raise ConfigError("no data given: pass --cache DIR (a prepared cohort), --ptbxl ROOT or --dataset ptb-xl")
@@ -55,17 +43,23 @@ def _cohort(args, model, ckpt, task_names):
     return build_cohort(refs, list(resolve_tasks(task_names).values()), pcfg, args.cache_dir, name="ptb-xl")
 
 
-def _split(cohort, split: str):
+def _split(cohort, split: str, recorded: dict | None):
+    """``(rows scored, validation rows for thresholds)``: the parts fine-tuning recorded (``recorded``)."""
     import numpy as np
 
-    from lsemvae.data.cache import ptbxl_folds
+    from lsemvae.data.cache import cohort_split, has_ptbxl_folds
 
     if split == "all":
         return np.arange(len(cohort)), None
+    # federated and older checkpoints record no split: PTB-XL's official folds, as before
+    if recorded is None and not has_ptbxl_folds(cohort):
+        raise ConfigError(f"--split {split}: the checkpoint records no fine-tuning split (a federated or older model) "
+                          f"and cohort {cohort.path} has no PTB-XL folds; score every record with --split all")
     try:
-        _, val, test = ptbxl_folds(cohort)
+        _, val, test, _ = cohort_split(cohort, recorded=recorded)
     except ConfigError as err:
-        raise ConfigError(f"--split {split} needs PTB-XL strat_folds ({err}); use --split all for other cohorts") from None
+        raise ConfigError(f"--split {split} scores the held-out part of the cohort the model was fine-tuned on: "
+                          f"{err}. For external validation on another cohort use --split all") from None
     # thresholds are chosen on validation: scoring validation itself uses a fixed 0.5 instead
     return (test, val) if split == "test" else (val, None)
 
@@ -73,24 +67,24 @@ def _split(cohort, split: str):
 def run_evaluate(args) -> int:
     import torch
 
+    from lsemvae.data.cache import cohort_tasks
+    from lsemvae.data.tasks import task_name
     from lsemvae.train.evaluate import evaluate, load_classifier
 
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
     heads = list(model.heads)
-    task_names = args.task or heads
+    task_names = [task_name(t) for t in args.task] if args.task else heads
     missing = [t for t in task_names if t not in heads]
     if missing:
         raise ConfigError(f"{args.checkpoint}: no head for task(s) {missing}; its heads are {heads}")
     cohort = _cohort(args, model, ckpt, task_names)
-    absent = [t for t in task_names if t not in cohort.tasks]
-    if absent:
-        raise ConfigError(f"cohort {cohort.path} has no labels for {absent} (it has {list(cohort.tasks)})")
-    test_idx, val_idx = _split(cohort, args.split)
+    tasks = cohort_tasks(cohort, task_names)
     provenance = ckpt.get("provenance") or {}
+    test_idx, val_idx = _split(cohort, args.split, provenance.get("split"))
     leads = args.leads or provenance.get("leads") or "6L"
     state = ckpt.get("state") or {}
-    evaluate(model, cohort, test_idx, val_indices=val_idx, tasks={t: cohort.tasks[t] for t in task_names},
+    evaluate(model, cohort, test_idx, val_indices=val_idx, tasks=tasks,
              leads=leads, out_dir=args.out, predict_kwargs=state.get("predict_kwargs"), n_boot=args.n_boot,
              seed=args.seed, threshold_method=args.threshold, target_sensitivity=args.target_sensitivity,
              interpretability=not args.no_interpret, ig_steps=args.ig_steps, ig_per_class=args.ig_per_class,
@@ -137,8 +131,10 @@ def register(subparsers) -> None:
         help="score a fine-tuned checkpoint: AUROC with CIs, calibration, gates, lead attributions, report",
         description="Evaluate a fine-tuned LS-EMVAE or CNN-baseline checkpoint on a held-out split. Writes "
         "OUT/report.{json,md,html} (ROC and reliability plots embedded), OUT/predictions.csv (per-record scores, "
-        "for paired comparisons) and OUT/gates.csv. Thresholds are chosen on the validation split (PTB-XL fold 9) "
-        "and applied to test (fold 10).",
+        "for paired comparisons) and OUT/gates.csv. --split test scores the test part fine-tuning held out (PTB-XL "
+        "fold 10, or the test records `lsemvae finetune --cache` recorded in the checkpoint, only on that same cohort) "
+        "with thresholds chosen on its validation part (fold 9, or the recorded validation records). Another "
+        "cohort (external validation) is scored with --split all.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned model (lsemvae finetune writes OUT/model.pt)")
@@ -148,9 +144,12 @@ def register(subparsers) -> None:
     data.add_argument("--dataset", choices=["ptb-xl"], help=f"the staged dataset (ptb-xl = {SHARED_PTBXL})")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where --ptbxl/--dataset caches are kept")
     p.add_argument("--split", choices=["test", "val", "all"], default="test",
-                   help="test = PTB-XL fold 10 (thresholds from fold 9); val = fold 9; all = every record (threshold 0.5)")
+                   help="test = the held-out test part (PTB-XL fold 10, or the records finetune --cache recorded), "
+                        "thresholds from its validation part (fold 9, or the recorded ones); val = the validation "
+                        "part; all = every record of any cohort (threshold 0.5)")
     p.add_argument("--leads", default=None, help="lead set: 6L, 12L or names like I,II,aVF (default: as fine-tuned)")
-    p.add_argument("--task", action="append", default=None, help="task to score (repeatable; default: every head)")
+    p.add_argument("--task", action="append", default=None,
+                   help="task to score, a head name or column:<label column> (repeatable; default: every head)")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="report directory")
     p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and IG-sampling seed")

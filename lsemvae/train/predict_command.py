@@ -190,13 +190,13 @@ def _cell(value) -> str:
 
 
 def _cohort(args, model, ckpt):
-    from lsemvae.data.cache import build_cohort
+    from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
     from lsemvae.errors import RecordError
-    from lsemvae.train.eval_commands import _load_matching_cache, _preprocess_config
+    from lsemvae.train.eval_commands import _preprocess_config
 
     pcfg = _preprocess_config(model, ckpt)
     if args.cache:
-        return _load_matching_cache(args.cache, pcfg, "prepare the records again or give them as INPUT")
+        return matching_cohort(load_cohort(args.cache), pcfg, "prepare the records again or give them as INPUT")
     refs = input_refs(args.inputs)
     name = "predict-" + (re.sub(r"[^\w.-]", "_", args.inputs[0].resolve().name).lstrip(".") or "input")
     try:

@@ -36,6 +36,8 @@ def test_cnn_baseline_and_fusion_ablation_through_the_finetune_command(mini_ptbx
     import torch
     ckpt = torch.load(tmp_path / "moe" / "model.pt", weights_only=True)
     assert ckpt["model_config"]["fusion"] == "moe" and ckpt["provenance"]["finetune_config"]["mode"] == "probe"
+    split = ckpt["provenance"]["split"]  # PTB-XL keeps its official folds: 9 validates, 10 is held out
+    assert split["method"] == "ptbxl-folds" and (len(split["val_ids"]), len(split["test_ids"])) == (40, 40)
 
     for name in ("cnn", "moe"):
         assert main(["evaluate", "--checkpoint", str(tmp_path / name / "model.pt"), "--ptbxl", str(mini_ptbxl),
