@@ -3,7 +3,8 @@
 train: load the global weights of the federated groups, check the privacy ledger, fine-tune with
 Opacus DP-SGD (Poisson sampling, per-sample clipping, noise multiplier planned once per run for
 the site's remaining budget), record the round in the ledger, reply with the trained groups and
-aggregate metrics. evaluate: reply with loss and binned score histograms only.
+aggregate metrics. evaluate: reply with loss, the mean HiME gate weight per lead group and binned
+score histograms only.
 
 A site that cannot or must not train (budget exhausted, data unreadable, non-DP refused, a
 malformed server message) replies with an error naming the reason; the server logs it and the
@@ -249,6 +250,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         K.METRICS: MetricRecord({K.NUM_EXAMPLES: int(summary["n"]), K.EVAL_LOSS: float(summary["loss"]),
                                  K.EPSILON: float(epsilon), K.SITE_SECONDS: time.perf_counter() - started}),
         K.HISTOGRAMS: ConfigRecord(flat),
+        K.GATES: MetricRecord(summary["gates"]),
         K.SITE: ConfigRecord(site_info(site, dp=bool(cfg.get(K.DP, True)))),
     })
     return Message(content, reply_to=msg)

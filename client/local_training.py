@@ -128,7 +128,8 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
 
 @torch.no_grad()
 def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[dict, dict[str, dict]]:
-    """Loss and per-task score histograms on the evaluation split: no per-record value leaves here."""
+    """Loss, mean HiME gate weight per lead group (``summary["gates"]``) and per-task score histograms on
+    the evaluation split: no per-record value leaves here."""
     from lsemvae.train.metrics import score_histograms
 
     model.eval()
@@ -137,10 +138,14 @@ def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[di
     scores: dict[str, list] = {t: [] for t in data.tasks}
     targets: dict[str, list] = {t: [] for t in data.tasks}
     total, n = 0.0, 0
+    gate_sum, groups = None, ()
     for batch in loader:
-        logits = model(batch["x"], batch["lead_mask"], decode=False).logits
+        out = model(batch["x"], batch["lead_mask"], decode=False)
+        logits = out.logits
         loss = per_sample_loss(logits, batch["y"], data.tasks, {})
         total, n = total + float(loss.sum()), n + int(loss.numel())
+        gate_sum = out.gates.double().sum(0) + (0 if gate_sum is None else gate_sum)
+        groups = out.mixture.names
         for t, task in data.tasks.items():
             p = torch.softmax(logits[t], -1) if task.kind == "multiclass" else torch.sigmoid(logits[t])
             scores[t].append(p.numpy())
@@ -150,4 +155,5 @@ def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[di
         if scores[t]:
             hists[t] = score_histograms(np.concatenate(targets[t]), np.concatenate(scores[t]).astype(np.float64),
                                         bins=bins, class_names=list(task.classes))
-    return {"loss": total / n if n else math.nan, "n": n}, hists
+    gates = {g: float(w) / n for g, w in zip(groups, gate_sum)} if n else {}
+    return {"loss": total / n if n else math.nan, "n": n, "gates": gates}, hists

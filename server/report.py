@@ -1,7 +1,8 @@
 """Final report of a federated run: plots over rounds and pooled ROC/calibration from histograms.
 
 Everything here is computed from ``metrics.jsonl`` rows, which hold only what sites sent:
-aggregate losses, cumulative epsilons and binned score histograms (no per-patient score).
+aggregate losses, cumulative epsilons, mean gate weights and binned score histograms (no
+per-patient score).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lsemvae.train.metrics import auroc_from_histograms, calibration_from_histograms  # noqa: E402
-from lsemvae.train.report import plot_calibration, plot_series  # noqa: E402
+from lsemvae.train.report import plot_bar, plot_calibration, plot_series  # noqa: E402
 
 
 def roc_from_histogram(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +96,12 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
                 rel[f"{s} {name}"] = v["reliability"]
         figures.append((f"Calibration {t} (final round)", plot_calibration(rel, rep / f"calibration_{t}.png",
                                                                             title=f"reliability {t}")))
+    # which lead groups the tasks rely on at each site (a 6-lead site has no precordial weight to give)
+    gates = {**{s: final["eval"][s]["gates"] for s in sites if final.get("eval", {}).get(s, {}).get("gates")},
+             **({"all sites": final["gates"]} if final.get("gates") else {})}
+    if gates:
+        figures.append(("HiME gate weight per lead group (final round, mean over evaluation records)",
+                        plot_bar(gates, rep / "gates.png", title="HiME gates", ylabel="gate weight")))
     summary = {
         "status": status,
         "rounds_completed": len(rows),
@@ -104,6 +111,7 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         "epsilon_max": final.get("epsilon_max"),
         "non_dp_sites": non_dp,
         "calibration_ece": {t: c["macro"]["ece"] for t, c in calibration.items()},
+        "gates": gates,
         "seconds_per_round": [r.get("seconds") for r in rows],
         "bytes_per_site": final.get("bytes", {}),
         "failures": [f | {"round": r["round"]} for r in rows for f in r.get("failures", [])],
@@ -127,6 +135,14 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         lines.append(f"| {s} | {_fmt(final.get('epsilon', {}).get(s))} | "
                      + " | ".join(_fmt(ev.get("auroc", {}).get(t)) for t in tasks)
                      + f" | {b.get('up', '')} | {b.get('down', '')} |")
+    if gates:
+        groups = list(dict.fromkeys(g for w in gates.values() for g in w))
+        lines.append("\n## HiME gate weights (final round)\n")
+        lines.append("Mean weight the fusion gate gave each lead group over the evaluation records: which groups the "
+                     "model relies on (groups a site does not record get none).\n")
+        lines.append("| site | " + " | ".join(groups) + " |")
+        lines.append("|" + "---|" * (1 + len(groups)))
+        lines += [f"| {s} | " + " | ".join(_fmt(w.get(g)) for g in groups) + " |" for s, w in gates.items()]
     if summary["failures"]:
         lines.append("\n## Sites that failed or were late\n")
         for f in summary["failures"]:

@@ -270,7 +270,8 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
             ev_failures.append({"node": node, "stage": K.EVALUATE, "code": None, "reason": f"unusable reply: {err}"})
             continue
         evals[site] = {"loss": float(m[K.EVAL_LOSS]), "num_examples": int(m[K.NUM_EXAMPLES]), "epsilon": float(m[K.EPSILON]),
-                       "site_seconds": _site_seconds(m), "auroc": {t: auroc_from_histograms(h)["macro"]["auroc"] for t, h in hists.items()}}
+                       "site_seconds": _site_seconds(m), "auroc": {t: auroc_from_histograms(h)["macro"]["auroc"] for t, h in hists.items()},
+                       "gates": {g: float(w) for g, w in reply.content[K.GATES].items()} if K.GATES in reply.content else {}}
         for t, h in hists.items():
             site_hists.setdefault(t, {})[site] = h
     for f in ev_failures:
@@ -279,6 +280,10 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     row["failures"] += ev_failures
     row["eval"] = evals
     row["eval_loss"] = weighted_mean([e["loss"] for e in evals.values()], [e["num_examples"] for e in evals.values()])
+    # the gate's mean weight per lead group over every site's evaluation records (which groups the tasks rely on)
+    gated = [e for e in evals.values() if e["gates"]]
+    row["gates"] = {g: weighted_mean([e["gates"].get(g, 0.0) for e in gated], [e["num_examples"] for e in gated])
+                    for g in dict.fromkeys(g for e in gated for g in e["gates"])}
     pooled = {t: merge_histograms(list(hs.values())) for t, hs in site_hists.items()}
     row["auroc"] = {t: auroc_from_histograms(h)["macro"]["auroc"] for t, h in pooled.items()}
     row["pooled_histograms"] = pooled

@@ -16,6 +16,7 @@ METRICS = "metrics"               # MetricRecord: aggregate numbers (site -> ser
 GROUP_WEIGHTS = "group-weights"   # MetricRecord: group name -> examples that trained it
 SITE = "site"                     # ConfigRecord: site name, lead set, tasks (no data)
 HISTOGRAMS = "histograms"         # MetricRecord: "<task>/<class>/pos|neg" -> binned score counts
+GATES = "gates"                   # MetricRecord: lead group -> mean HiME gate weight over the evaluation records
 
 # Server -> site config keys.
 ROUND = "server-round"

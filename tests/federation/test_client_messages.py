@@ -106,6 +106,10 @@ def test_six_lead_site_sends_only_its_groups_and_aggregates(world):
     for task in ("right_heart", "left_atrial"):
         counts = np.asarray(hist[f"{task}/pos"]) + np.asarray(hist[f"{task}/neg"])
         assert counts.sum() <= n_eval and len(counts) == fed.eval_bins
+    # the gate's mean weight per lead group: an average over the evaluation records, none on groups not recorded
+    gates = dict(ev.content[K.GATES])
+    assert set(gates) == {"limb", "augmented", "septal", "lateral"} and abs(sum(gates.values()) - 1) < 1e-6
+    assert gates["septal"] == gates["lateral"] == 0 and gates["limb"] > 0 and gates["augmented"] > 0
     check_outgoing([summarise(ev)], site_groups=sent_groups, forbidden=site_ids(tmp, site))
     log_rows = [json.loads(line) for line in cfg.outgoing_log.read_text().splitlines()]
     assert [r["message_type"] for r in log_rows] == [K.TRAIN, K.EVALUATE]

@@ -48,6 +48,12 @@ def test_simulation_three_sites_and_resume(tmp_path):
         assert six[0] not in r["groups"]["encoders.V1"] and six[0] in r["groups"]["encoders.I"]
         assert six[0] in r["groups"]["heads.right_heart"]
     assert (out / "server" / "report" / "report.md").is_file() and (out / "server" / "report" / "auroc.png").is_file()
+    # the gate weights each site reported: the 6-lead site gives its missing precordial groups nothing
+    assert rows[-1]["eval"][six[0]]["gates"]["septal"] == 0 and set(rows[-1]["gates"]) == {"limb", "augmented",
+                                                                                            "septal", "lateral"}
+    assert rows[-1]["gates"]["septal"] > 0                            # the 12-lead sites use their chest leads
+    assert "## HiME gate weights (final round)" in (out / "server" / "report" / "report.md").read_text()
+    assert (out / "server" / "report" / "gates.png").is_file()
     # the private simulation SuperLink is gone
     port = first.stdout.split("simulation SuperLink on 127.0.0.1:")[1].split(" ")[0]
     assert f"127.0.0.1:{port} " not in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
