@@ -94,6 +94,11 @@ def _read_message(msg: Message, context: Context):
     wrong = [k for k in incoming if k not in own or not is_federated(k) or tuple(incoming[k].shape) != tuple(own[k].shape)]
     if wrong:
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server sent parameters this model does not have or with other shapes: {wrong[:5]}")
+    # every federated weight must come from the server: a part left as built here would be random, silently
+    absent = [k for k in own if is_federated(k) and k not in incoming]
+    if absent:
+        raise SiteRefusal(K.ERR_BAD_MESSAGE, f"server sent no weights for {len(absent)} federated parameter(s) of this "
+                          f"model, e.g. {absent[:3]}: refusing to train or evaluate with untrained parts")
     model.load_state_dict(incoming, strict=False)
     data = load_site_data(site, str(cfg[K.PREPROCESS_CONFIG]))
     check_tasks_match(site, data, model)

@@ -140,6 +140,12 @@ def test_malformed_message_and_non_dp_are_refused(world):
     assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE and key in reply.error.reason
     reply = call(world, names[0], K.TRAIN, config_update={K.MODEL_CONFIG: ""})
     assert reply.has_error()
+    # weights missing from the message are refused, not left as the site's random start
+    partial = {k: v for k, v in arrays.items() if not k.startswith("encoders.V1.")}
+    for kind in (K.TRAIN, K.EVALUATE):
+        reply = call(world, names[0], kind, arrays=partial)
+        assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE, kind
+        assert "sent no weights" in reply.error.reason and "encoders.V1." in reply.error.reason
     # a site whose config forbids non-DP training refuses the server's request
     path = tmp / "sites" / f"{names[0]}.toml"
     path.write_text(path.read_text().replace("allow_non_dp = true", "allow_non_dp = false"))
