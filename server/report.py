@@ -127,14 +127,14 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         lines.append(f"| {r['round']} | {_fmt(r.get('seconds'), 1)} | {_fmt(r.get('train_loss'))} | {_fmt(r.get('eval_loss'))} | "
                      f"{au} | {_fmt(r.get('epsilon_max'))} | {len(r.get('failures', []))} |")
     lines.append("\n## Final round per site\n")
-    lines.append("| site | epsilon | " + " | ".join(f"AUROC {t}" for t in tasks) + " | bytes up | bytes down |")
+    lines.append("| site | epsilon | " + " | ".join(f"AUROC {t}" for t in tasks) + " | bytes up | bytes down (train + evaluate) |")
     lines.append("|" + "---|" * (4 + len(tasks)))
     for s in sites:
         ev = final.get("eval", {}).get(s, {})
         b = final.get("bytes", {}).get(s, {})
         lines.append(f"| {s} | {_fmt(final.get('epsilon', {}).get(s))} | "
                      + " | ".join(_fmt(ev.get("auroc", {}).get(t)) for t in tasks)
-                     + f" | {b.get('up', '')} | {b.get('down', '')} |")
+                     + f" | {b.get('up', '')} | {b.get('down', 0) + b.get('down_evaluate', 0) if b else ''} |")
     if gates:
         groups = list(dict.fromkeys(g for w in gates.values() for g in w))
         lines.append("\n## HiME gate weights (final round)\n")
