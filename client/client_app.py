@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 from client.audit import outgoing_log_mod
 from lsemvae.errors import LSEMVAEError
 from lsemvae.federation import keys as K
-from lsemvae.federation.codec import UPDATE_DTYPES, CodecError, decode, encode
+from lsemvae.federation.codec import UPDATE_DTYPES, CodecError, decode, digest, encode
 from lsemvae.federation.groups import is_federated
 
 log = logging.getLogger("lsemvae.client")
@@ -85,8 +85,11 @@ def _read_message(msg: Message, context: Context):
         first = str(err).splitlines()[0]
         raise SiteRefusal(K.ERR_BAD_MESSAGE,
                           f"server config '{K.MODEL_CONFIG}' is not a valid model config: {first}") from None
+    wire = {k: a.numpy() for k, a in msg.content[K.ARRAYS].items()}
+    if K.BASE_DIGEST in cfg:
+        wire = _with_base(site, wire, str(cfg[K.BASE_DIGEST]))
     try:
-        arrays = decode({k: a.numpy() for k, a in msg.content[K.ARRAYS].items()}, _update_dtype(cfg), sender="the server")
+        arrays = decode(wire, _update_dtype(cfg), sender="the server")
     except CodecError as err:
         raise SiteRefusal(K.ERR_BAD_MESSAGE, str(err)) from None
     incoming = {k: torch.from_numpy(v) for k, v in arrays.items()}
@@ -103,6 +106,43 @@ def _read_message(msg: Message, context: Context):
     data = load_site_data(site, str(cfg[K.PREPROCESS_CONFIG]))
     check_tasks_match(site, data, model)
     return site, cfg, model, data
+
+
+def _with_base(site, wire: dict[str, np.ndarray], expected: str) -> dict[str, np.ndarray]:
+    """The message's arrays plus the frozen encoders (the base) it was sent without.
+
+    A message carrying the base is checked against its digest and the base kept in
+    ``<state_dir>/base/<digest>.npz``; a message without it takes that copy. A site that has none
+    (new state dir, other run's checkpoint) asks for it again with ERR_NO_BASE.
+    """
+    import os
+    import tempfile
+    import zipfile
+
+    path = site.state_dir / "base" / f"{expected}.npz"
+    base = {k: v for k, v in wire.items() if k.startswith("encoders.")}
+    if base:
+        if digest(base) != expected:
+            raise SiteRefusal(K.ERR_BAD_MESSAGE, f"the encoders sent do not match their '{K.BASE_DIGEST}'")
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **base)
+            os.replace(tmp, path)
+        return wire
+    try:
+        with np.load(path) as stored:
+            base = {k: stored[k] for k in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:   # missing, truncated or not an npz
+        path.unlink(missing_ok=True)   # so that the next full message stores a good copy
+        raise SiteRefusal(K.ERR_NO_BASE, f"no usable copy of the frozen encoders {expected[:12]} in the site's "
+                          f"state dir ({type(err).__name__}): the server sends them again") from None
+    if digest(base) != expected:
+        path.unlink(missing_ok=True)
+        raise SiteRefusal(K.ERR_NO_BASE, f"the site's copy of the frozen encoders {expected[:12]} does not match "
+                          "its digest (removed): the server sends them again")
+    return {**base, **wire}
 
 
 def _update_dtype(cfg) -> str:

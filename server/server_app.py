@@ -1,7 +1,8 @@
 """Flower ServerApp: federated fine-tuning of a pretrained LS-EMVAE across hospital sites.
 
 Each round: wait for at least ``min-sites`` connected sites (up to ``round-timeout``), send them
-the federated groups (encoders, fusion, heads; decoders stay on the server), collect replies
+the federated groups (encoders, fusion, heads; decoders stay on the server; under the probe the
+frozen encoders only to sites that do not hold them yet, see :func:`broadcast`), collect replies
 until the timeout, log every failed or late site with its reason, aggregate per parameter group
 (:mod:`server.aggregation`), evaluate the new model at every site (histograms only), append a
 row to ``metrics.jsonl`` and checkpoint the whole server state atomically. Fewer answers than
@@ -26,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from lsemvae.federation import keys as K
-from lsemvae.federation.codec import decode, encode
+from lsemvae.federation.codec import decode, digest, encode
 from lsemvae.federation.groups import federated, group_of
 from lsemvae.site import FederationConfig, federation_config
 from server.aggregation import (
@@ -115,11 +116,12 @@ def wait_for_nodes(grid: Grid, fed: FederationConfig) -> list[int]:
         time.sleep(NODE_POLL_S)
 
 
-def send_round(grid: Grid, nodes: list[int], kind: str, content: RecordDict, fed: FederationConfig,
-               server_round: int) -> tuple[dict[int, Message], list[dict]]:
-    """Send ``content`` to every node; return replies with content by node, and failures (errors, late)."""
-    msgs = [Message(content=content, dst_node_id=n, message_type=kind, group_id=str(server_round),
-                    ttl=fed.round_timeout) for n in nodes]
+def send_round(grid: Grid, nodes: list[int], kind: str, content: RecordDict | dict[int, RecordDict],
+               fed: FederationConfig, server_round: int) -> tuple[dict[int, Message], list[dict]]:
+    """Send ``content`` (one for all, or one per node) to every node; return replies with content by node,
+    and failures (errors, late)."""
+    msgs = [Message(content=content[n] if isinstance(content, dict) else content, dst_node_id=n, message_type=kind,
+                    group_id=str(server_round), ttl=fed.round_timeout) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
     # The SuperLink answers for a node it gave up on ("Node Unavailable", expired message) from its own id:
     # attribute every reply by the message it answers (pushing set the ids), never by its sender.
@@ -179,8 +181,37 @@ def train_config(fed: FederationConfig, state: ServerState, server_round: int, s
     })
 
 
-def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_round: int) -> tuple[dict, bool]:
-    """Train, aggregate, evaluate. Returns the metrics row and whether the run may continue."""
+def broadcast(fed: FederationConfig, model: dict[str, np.ndarray], cfg: ConfigRecord, nodes: list[int],
+              holders: set[int]) -> tuple[dict[int, RecordDict], dict[int, int]]:
+    """The message content for each node, and its array bytes.
+
+    Under the federated probe the encoders are frozen for the whole run: they go (with their
+    digest in ``cfg``) only to nodes not in ``holders``; the others get the trained groups alone.
+    """
+    wire = encode(federated(model), fed.update_dtype)
+    base = [] if fed.encoders_train else [k for k in wire if k.startswith("encoders.")]
+    full = _array_record(wire)
+    slim = full
+    if base:
+        cfg[K.BASE_DIGEST] = digest({k: wire[k] for k in base})
+        slim = _array_record({k: v for k, v in wire.items() if k not in base})
+    contents = {n: RecordDict({K.ARRAYS: slim if n in holders else full, K.CONFIG: cfg}) for n in nodes}
+    return contents, {n: _payload_bytes(c[K.ARRAYS]) for n, c in contents.items()}
+
+
+def _update_holders(holders: set[int], replies: dict[int, Message], failures: list[dict]) -> None:
+    """Nodes that answered hold the frozen encoders now; one that says it lacks them gets them again."""
+    holders |= set(replies)
+    holders -= {f["node"] for f in failures if f["code"] == K.ERR_NO_BASE}
+
+
+def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_round: int,
+              holders: set[int] | None = None) -> tuple[dict, bool]:
+    """Train, aggregate, evaluate. Returns the metrics row and whether the run may continue.
+
+    ``holders``: nodes known to hold the frozen encoders (updated here); None sends them to all.
+    """
+    holders = set() if holders is None else holders
     started = time.monotonic()
     row: dict[str, Any] = {"round": server_round, "strategy": fed.strategy, "dp": fed.dp, "failures": []}
     nodes = wait_for_nodes(grid, fed)
@@ -195,13 +226,12 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
     seed = int(gen.integers(0, 2**31 - 1))   # this round's seed for the sites' sampling and noise
     state.rng = gen.bit_generator.state
     cfg = train_config(fed, state, server_round, seed)
-    sent = federated(state.model)
-    arrays = _array_record(encode(sent, fed.update_dtype))
-    down = _payload_bytes(arrays)
-    log.info("round %d/%d: sending %d parameter tensors (%.2f MB) to %d site(s)", server_round, fed.num_server_rounds,
-             len(sent), down / 1e6, len(nodes))
+    contents, down = broadcast(fed, state.model, cfg, nodes, holders)
+    log.info("round %d/%d: sending %s to %d site(s)", server_round, fed.num_server_rounds,
+             " / ".join(f"{b / 1e6:.2f} MB" for b in sorted(set(down.values()), reverse=True)), len(nodes))
     mark = time.monotonic()
-    replies, failures = send_round(grid, nodes, K.TRAIN, RecordDict({K.ARRAYS: arrays, K.CONFIG: cfg}), fed, server_round)
+    replies, failures = send_round(grid, nodes, K.TRAIN, contents, fed, server_round)
+    _update_holders(holders, replies, failures)
     stages["train"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -224,7 +254,7 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
                             "site_seconds": _site_seconds(m),
                             "dp": bool(reply.content[K.SITE][K.SITE_DP]),
                             "groups": sorted({group_of(k) for k in c.arrays})}
-        row.setdefault("bytes", {})[site] = {"down": down, "up": _payload_bytes(rec)}
+        row.setdefault("bytes", {})[site] = {"down": down[node], "up": _payload_bytes(rec)}
     for f in failures:
         f["site"] = state.node_sites.get(str(f["node"]))
         log.warning("round %d: site %s (node %s) failed in %s: %s", server_round, f["site"] or "?", f["node"],
@@ -251,11 +281,12 @@ def run_round(grid: Grid, fed: FederationConfig, state: ServerState, server_roun
 
     # Evaluation of the aggregated model: histograms and aggregate losses only.
     eval_cfg = train_config(fed, state, server_round, seed)
-    ev_arrays = _array_record(encode(federated(state.model), fed.update_dtype))
-    for b in row.get("bytes", {}).values():   # the evaluation broadcast carries the model down once more
-        b["down_evaluate"] = _payload_bytes(ev_arrays)
-    ev_replies, ev_failures = send_round(grid, nodes, K.EVALUATE, RecordDict({K.ARRAYS: ev_arrays, K.CONFIG: eval_cfg}),
-                                         fed, server_round)
+    ev_contents, ev_down = broadcast(fed, state.model, eval_cfg, nodes, holders)
+    for node, site in ((n, state.node_sites.get(str(n))) for n in nodes):   # the evaluation broadcast, down once more
+        if site in row.get("bytes", {}):
+            row["bytes"][site]["down_evaluate"] = ev_down[node]
+    ev_replies, ev_failures = send_round(grid, nodes, K.EVALUATE, ev_contents, fed, server_round)
+    _update_holders(holders, ev_replies, ev_failures)
     stages["evaluate"] = time.monotonic() - mark
     mark = time.monotonic()
     from lsemvae.train.metrics import auroc_from_histograms, merge_histograms
@@ -344,8 +375,9 @@ def run(grid: Grid, fed: FederationConfig, out: Path) -> ServerState:
     log.info("federated fine-tuning: strategy %s, %d rounds, min %d sites, timeout %g s, DP %s, output %s",
              fed.strategy, fed.num_server_rounds, fed.min_sites, fed.round_timeout, "on" if fed.dp else "OFF", out)
     status = "completed"
+    holders: set[int] = set()   # not checkpointed: after a restart every site is sent the encoders again
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
-        row, go_on = run_round(grid, fed, state, server_round)
+        row, go_on = run_round(grid, fed, state, server_round, holders)
         row["time"] = time.time()
         if not go_on:
             status = "stopped: " + row.get("stopped", "")

@@ -10,10 +10,16 @@ refused rather than sent as inf.
 
 A receiver accepts only the dtype the run agreed on: float16 arrays arriving while the config
 says float32 (or the reverse) are a malformed message.
+
+**The frozen base travels once.** When sites train only the fusion gate and heads (the federated
+probe, the default under DP), the encoders never change during a run. The server then sends them to
+a site once, with their :func:`digest`; the site keeps that copy on its own disk and later messages
+carry only the trained groups plus the digest (about 18 kB instead of 2.1 MB for the compact model).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal, Mapping
 
 import numpy as np
@@ -62,3 +68,13 @@ def decode(arrays: Mapping[str, np.ndarray], dtype: str, *, sender: str) -> dict
         raise CodecError(f"{sender} sent arrays that are not {wire} as the run's update-dtype says: "
                          f"{', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
     return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
+
+
+def digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 of named arrays as they travel (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()

@@ -30,6 +30,7 @@ HIST_BINS = "eval-bins"
 RUN_SEED = "seed"
 TRAIN_ENCODERS = "train-encoders"  # false: sites train and send only fusion and heads (encoders stay as pretrained)
 UPDATE_DTYPE = "update-dtype"     # wire dtype of ARRAYS in both directions (lsemvae.federation.codec)
+BASE_DIGEST = "base-digest"       # digest of the frozen encoders (probe): a site holding them is sent only the rest
 
 # Site -> server metric keys (all sites send the same keys).
 NUM_EXAMPLES = "num-examples"
@@ -57,3 +58,4 @@ ERR_BUDGET = 4001            # next round would exceed the site's privacy budget
 ERR_SITE_SETUP = 4002        # site config / data problem at the site
 ERR_NON_DP_REFUSED = 4003    # server asked for non-DP training, site does not allow it
 ERR_BAD_MESSAGE = 4004       # malformed or mismatched server message
+ERR_NO_BASE = 4005           # the message relies on frozen encoders the site does not hold: send them again

@@ -19,7 +19,7 @@ from lsemvae.federation import keys as K
 from lsemvae.federation.groups import federated, group_of, groups_for
 from lsemvae.leads import PRECORDIAL_LEADS
 from lsemvae.site import federation_config, load_site_config
-from server.server_app import _array_record, initial_state, train_config
+from server.server_app import _array_record, _update_holders, broadcast, initial_state, train_config
 from tests.federation.helpers import check_outgoing, write_checkpoint, write_sites
 
 pytestmark = pytest.mark.e2e
@@ -75,6 +75,49 @@ def test_under_dp_the_default_federation_is_a_probe_and_sends_no_encoder(world):
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert {group_of(k) for k in reply.content[K.ARRAYS]} == {"fusion", "heads.right_heart", "heads.left_atrial"}
     assert reply.content[K.METRICS][K.EPSILON] > 0
+
+
+def test_under_the_probe_the_encoders_travel_once_and_the_site_keeps_them(world):
+    tmp, names, fed, state = world
+    probe = federation_config({**fed.as_run_config(), "train-encoders": False})
+    site = names[1]
+    node_config = {"site": site, "site-config": str(tmp / "sites" / f"{site}.toml")}
+
+    def evaluate(holders):
+        cfg = train_config(probe, state, 1, seed=1)
+        contents, down = broadcast(probe, state.model, cfg, [1], holders)
+        msg = Message(contents[1], dst_node_id=1, message_type=K.EVALUATE, group_id="1")
+        ctx = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=probe.as_run_config())
+        return app(msg, ctx), down[1], cfg[K.BASE_DIGEST]
+
+    slim_first, _, _ = evaluate({1})          # the server thinks the site holds them; it does not yet
+    assert slim_first.has_error() and slim_first.error.code == K.ERR_NO_BASE
+    assert "the server sends them again" in slim_first.error.reason
+    holders: set[int] = set()
+    _update_holders(holders, {}, [{"node": 1, "code": K.ERR_NO_BASE}])
+    full, full_bytes, base_digest = evaluate(holders)
+    assert not full.has_error(), full.error.reason if full.has_error() else ""
+    stored = load_site_config(tmp / "sites" / f"{site}.toml").state_dir / "base" / f"{base_digest}.npz"
+    assert stored.is_file()
+    _update_holders(holders, {1: full}, [])
+    slim, slim_bytes, _ = evaluate(holders)
+    assert not slim.has_error(), slim.error.reason if slim.has_error() else ""
+    assert slim_bytes < full_bytes / 10                                   # gate + heads only
+    # the site's copy gives exactly the model the full message gave
+    for record in (K.METRICS, K.HISTOGRAMS, K.GATES):
+        a, b = dict(full.content[record]), dict(slim.content[record])
+        a.pop(K.SITE_SECONDS, None), b.pop(K.SITE_SECONDS, None)
+        assert a == b, record
+    # a damaged copy is removed and asked for again; encoders that do not match the digest are refused
+    stored.write_bytes(stored.read_bytes()[:1000])
+    damaged, _, _ = evaluate(holders)
+    assert damaged.has_error() and damaged.error.code == K.ERR_NO_BASE and not stored.exists()
+    cfg = train_config(probe, state, 1, seed=1)
+    contents, _ = broadcast(probe, state.model, cfg, [1], set())
+    cfg[K.BASE_DIGEST] = "0" * 64
+    reply = app(Message(contents[1], dst_node_id=1, message_type=K.EVALUATE, group_id="1"),
+                Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=probe.as_run_config()))
+    assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE and K.BASE_DIGEST in reply.error.reason
 
 
 def test_six_lead_site_sends_only_its_groups_and_aggregates(world):

@@ -118,3 +118,16 @@ def test_client_accepts_float16_only_when_the_config_says_so(world):
     up = reply.content[K.ARRAYS]
     assert {a.dtype for a in up.values()} == {"float16"}
     assert {k: tuple(a.shape) for k, a in up.items()} == {k: state.model[k].shape for k in up}
+
+
+def test_digest_names_exactly_the_arrays_that_travel():
+    from lsemvae.federation.codec import digest
+
+    a = {"encoders.I.w": np.arange(6, dtype=np.float32).reshape(2, 3), "encoders.II.b": np.ones(3, np.float32)}
+    same = dict(reversed(list(a.items())))                              # insertion order does not matter
+    assert digest(a) == digest(same) and len(digest(a)) == 64
+    for changed in ({**a, "encoders.II.b": np.ones(3, np.float16)},        # dtype (float16 on the wire)
+                    {**a, "encoders.I.w": a["encoders.I.w"].reshape(3, 2)},  # shape
+                    {**a, "encoders.I.w": a["encoders.I.w"] + 1e-6},         # a value
+                    {"encoders.III.w": a["encoders.I.w"], "encoders.II.b": a["encoders.II.b"]}):  # a name
+        assert digest(changed) != digest(a)

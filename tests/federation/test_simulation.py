@@ -57,3 +57,24 @@ def test_simulation_three_sites_and_resume(tmp_path):
     # the private simulation SuperLink is gone
     port = first.stdout.split("simulation SuperLink on 127.0.0.1:")[1].split(" ")[0]
     assert f"127.0.0.1:{port} " not in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+
+
+def test_under_the_dp_probe_the_encoders_go_down_once(tmp_path):
+    """The default under DP: sites train gate + heads; the frozen encoders reach each site once, and
+    again after a coordinator restart (the server does not checkpoint who holds them)."""
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt")
+    out = tmp_path / "sim"
+    base = ["--sites", "2", "--records", "16", "--epsilon", "4", "--batch-size", "8", "--checkpoint", str(ckpt),
+            "--out", str(out)]
+    _run(base + ["--rounds", "2"])
+    _run(base + ["--rounds", "3", "--resume"])
+    rows = read_jsonl(out / "server" / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["sites_trained"] == 2 and not r["failures"] for r in rows)
+    for r in rows:
+        for site, b in r["bytes"].items():
+            slim = b["up"]                                   # a site sends back what it trained: gate + heads
+            assert b["down_evaluate"] == slim, (r["round"], site)
+            assert b["down"] == slim if r["round"] == 2 else b["down"] > 10 * slim, (r["round"], site)
+    sites = sorted(rows[0]["bytes"])
+    stored = [p for s in sites for p in (out / "site-state" / s / "base").glob("*.npz")]
+    assert len(stored) == 2                                  # one copy per site, the same encoders
