@@ -10,7 +10,9 @@ Writes benchmarks/results/communication.json:
   the built model (on PyTorch's meta device: the 256 M-parameter faithful model is never
   allocated), with task heads as the federation builds them (run config ``head-input``). Up = the
   groups a site trained (its leads' encoders, fusion, its task heads); ``up_probe`` = what it sends
-  under DP by default (run config ``train-encoders = "auto"``: fusion and heads); down = every federated
+  under DP by default (run config ``train-encoders = "auto"``: fusion and heads); ``down_probe`` = what
+  the server sends it per round under the probe once it holds the frozen encoders (they travel once:
+  fusion and heads, train + evaluate); down = every federated
   group, sent twice per round (train message, then the evaluation broadcast of the aggregated
   model). Counted as Flower serialises each tensor (``flwr.app.Array``: .npy bytes, i.e. the
   values plus a 128-byte header per tensor), exactly what the ServerApp logs; the message
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -95,10 +98,12 @@ def computed_bytes() -> dict:
             up_probe = select(sent, {g for g in groups if not g.startswith("encoders.")})
             for dtype in DTYPES:
                 down = sum(npy_bytes(tuple(v.shape), dtype) for v in sent.values())
+                slim = sum(npy_bytes(tuple(v.shape), dtype) for k, v in sent.items() if not k.startswith("encoders."))
                 row[f"{leads_name}/{dtype}"] = {"up": sum(npy_bytes(tuple(v.shape), dtype) for v in up.values()),
                                                 "up_probe": sum(npy_bytes(tuple(v.shape), dtype)
                                                                 for v in up_probe.values()),
-                                                "down_train": down, "down_evaluate": down, "down": 2 * down}
+                                                "down_train": down, "down_evaluate": down, "down": 2 * down,
+                                                "down_probe": 2 * slim}
         out[profile] = row
     # the shape-based count is what Flower really serialises (checked on the small compact model)
     real = {k: v.numpy() for k, v in federated(build_model(get_profile("compact", **heads)).state_dict()).items()}
@@ -134,6 +139,8 @@ def float16_rounding(checkpoint: Path) -> dict:
 
 
 def federated_run(out: Path, args, dtype: str, seed: int, dp_epsilon: float | None) -> dict:
+    # a fresh folder: an earlier run's site ledgers would carry its privacy spending into this one
+    shutil.rmtree(out, ignore_errors=True)
     extra = ["--epsilon", str(dp_epsilon)] if dp_epsilon else ["--no-dp"]
     cmd = [sys.executable, str(REPO / "simulation" / "run.py"), "--sites", "3", "--records", str(args.records),
            "--rounds", str(args.rounds), "--seed", str(seed), "--out", str(out), "--checkpoint", str(args.checkpoint),
@@ -180,6 +187,7 @@ def summary(results: dict) -> dict:
             if isinstance(b, dict):
                 s[f"{profile} {key} up MB"] = round(b["up"] / 1e6, 3)
                 s[f"{profile} {key} up under DP (probe, the default) MB"] = round(b["up_probe"] / 1e6, 4)
+                s[f"{profile} {key} down under DP after the first message (probe) MB"] = round(b["down_probe"] / 1e6, 4)
                 s[f"{profile} {key} down MB (train + evaluate)"] = round(b["down"] / 1e6, 3)
     for pair in results.get("runs", []):
         for task, d in pair["auroc_difference"].items():

@@ -317,8 +317,8 @@ def section_communication(r: Results) -> tuple[Table, str]:
             t.add(f"{profile}, {leads} site, {dtype}: up / down (train + evaluate broadcast), MB",
                   f"{b['up'] / 1e6:.2f} / {b['down'] / 1e6:.2f}", src, target)
             if "up_probe" in b:
-                t.add(f"{profile}, {leads} site, {dtype}, under DP (probe, the default): up, MB",
-                      f"{b['up_probe'] / 1e6:.4f}", src)
+                t.add(f"{profile}, {leads} site, {dtype}, under DP (probe, the default): up / down per round once the "
+                      "site holds the encoders (train + evaluate), MB", f"{b['up_probe'] / 1e6:.4f} / {b.get('down_probe', math.nan) / 1e6:.4f}", src)
     rnd = data.get("float16_rounding")
     if rnd:
         t.add("float16 round trip of the pretrained compact weights: relative L2 error / max abs error",
@@ -338,7 +338,7 @@ def section_communication(r: Results) -> tuple[Table, str]:
               ", ".join(f"{k} {v:+.4f}" for k, v in pair["auroc_difference"].items()), src)
     note = ("Up is what a site sends when it trains its encoders (its leads' encoders, the fusion gate, its task heads; "
             "the default without DP); under DP a site trains and sends only the fusion gate and heads by default "
-            "(`train-encoders = \"auto\"`). Down is every federated "
+            "(`train-encoders = \"auto\"`), and the frozen encoders go down to it only once. Down is every federated "
             "group, sent twice per round (train message and the evaluation broadcast of the aggregated model). "
             "Decoders never travel. Bytes are the serialised tensors (`flwr.app.Array`: values plus a 128-byte .npy "
             "header each); the message envelope adds a few kB. float16 is the run-config key "
