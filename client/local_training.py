@@ -138,13 +138,13 @@ def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[di
     scores: dict[str, list] = {t: [] for t in data.tasks}
     targets: dict[str, list] = {t: [] for t in data.tasks}
     total, n = 0.0, 0
-    gate_sum, groups = None, ()
+    gate_sum, groups = 0.0, ()
     for batch in loader:
         out = model(batch["x"], batch["lead_mask"], decode=False)
         logits = out.logits
         loss = per_sample_loss(logits, batch["y"], data.tasks, {})
         total, n = total + float(loss.sum()), n + int(loss.numel())
-        gate_sum = out.gates.double().sum(0) + (0 if gate_sum is None else gate_sum)
+        gate_sum = gate_sum + out.gates.double().sum(0)
         groups = out.mixture.names
         for t, task in data.tasks.items():
             p = torch.softmax(logits[t], -1) if task.kind == "multiclass" else torch.sigmoid(logits[t])
