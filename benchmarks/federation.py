@@ -26,7 +26,7 @@ scored by the exact AUROC of the pooled evaluation splits (every site's held-out
 Centralised = the sites' training splits pooled, as many epochs as the federation has rounds x
 local epochs, repeated over shuffle seeds (mean, sd and every run). Federated = FedAvg without DP.
 
-The in-process federation runs the ClientApp's own functions (``client.local_training.train_round``,
+The in-process federation runs the ClientApp's own functions (``lsemvae.federation.training.train_round``,
 the privacy ledger and noise planning of ``client.client_app``) and the ServerApp's
 (``initial_state``, ``aggregate_round``, its per-round seeds) sequentially in one process: one
 heavy process on a shared 2-core machine, site caches built once, no per-run Ray start-up.
@@ -128,7 +128,7 @@ def real_sites(work: Path, *, tasks=REAL_TASKS, leads: str = "6L", delta: float 
 
 def load_sites(paths: list[Path], checkpoint: Path) -> list[tuple]:
     """``[(SiteConfig, SiteData)]`` with the checkpoint's preprocessing (caches built once per work dir)."""
-    from client.site_runtime import load_site_data
+    from lsemvae.federation.runtime import load_site_data
     from lsemvae.data.preprocess import PreprocessConfig
     from lsemvae.site import load_site_config
     from lsemvae.train.checkpoint import load_checkpoint
@@ -204,7 +204,7 @@ def _initial(checkpoint: Path, tasks, **fed_overrides):
 def _model(state_config: str, arrays: dict):
     import torch
 
-    from client.site_runtime import model_from_config
+    from lsemvae.federation.runtime import model_from_config
 
     model = model_from_config(state_config)
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, strict=False)
@@ -226,11 +226,11 @@ def federate(sites, checkpoint: Path, *, tasks, rounds: int, local_epochs: int =
     """
     import torch
 
-    from client.local_training import train_round
+    from lsemvae.federation.training import train_round
     from lsemvae.federation.groups import federated
     from lsemvae.privacy.dp import plan_noise_multiplier
     from lsemvae.privacy.ledger import PrivacyLedger
-    from server.aggregation import Contribution, ServerOptimizer, aggregate_round
+    from lsemvae.federation.aggregation import Contribution, ServerOptimizer, aggregate_round
 
     torch.set_num_threads(1)
     fed, state = _initial(checkpoint, tasks, **{"num-server-rounds": rounds, "local-epochs": local_epochs, "lr": lr,
@@ -306,7 +306,7 @@ def pooled_positive_weights(sites):
     balances every site separately; this swaps in the weights of the pooled labels (what the
     centralised run uses), recognising each task by its site label array.
     """
-    import client.local_training as lt
+    import lsemvae.federation.training as lt
     from lsemvae.model.losses import positive_weights
 
     own = [(np.asarray(d.cohort.labels[t])[d.train_idx], t) for _, d in sites for t in d.tasks]
@@ -358,7 +358,7 @@ def centralised(sites, checkpoint: Path, *, tasks, epochs: int, seeds=(0, 1, 2),
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
-    from client.local_training import per_sample_loss
+    from lsemvae.federation.training import per_sample_loss
     from lsemvae.model.losses import positive_weights
 
     torch.set_num_threads(1)

@@ -8,7 +8,7 @@ loss tells nothing about membership. DP-SGD bounds any such attack: at (epsilon,
 attack's TPR <= e^epsilon * FPR + delta, so small epsilon pushes the AUROC toward 0.5, while a
 model trained without DP for many epochs on few records memorises them and the AUROC rises.
 
-Training is the project's own: ``client.local_training.train_round`` (the ClientApp's round:
+Training is the project's own: ``lsemvae.federation.training.train_round`` (the ClientApp's round:
 groups frozen as in federation, Opacus DP-SGD with Poisson sampling and per-sample clipping,
 noise multiplier planned once by ``lsemvae.privacy.dp.plan_noise_multiplier`` for all planned
 steps). The model starts from a random initialisation (no pretraining), the setting in which a
@@ -80,7 +80,7 @@ def build(site, tasks: dict):
 
 @torch.no_grad()
 def per_record_loss(model, data, site, indices) -> np.ndarray:
-    from client.local_training import per_sample_loss
+    from lsemvae.federation.training import per_sample_loss
 
     model.eval()
     ds = data.dataset(indices, site.lead_names)
@@ -137,7 +137,7 @@ def utility(model, data, site) -> dict:
 
 
 def run_setting(site, data, *, epsilon: float | None, epochs: int, batch: int, lr: float, seed: int) -> dict:
-    from client.local_training import train_round
+    from lsemvae.federation.training import train_round
     from lsemvae.privacy.dp import epsilon_of, plan_noise_multiplier
 
     torch.manual_seed(seed)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.records, args.epochs = min(args.records, 96), min(args.epochs, 8)
     torch.set_num_threads(1)
-    from client.site_runtime import load_site_data
+    from lsemvae.federation.runtime import load_site_data
     from lsemvae.model.config import get_profile
 
     started = time.perf_counter()

@@ -131,7 +131,7 @@ def summarise(results: dict) -> dict:
 
 def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_encoders: bool = True) -> int:
     """Parameters a site trains under DP (its leads' encoders unless a probe, fusion, its heads; minus DP_FROZEN)."""
-    from client.local_training import DP_FROZEN
+    from lsemvae.federation.training import DP_FROZEN
     from lsemvae.federation.groups import group_of, groups_for
 
     path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint

@@ -8,7 +8,7 @@ Everything runs the project's own code on real PTB-XL (``--ptbxl``, default ../s
   * fine-tuning, 6 limb leads, superclass task, batch 32: ``full`` = :func:`train_one_epoch` on the
     whole model (encoders train); ``probe`` = what :func:`finetune` does for a probe (one frozen-encoder
     pass caching the posteriors, then epochs over the cache), both parts timed;
-  * a site's federated step: :func:`client.local_training.train_round` on PTB-XL recording site 1
+  * a site's federated step: :func:`lsemvae.federation.training.train_round` on PTB-XL recording site 1
     (6 leads, ``configs/sites/ptbxl-site1.toml``), with Opacus DP-SGD and without, encoders trained;
     their throughput ratio is measured in the same run, beside ``dp_throughput.json`` (the encoder-only
     microbenchmark). Also the DP round as the federation runs it by default (``train-encoders = "auto"``:
@@ -208,7 +208,7 @@ def finetune_probe(cohort, idx, batch: int, seed: int, epochs: int) -> dict:
 
 def site_setup(work: Path, quick: bool):
     """PTB-XL recording site 1 (6 leads) as the ClientApp loads it, with state under ``work``."""
-    from client.site_runtime import load_site_data
+    from lsemvae.federation.runtime import load_site_data
     from lsemvae.model.config import get_profile
     from lsemvae.site import load_site_config
 
@@ -221,7 +221,7 @@ def site_setup(work: Path, quick: bool):
 
 def site_round(site, data, *, dp: bool, batch: int, seed: int, profile: bool = False, train_encoders: bool = True):
     """One local round as the ClientApp runs it (fresh model = the global weights), then evaluate."""
-    from client.local_training import evaluate, train_round
+    from lsemvae.federation.training import evaluate, train_round
 
     torch.manual_seed(seed)
     model = compact_model(data.tasks)
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [nd / d for (d, _, _), (nd, _, _) in zip(runs["site_dp"], runs["site_nodp"])]
         probe_ratios = [nd / d for (d, _, _), (nd, _, _) in zip(runs["site_dp_probe"], runs["site_nodp"])]
         res["site_round"] = {
-            "what": "client.local_training.train_round on PTB-XL recording site 1 (6 leads, superclass + right_heart), "
+            "what": "lsemvae.federation.training.train_round on PTB-XL recording site 1 (6 leads, superclass + right_heart), "
                     "batch %d, 1 local epoch; seconds include make_private and the weight copy-out" % batch,
             "dp": dp_t, "non_dp": nodp_t, "dp_to_non_dp_throughput_ratio": med(ratios),
             "ratio_runs": [round(v, 3) for v in ratios],

@@ -12,6 +12,7 @@ it once so a typo fails at submission, not mid-run.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -59,15 +60,60 @@ class TaskBinding(StrictModel):
     column: str | None = Field(None, description="manifest label column (0/1) for this task; omit for a built-in task rule")
 
 
+RUN_SHARE = 4   # default policy: one job may spend at most a quarter of the lifetime budget
+
+
 class PrivacyBudget(StrictModel):
     """The site's differential-privacy budget for this dataset, across all rounds and runs."""
 
     epsilon: float = Field(gt=0, le=100, description="total epsilon this dataset may ever spend")
     delta: float = Field(1e-5, gt=0, lt=1e-2, description="delta; choose below 1/number of records")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient clipping norm")
-    run_epsilon: float | None = Field(None, gt=0, description="most one federated run may spend (default: all that is left)")
+    run_epsilon: float | None = Field(
+        None, gt=0, description=f"most one federated job may spend (default: epsilon / {RUN_SHARE}, so the budget "
+        "lasts at least that many jobs; set it to epsilon for a single job)")
+    max_noise_multiplier: float = Field(
+        5.0, gt=0, le=1000, description="refuse a round whose planned noise multiplier is above this: the update "
+        "would be mostly noise (spent budget, no useful training)")
     accountant: Literal["rdp", "prv"] = "rdp"
     allow_non_dp: bool = Field(False, description="accept a server request to train WITHOUT DP (comparisons only)")
+
+    @property
+    def job_epsilon(self) -> float:
+        """The most one job may spend: ``run_epsilon``, else the default share of the lifetime budget."""
+        return self.run_epsilon if self.run_epsilon is not None else self.epsilon / RUN_SHARE
+
+
+class EvaluationPolicy(StrictModel):
+    """What the site reports when the server asks it to evaluate a model: aggregates it controls, never records.
+
+    Scores are binned on the site's own grid; adjacent bins are merged until every reported cell holds at
+    least ``min_cell`` records (or none); a class with fewer than ``min_cell`` records is not reported.
+    """
+
+    enabled: bool = Field(True, description="false: refuse every evaluation request (only DP updates leave the site)")
+    bins: int = Field(20, description="score bins per class on [0, 1] before merging; one of 10, 20, 25, 50, 100")
+    min_cell: int = Field(10, ge=1, le=1000, description="smallest number of records a reported count may hold (k)")
+    min_records: int = Field(20, ge=1, description="refuse to evaluate on fewer records than this")
+
+    @field_validator("bins")
+    @classmethod
+    def _divides_100(cls, v: int) -> int:
+        if v not in (10, 20, 25, 50, 100):
+            raise ValueError("must be 10, 20, 25, 50 or 100 (sites' grids must tile the server's 100-bin grid)")
+        return v
+
+
+class SiteLimits(StrictModel):
+    """Bounds on what a server may ask of this site (a hostile message must not exhaust it)."""
+
+    max_local_epochs: int = Field(10, ge=1, le=1000)
+    max_rounds: int = Field(1000, ge=1, description="most rounds one job may plan (num-server-rounds)")
+    max_batch_size: int = Field(4096, ge=1)
+    max_model_parameters: int = Field(50_000_000, ge=1, description="refuse a model config larger than this "
+                                      "(the compact model has ~1 M; the faithful profile needs ~250 M)")
+    max_samples: int = Field(30_000, ge=100, description="most samples per lead a preprocessing config may ask for")
+    max_cache_variants: int = Field(3, ge=1, description="preprocessed caches kept; the least recently used goes")
 
 
 class Connection(StrictModel):
@@ -98,10 +144,12 @@ class SiteConfig(StrictModel):
     privacy: PrivacyBudget
     connection: Connection
     state_dir: Path = Field(description="local state: privacy ledger, data cache, outgoing-message log")
+    anchor_dir: Path = Field(description="privacy-ledger anchors: a directory OUTSIDE state_dir (ideally another "
+                             "volume), so that deleting the state dir does not reset the budget")
     threads: int = Field(1, ge=1, le=256, description="CPU threads for local training (torch.set_num_threads); "
                          "more than the free cores makes torch far slower, not faster")
-    anchor_dir: Path | None = Field(None, description="privacy-ledger anchors, outside state_dir "
-                                    "(default $LSEMVAE_LEDGER_ANCHOR_DIR or ~/.lsemvae/ledger-anchors)")
+    evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
+    limits: SiteLimits = Field(default_factory=SiteLimits)
 
     @field_validator("name")
     @classmethod
@@ -127,6 +175,14 @@ class SiteConfig(StrictModel):
             raise ValueError(f"task names must be unique (got {names})")
         return v
 
+    @model_validator(mode="after")
+    def _anchor_outside_state(self) -> "SiteConfig":
+        state, anchor = _absolute(self.state_dir), _absolute(self.anchor_dir)
+        if anchor == state or state in anchor.parents:
+            raise ValueError(f"anchor_dir {self.anchor_dir} is inside state_dir {self.state_dir}: deleting the state "
+                             "dir would then reset the privacy budget; put the anchors elsewhere (another volume)")
+        return self
+
     @property
     def lead_names(self) -> tuple[str, ...]:
         return resolve_lead_set(self.leads)
@@ -146,6 +202,10 @@ class SiteConfig(StrictModel):
     @property
     def outgoing_log(self) -> Path:
         return self.state_dir / "outgoing-messages.jsonl"
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.normpath(path.expanduser().absolute()))
 
 
 def _resolve(path: Path | None, base: Path) -> Path | None:
@@ -203,7 +263,6 @@ class FederationConfig(StrictModel):
     out_dir: str = Field("", description="absolute output directory (server state, metrics, report)")
     resume: bool = Field(False, description="continue from the server state in out-dir")
     seed: int = 0
-    eval_bins: int = Field(20, ge=2, le=1000, description="score-histogram bins per class in evaluation replies")
     head_input: Literal["fused", "leads+fused", "concat"] = Field(
         "fused", description="what the federation's fresh task heads read (lsemvae.model.config.ModelConfig): "
         "fused, the 64-d fused mean, is the default; leads+fused (13x wider) is about even without DP and trails "
@@ -218,17 +277,12 @@ class FederationConfig(StrictModel):
     update_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the model arrays on the wire, both directions (float16 halves the bytes; "
         "training and aggregation stay float32/float64, lsemvae.federation.codec)")
+    epsilon_registry: str = Field("", description="JSON file on the coordinator keeping every site's highest reported "
+                                  "cumulative epsilon across jobs, so a site whose epsilon went down is flagged (\"\": off)")
     sites_dir: str = Field("", description="directory of site TOMLs for simulated sites (absolute)")
     sim_sites: str = Field("", description="simulation: comma-separated site names, partition i -> site i")
     sim_state_dir: str = Field("", description="simulation: root of the simulated sites' local state")
     sim_epsilon: float = Field(0.0, ge=0, description="simulation: override every simulated site's epsilon (0 = keep)")
-
-    @field_validator("eval_bins")
-    @classmethod
-    def _tiles_calibration(cls, v: int) -> int:
-        if v % 10:
-            raise ValueError("must be a multiple of 10 (calibration uses 10 bins built from these)")
-        return v
 
     @field_validator("tasks")
     @classmethod

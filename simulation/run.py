@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lsemvae.errors import LSEMVAEError  # noqa: E402
+from lsemvae.fileio import dump_toml  # noqa: E402
 
 REAL_SITES = ["ptbxl-site0", "ptbxl-site1", "ptbxl-site2plus", "ludb"]
 SYNTH_TEMPLATES = ["hospital_a", "hospital_b", "clinic_c", "referral_d"]
@@ -65,7 +66,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-sites", type=int, default=None, help="minimum sites per round (default: all)")
     p.add_argument("--round-timeout", type=float, default=900.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-bins", type=int, default=20, help="score-histogram bins in evaluation replies (default 20)")
     p.add_argument("--update-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the model arrays sent each way (float16 halves the bytes; default float32)")
     p.add_argument("--train-encoders", choices=["auto", "true", "false"], default="auto",
@@ -77,32 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- data and sites
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-
-def dump_site_toml(data: dict) -> str:
-    """TOML for a site config dict (scalars, tables, arrays of tables): all SiteConfig needs."""
-    head = [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None and not isinstance(v, (dict, list))
-            or isinstance(v, list) and not (v and isinstance(v[0], dict))]
-    body = []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            body.append(f"\n[{k}]")
-            body += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            for item in v:
-                body.append(f"\n[[{k}]]")
-                body += [f"{kk} = {_toml_value(vv)}" for kk, vv in item.items() if vv is not None]
-    return "\n".join(head + body) + "\n"
-
 
 def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> list[str]:
     """Generate (or reuse) the synthetic cohort and write one site config per site into ``sites_dir``."""
@@ -121,7 +95,7 @@ def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> l
         data.update(name=name, description=f"synthetic site {site.name} ({site.leads}, {site.fs} Hz)", leads=site.leads,
                     state_dir=str(sites_dir.parent / "site-state" / name))
         data["data"].update(root=str(dest / site.name / "records"), labels=str(dest / site.name / "labels.csv"))
-        (sites_dir / f"{name}.toml").write_text(dump_site_toml(data))
+        (sites_dir / f"{name}.toml").write_text(dump_toml(data))
         names.append(name)
     return names
 
@@ -267,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "local-epochs": args.local_epochs, "lr": args.lr, "batch-size": args.batch_size, "dp": not args.no_dp,
             "checkpoint": str(checkpoint), "out-dir": str(out / "server"), "seed": args.seed,
             "sites-dir": str(sites_dir), "sim-sites": ",".join(names), "sim-state-dir": str(out / "site-state"),
-            "sim-epsilon": args.epsilon, "resume": args.resume, "eval-bins": args.eval_bins,
+            "sim-epsilon": args.epsilon, "resume": args.resume,
             "update-dtype": args.update_dtype,
             "train-encoders": {"true": True, "false": False}.get(args.train_encoders, args.train_encoders),
         }

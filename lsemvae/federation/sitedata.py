@@ -16,13 +16,18 @@ from lsemvae.site import SiteConfig
 
 
 def site_tasks(cfg: SiteConfig) -> dict[str, Any]:
-    """``{head name: Task}``: a label column bound to a head name, or the task's built-in rule."""
+    """``{head name: Task}``: a label column bound to a head name, or the task's built-in rule.
+
+    A column bound to a head takes the head's name as its class too: the head means what the federation
+    says it means, whatever the site calls the column (``ph`` at one site, ``rv_dilated`` at another).
+    """
     from lsemvae.data.tasks import column_task, get_task
 
     out = {}
     for binding in cfg.tasks:
         if binding.column:
-            out[binding.name] = dataclasses.replace(column_task(binding.column), name=binding.name)
+            out[binding.name] = dataclasses.replace(column_task(binding.column), name=binding.name,
+                                                    classes=(binding.name,))
         else:
             out[binding.name] = get_task(binding.name)
     return out

@@ -1,4 +1,4 @@
-"""Training objectives as pure functions (no module state), shared by central training and the ClientApp.
+"""Training objectives as pure functions (no module state), shared by central training and federated sites.
 
 Every loss is computed per record and then averaged, so per-sample gradients (Opacus) are those
 of independent records.
@@ -100,21 +100,39 @@ def vae_objective(out, target: Tensor, *, beta: float, objective: ObjectiveConfi
     return loss, parts
 
 
-def task_loss(logits: Tensor, target: Tensor, kind: str, *, pos_weight: Tensor | None = None) -> Tensor:
-    """Batch-mean loss of one task; NaN targets (label not applicable) are ignored.
+def per_record_task_loss(logits: Tensor, target: Tensor, kind: str, *, pos_weight: Tensor | None = None) -> Tensor:
+    """``[B]`` loss of one task per record; 0 for a record without a label for it.
 
-    binary/multilabel: BCE with logits (``pos_weight`` per output for class imbalance);
-    multiclass: cross-entropy on the one-hot target (records with any NaN ignored).
+    binary/multilabel: BCE with logits, averaged over the record's labelled outputs (``pos_weight``
+    per output for class imbalance); multiclass: cross-entropy on the one-hot target (a record with any
+    NaN is unlabelled). Per record, so DP-SGD's per-sample gradients are those of independent records.
     """
     if kind == "multiclass":
         valid = ~torch.isnan(target).any(-1)
-        if not valid.any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[valid], target[valid].argmax(-1))
+        safe = torch.where(torch.isnan(target), torch.zeros_like(target), target)
+        return F.cross_entropy(logits, safe.argmax(-1), reduction="none") * valid
     valid = ~torch.isnan(target)
     safe = torch.where(valid, target, torch.zeros_like(target))
     loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
-    return (loss * valid).sum() / valid.sum().clamp_min(1)
+    return (loss * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+
+
+def labelled(target: Tensor, kind: str) -> Tensor:
+    """``[B]`` bool: records with a label for the task (any output, or all of them for multiclass)."""
+    missing = torch.isnan(target)
+    return ~missing.any(-1) if kind == "multiclass" else ~missing.all(-1)
+
+
+def task_loss(logits: Tensor, target: Tensor, kind: str, *, pos_weight: Tensor | None = None) -> Tensor:
+    """Batch loss of one task: the mean of :func:`per_record_task_loss` over the records labelled for it."""
+    return per_record_task_loss(logits, target, kind, pos_weight=pos_weight).sum() / labelled(target, kind).sum().clamp_min(1)
+
+
+def per_record_loss(logits: dict[str, Tensor], y: dict[str, Tensor], kinds: dict[str, str],
+                    pos_weights: dict[str, Tensor] | None = None) -> Tensor:
+    """``[B]``: the sum over tasks of :func:`per_record_task_loss` (what a federated site trains on)."""
+    pos_weights = pos_weights or {}
+    return sum(per_record_task_loss(logits[t], y[t], kind, pos_weight=pos_weights.get(t)) for t, kind in kinds.items())
 
 
 def positive_weights(labels, *, max_weight: float = 20.0) -> Tensor:

@@ -43,6 +43,19 @@ def register(subparsers) -> None:
     reset.add_argument("--accountant", choices=["rdp", "prv"], help="accountant (default: as before, else rdp)")
     reset.set_defaults(func=_reset)
 
+    anchor = sub.add_parser(
+        "re-anchor",
+        help="write a new anchor for a ledger whose anchor was lost: explicit and logged",
+        description="A ledger that has spent budget is refused without its anchor, because it could be an older "
+        "copy. When the data custodian has checked that it is the newest ledger (e.g. the anchor directory was lost "
+        "or moved), this writes a new anchor from it and logs the reason in the ledger.",
+    )
+    anchor.add_argument("--ledger", type=Path, required=True, help="the site's ledger JSON file")
+    anchor.add_argument("--site", required=True, help="site name")
+    anchor.add_argument("--anchor-dir", type=Path, required=True, help="the site config's anchor_dir")
+    anchor.add_argument("--confirm", required=True, metavar="REASON", help="why (kept in the ledger)")
+    anchor.set_defaults(func=_re_anchor)
+
     budget = sub.add_parser("set-budget", help="change a site's epsilon budget: explicit and logged")
     budget.add_argument("--ledger", type=Path, required=True, help="the site's ledger JSON file")
     budget.add_argument("--site", required=True, help="site name")
@@ -89,4 +102,12 @@ def _set_budget(args) -> int:
     old = ledger.max_epsilon
     ledger.set_budget(max_epsilon=args.max_epsilon, reason=args.confirm)
     print(f"site '{ledger.site}': budget {old:g} -> {args.max_epsilon:g} (spent {ledger.epsilon():.4f}); logged")
+    return 0
+
+
+def _re_anchor(args) -> int:
+    ledger = PrivacyLedger.open_unanchored(args.ledger, site=args.site, anchor_dir=args.anchor_dir)
+    ledger.re_anchor(reason=args.confirm)
+    print(f"site '{ledger.site}': new anchor written in {args.anchor_dir} at epsilon {ledger.epsilon():.4f}; "
+          f"reason logged: {args.confirm!r}")
     return 0

@@ -9,22 +9,22 @@ How a site uses it, every round::
     ledger.check_can_train(noise_multiplier=sigma, sample_rate=q, steps=local_epochs * len(loader))
     model, opt, loader, dp = make_private(model, opt, loader, noise_multiplier=sigma,
                                           max_grad_norm=C, history=ledger.history)
-    for batch in loader:
+    for batch in loader:                                    # Poisson batches from OS randomness
         opt.zero_grad()
         loss_per_sample = objective(model, batch)           # shape [B]
         dp.backward(loss_per_sample)                        # right for every grad_sample_mode
-        opt.step()                                          # also on an empty Poisson batch, see below
+        dp.step()                                           # fresh OS-seeded noise; also on an empty batch
     ledger.record_round(round_number=r, run_id=run, history=dp.history)
     weights = plain_state_dict(model)
 
 Why sigma is planned once: calling ``make_private_with_epsilon`` each round spends the whole
-budget every round (notes §7.1 item 4). Why ``history`` goes in: the engine is new every round and
+budget every round. Why ``history`` goes in: the engine is new every round and
 its accountant must continue from everything this dataset has already spent.
 
 **Empty Poisson batches.** With Poisson sampling a batch can be empty (probability (1-q)^N: about
 1e-9 for q=1/13, N=260, but common in tests with a handful of records). Opacus' loader then yields
 zero-length tensors. Preferred (``hooks``, ``ghost``): run the objective on them as usual;
-``dp.backward`` sums a zero-length loss (a mean over nothing is NaN) and ``opt.step()`` adds pure
+``dp.backward`` sums a zero-length loss (a mean over nothing is NaN) and ``dp.step()`` adds pure
 noise and counts the step, which is exactly the mechanism the accountant analyses. If the
 objective cannot run on an empty batch (``functorch`` mode cannot; nor can code that indexes the
 batch), test :func:`is_empty_batch` and skip the batch *entirely*: no backward, no ``opt.step()``
@@ -33,7 +33,10 @@ then neither noised nor counted, and whether a batch was empty is a tiny data-de
 accountant does not cover: acceptable only because P(empty) is negligible for real sites.
 
 Opacus is imported lazily through :func:`import_opacus`: importing it runs ``logging.basicConfig``,
-which adds a root handler and makes every Flower log line print twice (notes §7.1 item 7).
+which adds a root handler and makes every Flower log line print twice.
+
+**Randomness is the site's own** (:mod:`lsemvae.privacy.randomness`): Poisson batches and noise come
+from the operating system's CSPRNG; :func:`make_private` takes no seed or generator.
 """
 
 from __future__ import annotations
@@ -219,6 +222,13 @@ class DPSession:
     def get_epsilon(self, delta: float) -> float:
         return float(self.privacy_engine.get_epsilon(delta))
 
+    def step(self) -> None:
+        """One DP-SGD step (clip, noise, update) with noise from a fresh OS-seeded generator."""
+        from lsemvae.privacy.randomness import os_generator
+
+        self.optimizer.generator = os_generator()
+        self.optimizer.step()
+
     def backward(self, loss_per_sample: torch.Tensor) -> None:
         """Backward pass of a per-sample loss ``[B]``, correct for the session's grad_sample_mode.
 
@@ -293,15 +303,17 @@ def make_private(
     accountant: str = "rdp",
     poisson: bool = True,
     grad_sample_mode: str = "hooks",
-    noise_generator: torch.Generator | None = None,
     fast_conv1d: bool = True,
 ):
     """Wrap model, optimizer and loader for DP-SGD; returns ``(model, optimizer, loader, session)``.
 
     ``history`` (the ledger's) is loaded into the new engine's accountant *before* ``make_private``
     so ``session.history`` after training is the dataset's whole history. Load the round's
-    weights into ``model`` before calling this. ``poisson=False`` breaks the sampling assumption
-    of the accountant: use it for benchmarks only. ``fast_conv1d`` uses
+    weights into ``model`` before calling this. Batches are Poisson samples at rate
+    ``1 / len(data_loader)`` drawn from OS randomness, and the noise generator is OS-seeded
+    (:mod:`lsemvae.privacy.randomness`); call ``session.step()`` (not ``optimizer.step()``) to re-seed
+    it every step. ``poisson=False`` keeps ``data_loader`` as it is, which breaks the sampling
+    assumption of the accountant: use it for benchmarks only. ``fast_conv1d`` uses
     :func:`conv1d_grad_sample` for Conv1d layers (same gradients, less time: see
     benchmarks/dp_throughput.py). The client should use ``grad_sample_mode="hooks"`` (fastest here,
     and it runs empty Poisson batches); ``functorch`` cannot run an empty batch.
@@ -312,10 +324,19 @@ def make_private(
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode: {grad_sample_mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}")
     use_fast_conv1d_grad_sampler(fast_conv1d)
+    import warnings
+
     from opacus import PrivacyEngine
 
-    # secure_mode=True needs torchcsprng (not installed here); Opacus' warning about it stays visible.
-    engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+    from lsemvae.privacy.randomness import os_generator, poisson_loader
+
+    with warnings.catch_warnings():
+        # "Secure RNG turned off": secure_mode needs torchcsprng; the site's own OS randomness replaces it
+        # below (lsemvae.privacy.randomness). Only this one message is silenced, only here.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+    if poisson:
+        data_loader = poisson_loader(data_loader.dataset, steps=len(data_loader))
     if history:
         engine.accountant.load_state_dict(
             {"history": [(float(s), float(q), int(n)) for s, q, n in history], "mechanism": engine.accountant.mechanism()}
@@ -326,9 +347,8 @@ def make_private(
         data_loader=data_loader,
         noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm),
-        poisson_sampling=poisson,
+        poisson_sampling=False,   # the loader is already Poisson, from OS randomness
         grad_sample_mode=grad_sample_mode,
-        noise_generator=noise_generator,
         # Ghost clipping's criterion wrapper is not used: DPSession.backward takes per-sample losses.
         criterion=nn.MSELoss(),
     )
@@ -336,6 +356,8 @@ def make_private(
         private_model, private_opt, _criterion, private_loader = wrapped
     else:
         private_model, private_opt, private_loader = wrapped
+    private_opt.generator = os_generator()
+    private_opt.secure_mode = True   # Opacus' floating-point-safe noise draw (needs no torchcsprng)
     session = DPSession(
         privacy_engine=engine,
         grad_sample_mode=grad_sample_mode,

@@ -19,26 +19,31 @@ The ledger is one JSON file::
 
 Anchors (design decision)
 -------------------------
-Deleting the state directory must not reset the budget. Each write also updates a small anchor
-``<anchor_dir>/<site>.json`` *outside* the state directory: site, ledger path, number of resets,
-total steps, epsilon, sha256 of the history, delta, budget and accountant, with its own checksum.
-``anchor_dir`` is an argument, else ``$LSEMVAE_LEDGER_ANCHOR_DIR``, else ``~/.lsemvae/ledger-anchors``.
+Deleting the state directory must not reset the budget, and an older copy must not roll it back.
+Each write also updates an anchor ``<anchor_dir>/<site>.json`` *outside* the state directory (the
+site config requires ``anchor_dir`` and refuses one inside ``state_dir``): site, ledger path, resets,
+the **whole history**, epsilon, delta, budget, accountant, and keyed hashes of the dataset's
+patients, with its own checksum.
 
-* Ledger present, anchor absent: the ledger is trusted and, when opened for training
-  (:meth:`PrivacyLedger.open_or_create`), the anchor is rebuilt (new machine or cleaned home
-  directory); logged. :meth:`PrivacyLedger.open` (preflight, ``show``) writes nothing.
+* Ledger present, anchor absent: refused if the ledger has spent anything (:class:`AnchorMissing`):
+  a ledger without its anchor could be an older copy. ``lsemvae privacy re-anchor`` (explicit, with a
+  reason, logged in the ledger) writes a new anchor. A ledger that has spent nothing is re-anchored
+  silently (a crash between creating the two files).
 * Ledger absent, anchor present: :class:`LedgerMissing`; the operator either restores the file
   or runs ``lsemvae privacy reset`` (explicit, with a reason, logged in the new ledger).
-* Ledger present but behind its anchor (fewer resets, fewer steps, or same steps and another
-  history): :class:`LedgerCorrupted` (a restored old backup would otherwise undo spending).
-  The ledger is written before its anchor, so a crash between the two leaves the ledger *ahead*,
-  which is accepted and the anchor caught up.
+* Ledger present: its history must **extend** the anchored one (each anchored entry kept, more
+  steps only at the end) and its epsilon may not be lower than the anchored epsilon; fewer resets
+  than the anchor is an older copy. Otherwise :class:`LedgerCorrupted`. The ledger is written before
+  its anchor, so a crash between the two leaves the ledger *ahead*, which is accepted and the anchor
+  caught up.
+* **The budget belongs to the patients, not to the site's name.** A new ledger whose dataset shares
+  patients with any anchor in ``anchor_dir`` (same key, :func:`lsemvae.federation.runtime.ledger_key`)
+  is refused, naming the site that spent on them: renaming a site does not give its data a new budget.
 
-What the anchor does not do: it is a plain file of the same user, so someone who deletes both
-files, or edits a file and recomputes its checksum, defeats it. Checksums catch accidents (bad
-disks, truncation, hand edits); a site's operator who wants to cheat its own budget is outside this
-threat model. Put the anchor directory on a different volume than the state directory when the
-state directory is a container volume.
+What the anchor does not do: it is a plain file of the same user. Someone who can write both files
+can forge a consistent pair (recomputing unkeyed checksums), as root always can; the checksums catch
+accidents, old backups, hand edits and renames. The cross-party check is the coordinator's: it keeps
+every site's reported cumulative epsilon and flags a site whose epsilon went down.
 """
 
 from __future__ import annotations
@@ -52,12 +57,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lsemvae.errors import LSEMVAEError
+from lsemvae.fileio import atomic_write_json, private_dir
 from lsemvae.privacy.dp import BudgetExhausted, History, check_accountant, epsilon_of
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ VERSION = 1
 ANCHOR_DIR_ENV = "LSEMVAE_LEDGER_ANCHOR_DIR"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESET_COMMAND = "lsemvae privacy reset --ledger {path} --site {site} --confirm '<reason>'"
+REANCHOR_COMMAND = "lsemvae privacy re-anchor --ledger {path} --site {site} --anchor-dir {anchor_dir} --confirm '<reason>'"
+EPSILON_SLACK = 1e-9
 
 
 class LedgerError(LSEMVAEError):
@@ -90,7 +97,16 @@ class LedgerMismatch(LedgerError):
     """The ledger belongs to another site, delta or accountant than the caller asked for."""
 
 
+class AnchorMissing(LedgerCorrupted):
+    """A ledger that has spent budget, without its anchor: it could be an older copy."""
+
+
+class DatasetSpentElsewhere(LedgerMismatch):
+    """A new ledger's patients have spent budget under another site's ledger (a renamed site)."""
+
+
 def default_anchor_dir() -> Path:
+    """Where ``lsemvae privacy`` looks for anchors without ``--anchor-dir`` (sites name theirs in the config)."""
     env = os.environ.get(ANCHOR_DIR_ENV)
     return Path(env).expanduser() if env else Path.home() / ".lsemvae" / "ledger-anchors"
 
@@ -142,38 +158,13 @@ def history_increment(old: History, new: History) -> History:
     return ([(old[-1][0], old[-1][1], extra)] if extra else []) + new[k:]
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` so a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 @contextlib.contextmanager
 def sidecar_lock(path: Path):
     """Exclusive ``flock`` on ``.<name>.lock`` beside ``path`` (a sidecar: a ledger itself is replaced on write).
     Held across processes; a process that dies releases it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as fh:
+    private_dir(path.parent)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -310,10 +301,21 @@ class PrivacyLedger:
             if anchor is not None:
                 raise LedgerMissing(_missing_message(path, site, anchor, anchor_dir))
             raise LedgerError(f"{path}: no privacy ledger here" + (f" for site '{site}'" if site else ""))
+        ledger = cls._load(path, site, anchor_dir)
+        ledger._check_anchor()
+        return ledger
+
+    @classmethod
+    def open_unanchored(cls, path: str | Path, *, site: str, anchor_dir: str | Path) -> "PrivacyLedger":
+        """Open a ledger without its anchor check: only for ``lsemvae privacy re-anchor``."""
+        _check_site(site)
+        return cls._load(Path(path).expanduser().absolute(), site, Path(anchor_dir).expanduser())
+
+    @classmethod
+    def _load(cls, path: Path, site: str | None, anchor_dir: Path) -> "PrivacyLedger":
         ledger = cls(path, _validate_body(path, _read_checked(path, FORMAT, "privacy ledger", _fix(path, site))), anchor_dir)
         if site is not None and ledger.site != site:
-            raise LedgerMismatch(f"{path}: this ledger belongs to site '{ledger.site}', not '{site}': check dp-ledger-dir")
-        ledger._check_anchor()
+            raise LedgerMismatch(f"{path}: this ledger belongs to site '{ledger.site}', not '{site}': check state_dir")
         return ledger
 
     @classmethod
@@ -326,11 +328,14 @@ class PrivacyLedger:
         max_epsilon: float,
         accountant: str = "rdp",
         anchor_dir: str | Path | None = None,
+        patients: list[str] | None = None,
     ) -> "PrivacyLedger":
         """The site's ledger; created empty only if neither the file nor its anchor exists.
 
         An existing ledger must have the same delta and accountant. A lower ``max_epsilon`` than the
         ledger's is applied and logged (tightening is always safe); a higher one is refused.
+        ``patients``: keyed hashes of the dataset's patients. A new ledger is refused when any anchor in
+        ``anchor_dir`` already holds one of them; an existing one adds them to its anchor.
         """
         _check_site(site)
         check_accountant(accountant)
@@ -343,14 +348,15 @@ class PrivacyLedger:
                 anchor = _read_anchor(anchor_dir, site)
                 if anchor is not None:
                     raise LedgerMissing(_missing_message(path, site, anchor, anchor_dir))
+                _refuse_patients_spent_elsewhere(anchor_dir, site, patients or [])
                 body = _new_body(site, delta=delta, max_epsilon=max_epsilon, accountant=accountant, resets=0)
                 body["events"].append({"kind": "created", "time": _now(), "user": _user()})
                 ledger = cls(path, body, anchor_dir)
-                ledger._persist()
+                ledger._persist(patients=patients)
                 log.info("privacy ledger created for site '%s' at %s (anchor in %s)", site, path, anchor_dir)
                 return ledger
         ledger = cls.open(path, site=site, anchor_dir=anchor_dir)
-        ledger._check_anchor(repair=True)
+        ledger._check_anchor(repair=True, patients=patients)
         if ledger.delta != delta or ledger.accountant != accountant:
             raise LedgerMismatch(
                 f"{path}: ledger of site '{site}' is kept at delta={ledger.delta:g} with the {ledger.accountant} "
@@ -412,6 +418,18 @@ class PrivacyLedger:
             self._persist()
         log.warning("site '%s': privacy budget changed %g -> %g (%s)", self.site, old, max_epsilon, reason)
 
+    def re_anchor(self, *, reason: str) -> None:
+        """Operator command: write a new anchor for this ledger as it is (its anchor was lost); logged."""
+        _check_reason(reason)
+        with sidecar_lock(self.path):
+            self._reload(check_anchor=False)
+            previous = _read_anchor(self.anchor_dir, self.site, strict=False)
+            self._body["events"].append({"kind": "re-anchored", "reason": reason, "time": _now(), "user": _user(),
+                                         "epsilon": self.epsilon(), "previous_anchor": previous is not None})
+            self._persist()
+        log.warning("site '%s': privacy ledger re-anchored by %s (%s) at epsilon %.4f", self.site, _user(), reason,
+                    self.epsilon())
+
     @classmethod
     def reset(
         cls,
@@ -472,26 +490,31 @@ class PrivacyLedger:
         return ledger
 
     # ----------------------------------------------------------------- internals
-    def _reload(self) -> None:
-        fresh = PrivacyLedger.open(self.path, site=self.site, anchor_dir=self.anchor_dir)
+    def _reload(self, *, check_anchor: bool = True) -> None:
+        fresh = PrivacyLedger._load(self.path, self.site, self.anchor_dir)
+        if check_anchor:
+            fresh._check_anchor()
         self._body = fresh._body
 
-    def _anchor_record(self) -> dict:
+    def _anchor_record(self, patients: list[str] | None = None) -> dict:
         history = self.history
+        known = (_read_anchor(self.anchor_dir, self.site, strict=False) or {}).get("patients", [])
         return {
             "site": self.site,
             "ledger": str(self.path),
             "resets": self.resets,
             "total_steps": _total_steps(history),
+            "history": [list(h) for h in history],
             "history_sha256": _sha256([list(h) for h in history]),
             "epsilon": epsilon_of(history, delta=self.delta, accountant=self.accountant),
             "delta": self.delta,
             "max_epsilon": self.max_epsilon,
             "accountant": self.accountant,
+            "patients": sorted(set(known) | set(patients or [])),
             "time": _now(),
         }
 
-    def _persist(self) -> None:
+    def _persist(self, *, patients: list[str] | None = None) -> None:
         # Ledger first, anchor second: a crash in between leaves the ledger ahead, which open() accepts.
         try:
             atomic_write_json(self.path, {"format": FORMAT, "version": VERSION, "sha256": _sha256(self._body), "body": self._body})
@@ -500,47 +523,86 @@ class PrivacyLedger:
                 f"{self.path}: privacy ledger could not be written ({err}); the previous ledger is unchanged. "
                 "Do not send this round's update: its spending is not on record. Fix the disk or permissions."
             ) from err
-        self._write_anchor_only()
+        self._write_anchor_only(patients)
 
-    def _write_anchor_only(self) -> None:
-        anchor = self._anchor_record()
+    def _write_anchor_only(self, patients: list[str] | None = None) -> None:
+        anchor = self._anchor_record(patients)
         path = _anchor_path(self.anchor_dir, self.site)
         try:
             atomic_write_json(path, {"format": ANCHOR_FORMAT, "version": VERSION, "sha256": _sha256(anchor), "body": anchor})
         except OSError as err:
             raise LedgerWriteError(
                 f"{path}: privacy ledger anchor could not be written ({err}). Make the directory writable or choose "
-                f"another with ${ANCHOR_DIR_ENV} (outside the site's state directory)."
+                "another anchor_dir in the site config (outside the site's state directory)."
             ) from err
 
-    def _check_anchor(self, *, repair: bool = False) -> None:
-        """Refuse a ledger behind its anchor; with ``repair``, bring a missing or lagging anchor up to date."""
+    def _check_anchor(self, *, repair: bool = False, patients: list[str] | None = None) -> None:
+        """Refuse a ledger its anchor does not vouch for; with ``repair``, bring a lagging anchor up to date."""
         anchor = _read_anchor(self.anchor_dir, self.site)
         if anchor is None:
-            log.warning("site '%s': ledger anchor missing in %s%s", self.site, self.anchor_dir,
-                        f"; rebuilt from {self.path}" if repair else "")
+            if self.total_steps:
+                raise AnchorMissing(
+                    f"{self.path}: ledger of site '{self.site}' has spent epsilon {self.epsilon():.3f} but its anchor "
+                    f"{_anchor_path(self.anchor_dir, self.site)} is missing: the ledger could be an older copy, so the "
+                    "site refuses to train. Put the anchor back (check anchor_dir in the site config), or, with the "
+                    "data custodian's approval, run "
+                    f"`{REANCHOR_COMMAND.format(path=self.path, site=self.site, anchor_dir=self.anchor_dir)}` (logged)."
+                )
             if repair:
-                self._write_anchor_only()
+                self._write_anchor_only(patients)
             return
-        steps = self.total_steps
-        behind = (
-            self.resets < anchor["resets"]
-            or (self.resets == anchor["resets"] and steps < anchor["total_steps"])
-            or (self.resets == anchor["resets"] and steps == anchor["total_steps"]
-                and _sha256([list(h) for h in self.history]) != anchor["history_sha256"])
-        )
-        if behind:
+        problem = self._behind(anchor)
+        if problem:
             raise LedgerCorrupted(
-                f"{self.path}: ledger of site '{self.site}' is behind its anchor {_anchor_path(self.anchor_dir, self.site)} "
-                f"(ledger: {steps} steps, {self.resets} resets; anchor: {anchor['total_steps']} steps, epsilon "
-                f"{anchor['epsilon']:.3f}, {anchor['resets']} resets). Was an older copy restored? The site refuses "
-                f"to train. Restore the newest ledger, or run `{RESET_COMMAND.format(path=self.path, site=self.site)}`."
+                f"{self.path}: ledger of site '{self.site}' is not vouched for by its anchor "
+                f"{_anchor_path(self.anchor_dir, self.site)}: {problem} (anchor: {anchor['total_steps']} steps, epsilon "
+                f"{anchor['epsilon']:.3f}, {anchor['resets']} resets). Was an older copy restored or the file edited? "
+                f"The site refuses to train. Restore the newest ledger, or run "
+                f"`{RESET_COMMAND.format(path=self.path, site=self.site)}`."
             )
+        new_patients = set(patients or []) - set(anchor.get("patients", []))
         same = (anchor["ledger"], anchor["total_steps"], anchor["resets"], anchor["max_epsilon"]) == (
-            str(self.path), steps, self.resets, self.max_epsilon)
-        if repair and not same:
-            self._write_anchor_only()  # ledger ahead (crash between the two writes) or moved: catch up
+            str(self.path), self.total_steps, self.resets, self.max_epsilon)
+        if repair and (not same or new_patients):
+            self._write_anchor_only(patients)  # ledger ahead (crash between the two writes), moved, or new patients
 
+    def _behind(self, anchor: dict) -> str | None:
+        """Why the anchor does not vouch for this ledger (None: it does)."""
+        if self.resets < anchor["resets"]:
+            return f"it is behind its anchor ({self.resets} resets against {anchor['resets']}: an older copy?)"
+        if self.resets > anchor["resets"]:
+            return None   # reset since, and the anchor not yet written (a crash between the two writes)
+        if self.total_steps < anchor["total_steps"]:
+            return f"it is behind its anchor ({self.total_steps} steps against {anchor['total_steps']}: an older copy?)"
+        if "history" in anchor:
+            try:
+                history_increment(_normalise(anchor["history"]), self.history)
+            except LedgerError:
+                return "its history does not extend the anchored history (edited?)"
+        elif self.total_steps == anchor["total_steps"] and _sha256([list(h) for h in self.history]) != anchor["history_sha256"]:
+            return "its history differs from the anchored one (edited?)"
+        if self.epsilon() < anchor["epsilon"] - EPSILON_SLACK:
+            return f"its epsilon {self.epsilon():.4f} is below the anchored epsilon"
+        return None
+
+
+def _refuse_patients_spent_elsewhere(anchor_dir: Path, site: str, patients: list[str]) -> None:
+    """A new ledger whose patients already spent budget under another site's anchor is refused."""
+    if not patients or not anchor_dir.is_dir():
+        return
+    mine = set(patients)
+    for path in sorted(anchor_dir.glob("*.json")):
+        other = _read_anchor(anchor_dir, path.stem, strict=False)
+        if other is None or other.get("site") == site:
+            continue
+        shared = mine & set(other.get("patients", []))
+        if shared:
+            raise DatasetSpentElsewhere(
+                f"site '{site}': {len(shared)} of this dataset's {len(mine)} patients already spent privacy budget as "
+                f"site '{other['site']}' (epsilon {other['epsilon']:.3f}, ledger {other['ledger']}). The budget belongs "
+                f"to the patients, not to the site's name: keep the name '{other['site']}' and its ledger, or, if the "
+                f"data custodian approves, reset that ledger with `{RESET_COMMAND.format(path=other['ledger'], site=other['site'])}`."
+            )
 
 
 def _user() -> str:

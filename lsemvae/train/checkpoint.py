@@ -100,6 +100,18 @@ def model_from_checkpoint(ckpt: dict[str, Any], **config_updates) -> LSEMVAE:
     return model
 
 
+def preprocess_config(ckpt: dict[str, Any], model_config: Any = None):
+    """The preprocessing a checkpoint's model needs: the config recorded with it, else derived from its
+    model config (``model_config``, or the checkpoint's own). The one place this is decided."""
+    from lsemvae.data.preprocess import PreprocessConfig
+
+    recorded = (ckpt.get("provenance") or {}).get("preprocess_config")
+    if recorded:
+        return PreprocessConfig.model_validate(recorded)
+    cfg = model_config if model_config is not None else ModelConfig.model_validate(ckpt["model_config"])
+    return cfg.preprocess_config() if hasattr(cfg, "preprocess_config") else PreprocessConfig()
+
+
 def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     body = {k: v for k, v in state.items() if not k.startswith("heads.")}
     try:

@@ -16,24 +16,13 @@ from lsemvae.errors import ConfigError
 SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb-xl"
 
 
-def _preprocess_config(model, ckpt):
-    from lsemvae.data.preprocess import PreprocessConfig
-
-    recorded = (ckpt.get("provenance") or {}).get("preprocess_config")
-    if recorded:
-        return PreprocessConfig(**recorded)
-    cfg = model.config
-    if hasattr(cfg, "preprocess_config"):
-        return cfg.preprocess_config()
-    return PreprocessConfig()
-
-
 def _cohort(args, model, ckpt, task_names):
     from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
     from lsemvae.data.sources import ptbxl_index
     from lsemvae.data.tasks import resolve_tasks
+    from lsemvae.train.checkpoint import preprocess_config
 
-    pcfg = _preprocess_config(model, ckpt)
+    pcfg = preprocess_config(ckpt, model.config)
     if args.cache:
         return matching_cohort(load_cohort(args.cache), pcfg)
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)

@@ -5,8 +5,9 @@ at a lower learning rate), the from-scratch CNN and the random-encoder probe all
 same loop, folds and early stopping. Early stopping uses validation macro AUROC (mean over tasks),
 never the test split.
 
-:func:`train_one_epoch` is what the federated ClientApp calls under Opacus: no global state,
-per-record losses averaged over the batch, empty batches (Poisson sampling) skipped.
+Central fine-tuning only: federated sites train in :mod:`lsemvae.federation.training`. Both
+optimise the same per-record task loss (:func:`lsemvae.model.losses.per_record_task_loss`): the
+central loss is its mean over the records labelled for each task.
 """
 
 from __future__ import annotations

@@ -192,9 +192,9 @@ def _cell(value) -> str:
 def _cohort(args, model, ckpt):
     from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
     from lsemvae.errors import RecordError
-    from lsemvae.train.eval_commands import _preprocess_config
+    from lsemvae.train.checkpoint import preprocess_config
 
-    pcfg = _preprocess_config(model, ckpt)
+    pcfg = preprocess_config(ckpt, model.config)
     if args.cache:
         return matching_cohort(load_cohort(args.cache), pcfg, "prepare the records again or give them as INPUT")
     refs = input_refs(args.inputs)

@@ -28,7 +28,7 @@ def free_port() -> int:
 def write_sites(tmp: Path, n_sites: int = 2, records: int = 24, *, epsilon: float = 8.0) -> list[str]:
     """A tiny synthetic cohort (site 3 of the default spec is 6-lead) and one site config each under tmp/sites."""
     from lsemvae.data.synthetic import default_cohort, spec_with_overrides, write_cohort
-    from simulation.run import dump_site_toml
+    from lsemvae.fileio import dump_toml
 
     spec = spec_with_overrides(default_cohort(), sites=n_sites, records=records, seed=7)
     write_cohort(spec, tmp / "cohort", progress=False)
@@ -42,10 +42,12 @@ def write_sites(tmp: Path, n_sites: int = 2, records: int = 24, *, epsilon: floa
             "data": {"format": "manifest", "root": str(tmp / "cohort" / site.name / "records"),
                      "labels": str(tmp / "cohort" / site.name / "labels.csv"), "val_fraction": 0.3},
             "tasks": [{"name": "right_heart", "column": "right_heart"}, {"name": "left_atrial", "column": "left_atrial"}],
-            "privacy": {"epsilon": epsilon, "delta": 1e-3, "allow_non_dp": True},
+            "privacy": {"epsilon": epsilon, "run_epsilon": epsilon, "delta": 1e-3, "allow_non_dp": True},
+            # tiny test sites: report counts of >= 2 records, evaluate from 4 records on
+            "evaluation": {"min_cell": 2, "min_records": 4},
             "connection": {"superlink": "127.0.0.1:8000", "node_port": 9094 + i},
         }
-        (tmp / "sites" / f"{name}.toml").write_text(dump_site_toml(cfg))
+        (tmp / "sites" / f"{name}.toml").write_text(dump_toml(cfg))
         names.append(name)
     return names
 
@@ -161,27 +163,54 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_outgoing(rows: list[dict], *, site_groups: set[str], forbidden: set[str]) -> None:
-    """Every message a site sent: arrays only in the 'arrays' record and only of its groups; no record
-    or patient id anywhere; metrics are scalars; histogram counts are counts."""
-    from lsemvae.federation.groups import group_of
+def check_outgoing(rows: list[dict], *, site, model_shapes: dict[str, tuple], forbidden: set[str],
+                   trained_groups: set[str] | None = None) -> None:
+    """Every message a site sent, as its outgoing-message log records it, is exactly what the contract allows.
 
+    * Arrays: one packed buffer whose layout names exactly the parameters of the groups the site
+      trained (``trained_groups``, default: its leads, fusion and tasks), with the model's shapes. No
+      decoder, no other name, no other shape.
+    * Body: a strict reply model (unknown fields are refused), so nothing rides along; histograms
+      hold at most the site's bins and every count is at least its ``min_cell``; gates name lead groups.
+    * Errors: the reason is a fixed category (plus a server-safe detail), never site detail.
+    * Nowhere a record id, patient id or local path.
+    """
+    from lsemvae.federation import keys as K
+    from lsemvae.federation.groups import group_of, groups_for
+    from lsemvae.federation.messages import EvaluateReply, SiteInfo, TrainReply
+
+    groups = trained_groups if trained_groups is not None else groups_for(site.lead_names, site.task_names)
+    allowed = {k: tuple(v) for k, v in model_shapes.items() if group_of(k) in groups}
     assert rows, "the site sent nothing"
     for row in rows:
-        if "error" in row:
-            continue
-        for name in row["arrays"]:
-            record, key = name.split("/", 1)
-            assert record == "arrays", f"array outside the parameter record: {name}"
-            assert group_of(key) in site_groups, f"{key} is not a group this site trains"
-            assert not key.startswith("decoders"), key
         text = json.dumps(row)
-        leaked = [v for v in forbidden if f'"{v}"' in text]
+        leaked = [v for v in forbidden if v in text]
         assert not leaked, f"record/patient ids left the site: {leaked[:3]}"
-        for rec in row["metrics"].values():
-            for k, v in rec.items():
-                assert isinstance(v, (int, float)), f"metric {k} is not a scalar: {v!r}"
-        for rec_name, rec in row["configs"].items():
-            for k, v in rec.items():
-                if k.endswith(("/pos", "/neg")):
-                    assert all(float(c).is_integer() and c >= 0 for c in v), f"{k} holds non-counts"
+        for path in (str(site.state_dir), str(site.data.root)):
+            assert path not in text, f"a local path left the site: {path}"
+        if "error" in row:
+            reason = row["error"]["reason"]
+            assert any(reason == c or reason.startswith(c + ": ") for c in K.CATEGORIES.values()), reason
+            continue
+        assert row["records"]["configs"] == [K.BODY] and row["records"]["metrics"] == [], row["records"]
+        body = row["body"]
+        if row["message_type"] == K.TRAIN:
+            reply = TrainReply.model_validate(body)
+            assert row["records"]["arrays"] == [K.ARRAYS]
+            sent = {spec.name: tuple(spec.shape) for spec in reply.layout}
+            assert sent == allowed, f"arrays sent {sorted(set(sent) ^ set(allowed))[:5]} differ from the trained groups"
+            assert set(reply.group_weights) == groups
+        elif row["message_type"] == K.EVALUATE:
+            reply = EvaluateReply.model_validate(body)
+            assert row["records"]["arrays"] == []
+            policy = site.evaluation
+            for hist in reply.histograms.values():
+                for counts in [*hist.pos, *hist.neg]:
+                    if counts is not None:
+                        assert len(counts.counts) <= policy.bins
+                        assert min(counts.counts) >= policy.min_cell, counts.counts
+            assert set(reply.gates) <= {"limb", "augmented", "septal", "lateral"}
+            assert reply.num_examples >= policy.min_records
+        else:
+            SiteInfo.model_validate(body)
+            assert row["records"]["arrays"] == []

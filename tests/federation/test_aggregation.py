@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lsemvae.federation.groups import group_of, groups_for, select
-from server.aggregation import (
+from lsemvae.federation.aggregation import (
     AggregationError,
     Contribution,
     ServerOptimizer,

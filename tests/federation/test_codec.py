@@ -1,17 +1,21 @@
-"""float16 update compression (run config ``update-dtype``): wire format, validation, aggregation, and the
-real ClientApp accepting float16 arrays only when the run says so."""
+"""The wire format of model arrays: one packed buffer with its layout, float16 compression (run config
+``update-dtype``), validation and aggregation. (The real ClientApp accepting float16 only when the
+instruction says so: tests/reliability/test_malformed_messages.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
 
 from lsemvae.errors import ConfigError
-from lsemvae.federation import keys as K
-from lsemvae.federation.codec import CodecError, decode, encode
+from lsemvae.federation.codec import ArraySpec, CodecError, encode, pack, unpack
 from lsemvae.site import federation_config
-from server.aggregation import Contribution, ServerOptimizer, ServerOptimizerState, aggregate_round
+from lsemvae.federation.aggregation import Contribution, ServerOptimizer, ServerOptimizerState, aggregate_round
+
+
+def decode(wire: dict[str, np.ndarray], dtype: str, *, sender: str) -> dict[str, np.ndarray]:
+    """The arrays as a receiver gets them: packed as they travel, then unpacked."""
+    return unpack(*pack(wire, dtype), dtype, sender=sender)
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:
@@ -41,11 +45,28 @@ def test_float32_is_exact_and_float64_state_goes_out_as_float32():
     assert {v.dtype for v in wire.values()} == {np.dtype(np.float32)}
 
 
-@pytest.mark.parametrize("sent, agreed", [("float16", "float32"), ("float32", "float16"), ("float64", "float32")])
+@pytest.mark.parametrize("sent, agreed", [("float16", "float32"), ("float32", "float16")])
 def test_receiver_refuses_arrays_in_another_dtype_than_agreed(sent, agreed):
-    w = {k: v.astype(sent) for k, v in _weights().items()}
+    buffer, layout = pack(_weights(), sent)
     with pytest.raises(CodecError, match=rf"the server sent arrays that are not {agreed}.*encoders\.I\.conv\.weight \({sent}\)"):
-        decode(w, agreed, sender="the server")
+        unpack(buffer, layout, agreed, sender="the server")
+
+
+def test_a_packed_buffer_is_read_only_as_its_layout_says():
+    w = _weights()
+    buffer, layout = pack(w, "float32")
+    assert buffer.dtype == np.uint8 and buffer.size == sum(v.nbytes for v in w.values())
+    assert [s.name for s in layout] == sorted(w)
+    back = unpack(buffer, layout, "float32", sender="x")
+    assert all(np.array_equal(back[k], v) for k, v in w.items())
+    with pytest.raises(CodecError, match="bytes but its layout describes"):
+        unpack(buffer[:-4], layout, "float32", sender="x")
+    with pytest.raises(CodecError, match="names an array twice"):
+        unpack(buffer, [layout[0], layout[0], *layout[2:]], "float32", sender="x")
+    with pytest.raises(CodecError, match="one uint8 vector"):
+        unpack(buffer.view(np.float32), layout, "float32", sender="x")
+    with pytest.raises(ValueError):
+        ArraySpec(name="../etc/passwd", dtype="float32", shape=(1,))
 
 
 def test_values_float16_cannot_hold_are_refused_not_sent_as_inf():
@@ -81,43 +102,6 @@ def test_aggregation_of_float16_updates_stays_float32_and_close_to_the_float32_a
         # each site's rounding error is at most 2**-11 of its own value; the average can cancel, its error cannot
         bound = (0.75 * np.abs(sites[0][k]) + 0.25 * np.abs(sites[1][k])) * 2.0**-11 + 1e-7
         assert np.all(np.abs(half[k] - exact[k]) <= bound), k
-
-
-# ----------------------------------------------------------------------------- real ClientApp (slow)
-
-from tests.federation.test_client_messages import task_identity, world  # noqa: E402, F401  (fixtures)
-
-
-@pytest.mark.e2e
-def test_client_accepts_float16_only_when_the_config_says_so(world):
-    from client.client_app import app
-    from lsemvae.federation.groups import federated
-    from server.server_app import _array_record, train_config
-
-    tmp, names, fed, state = world
-    site = names[0]
-    ctx = Context(run_id=91, node_id=1, node_config={"site": site, "site-config": str(tmp / "sites" / f"{site}.toml")},
-                  state=RecordDict(), run_config=fed.as_run_config())
-    half = _array_record(encode(federated(state.model), "float16"))
-
-    def send(config_dtype: str | None) -> Message:
-        cfg = train_config(fed, state, 1, seed=1)
-        if config_dtype is None:
-            del cfg[K.UPDATE_DTYPE]
-        else:
-            cfg[K.UPDATE_DTYPE] = config_dtype
-        return app(Message(RecordDict({K.ARRAYS: half, K.CONFIG: cfg}), dst_node_id=1, message_type=K.TRAIN,
-                           group_id="1"), ctx)
-
-    for refused_under in ("float32", None, "bfloat16"):       # None: a server that does not send the key
-        reply = send(refused_under)
-        assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE, refused_under
-        assert "update-dtype" in reply.error.reason
-    reply = send("float16")
-    assert not reply.has_error(), reply.error.reason
-    up = reply.content[K.ARRAYS]
-    assert {a.dtype for a in up.values()} == {"float16"}
-    assert {k: tuple(a.shape) for k, a in up.items()} == {k: state.model[k].shape for k in up}
 
 
 def test_digest_names_exactly_the_arrays_that_travel():

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_one_planned_round_spends_the_site_budget(world):  # noqa: F811
-    from client.site_runtime import load_site_data
+    from lsemvae.federation.runtime import load_site_data
 
     tmp, names, fed, state = world
     site = names[0]

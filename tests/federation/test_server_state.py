@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lsemvae.errors import ConfigError
-from server.aggregation import ServerOptimizerState
-from server.state import STATE_FILE, ServerState, load_state, save_state
+from lsemvae.federation.aggregation import ServerOptimizerState
+from lsemvae.federation.state import STATE_FILE, ServerState, load_state, save_state
 
 
 def test_state_round_trip_is_exact(tmp_path):

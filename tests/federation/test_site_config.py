@@ -38,6 +38,7 @@ BASE = """
 name = "x"
 leads = "6L"
 state_dir = "state"
+anchor_dir = "anchors"
 [data]
 format = "manifest"
 root = "records"

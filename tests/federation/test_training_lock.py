@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 
-from client.site_runtime import site_training_lock
+from lsemvae.federation.runtime import site_training_lock
 from lsemvae.site import load_site_config
 from tests.federation.helpers import write_sites
 

@@ -249,15 +249,65 @@ def test_failed_write_leaves_old_ledger_and_no_partial_file(paths, monkeypatch):
     assert new_ledger(paths).total_steps == STEPS
 
 
-def test_missing_anchor_is_rebuilt_from_the_ledger(paths):
+def test_missing_anchor_refuses_until_an_explicit_logged_re_anchor(paths):
+    """A ledger that has spent, without its anchor, could be an older copy: refused until the operator says so."""
+    from lsemvae.privacy.commands import register  # noqa: F401  (the command exists)
+    from lsemvae.privacy.ledger import AnchorMissing
+
     ledger = new_ledger(paths)
     eps = train_rounds(ledger, 1, run_id="run-1")[-1]
     anchor = paths[1] / "aspire.json"
     anchor.unlink()
-    assert PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1]).epsilon() == pytest.approx(eps)
-    assert not anchor.exists()  # reading (preflight, show) writes nothing
-    assert new_ledger(paths).epsilon() == pytest.approx(eps)
+    for opening in (lambda: PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1]), lambda: new_ledger(paths)):
+        with pytest.raises(AnchorMissing, match="lsemvae privacy re-anchor"):
+            opening()
+    assert not anchor.exists()  # refusing writes nothing
+    PrivacyLedger.open_unanchored(paths[0], site="aspire", anchor_dir=paths[1]).re_anchor(reason="anchor volume lost, ledger checked")
+    reopened = new_ledger(paths)
+    assert reopened.epsilon() == pytest.approx(eps)
+    assert reopened.events[-1]["kind"] == "re-anchored" and reopened.events[-1]["reason"] == "anchor volume lost, ledger checked"
     assert json.loads(anchor.read_text())["body"]["epsilon"] == pytest.approx(eps)
+
+
+def test_a_ledger_that_spent_nothing_is_re_anchored_silently(paths):
+    """Created but never trained (a crash between creating the ledger and its anchor): nothing to protect."""
+    new_ledger(paths)
+    (paths[1] / "aspire.json").unlink()
+    new_ledger(paths)
+    assert (paths[1] / "aspire.json").is_file()
+
+
+def test_forged_history_ahead_of_the_anchor_is_refused(paths):
+    """One step "ahead" with a huge noise multiplier and a recomputed checksum: not an extension of the anchor."""
+    from lsemvae.privacy.ledger import _sha256
+
+    ledger = new_ledger(paths)
+    train_rounds(ledger, 2, run_id="run-1")
+    doc = json.loads(paths[0].read_text())
+    doc["body"]["history"] = [[1e6, Q, 2 * STEPS + 1]]
+    doc["body"]["events"][-1]["steps"] += 1
+    doc["sha256"] = _sha256(doc["body"])
+    paths[0].write_text(json.dumps(doc))
+    with pytest.raises(LedgerCorrupted, match="does not extend the anchored history"):
+        new_ledger(paths)
+
+
+def test_renamed_site_does_not_give_its_patients_a_new_budget(paths):
+    from lsemvae.privacy.ledger import DatasetSpentElsewhere
+
+    path, anchors = paths
+    patients = [f"{i:016x}" for i in range(40)]
+    ledger = PrivacyLedger.open_or_create(path, site="aspire", delta=DELTA, max_epsilon=8.0, anchor_dir=anchors,
+                                          patients=patients)
+    train_rounds(ledger, 1, run_id="run-1")
+    renamed = path.parent.parent / "aspire-2" / "privacy-ledger.json"
+    with pytest.raises(DatasetSpentElsewhere, match="already spent privacy budget as site 'aspire'"):
+        PrivacyLedger.open_or_create(renamed, site="aspire-2", delta=DELTA, max_epsilon=8.0, anchor_dir=anchors,
+                                     patients=patients[10:] + ["ffffffffffffffff"])
+    assert not renamed.exists()
+    # a dataset with none of those patients is a new dataset
+    PrivacyLedger.open_or_create(renamed, site="aspire-2", delta=DELTA, max_epsilon=8.0, anchor_dir=anchors,
+                                 patients=["eeeeeeeeeeeeeeee"])
 
 
 def test_prv_accountant_ledger(paths):

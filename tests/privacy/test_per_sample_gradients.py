@@ -14,17 +14,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.local_training import freeze_outside, per_sample_loss
+from lsemvae.federation.training import freeze_outside
 from lsemvae.data.cache import CohortDataset, build_cohort
 from lsemvae.data.sources import ptbxl_index
 from lsemvae.data.tasks import get_task
 from lsemvae.federation.groups import group_of, groups_for
 from lsemvae.leads import resolve_lead_set
 from lsemvae.model.config import TaskHeadSpec, get_profile
+from lsemvae.model.losses import per_record_loss
 from lsemvae.model.lsemvae import build_model
 from lsemvae.privacy.dp import make_private
 
 TASKS = {name: get_task(name) for name in ("right_heart", "left_atrial")}
+KINDS = {name: task.kind for name, task in TASKS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +66,14 @@ def test_opacus_per_sample_gradients_equal_one_record_at_a_time(batch, leads, tr
     for i in range(len(batch)):   # the reference: each record's gradient on its own, plain autograd
         model.zero_grad()
         one = {k: (v[i:i + 1] if torch.is_tensor(v) else {t: y[i:i + 1] for t, y in v.items()}) for k, v in data.items()}
-        per_sample_loss(model(one["x"], one["lead_mask"], decode=False).logits, one["y"], TASKS, pos).sum().backward()
+        per_record_loss(model(one["x"], one["lead_mask"], decode=False).logits, one["y"], KINDS, pos).sum().backward()
         expected.append([p.grad.clone() for p in trainable])
 
     model, trainable = _model(lead_names, train_encoders)
     opt = torch.optim.SGD(trainable, lr=0.0)
     private, opt, _, session = make_private(model, opt, DataLoader(TensorDataset(torch.zeros(len(batch), 1)), batch_size=2),
                                             noise_multiplier=1.0, max_grad_norm=1.0)
-    session.backward(per_sample_loss(private(data["x"], data["lead_mask"], decode=False).logits, data["y"], TASKS, pos))
+    session.backward(per_record_loss(private(data["x"], data["lead_mask"], decode=False).logits, data["y"], KINDS, pos))
 
     trained_groups = {group_of(n) for n in names}
     assert any(g.startswith("encoders.") for g in trained_groups) == train_encoders

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lsemvae.federation.groups import group_of
-from server.aggregation import Contribution, ServerOptimizer, ServerOptimizerState, aggregate_round, weighted_average
+from lsemvae.federation.aggregation import Contribution, ServerOptimizer, ServerOptimizerState, aggregate_round, weighted_average
 
 KEYS = {"encoders.I.conv.weight": (6, 1, 5), "encoders.V1.conv.weight": (6, 1, 5), "fusion.gate.weight": (4, 8),
         "heads.right_heart.weight": (1, 8)}

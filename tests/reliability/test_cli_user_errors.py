@@ -20,6 +20,7 @@ SITE = """
 name = "x"
 leads = "6L"
 state_dir = "state"
+anchor_dir = "anchors"
 [data]
 format = "manifest"
 root = "records"

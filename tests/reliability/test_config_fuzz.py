@@ -32,7 +32,7 @@ from lsemvae.train.finetune import FinetuneConfig
 from lsemvae.train.pretrain import PretrainConfig
 
 SITE = {
-    "name": "x", "leads": "6L", "state_dir": "state",
+    "name": "x", "leads": "6L", "state_dir": "state", "anchor_dir": "anchors",
     "data": {"format": "manifest", "root": "records", "labels": "labels.csv"},
     "tasks": [{"name": "right_heart", "column": "ph"}],
     "privacy": {"epsilon": 3.0},

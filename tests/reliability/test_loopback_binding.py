@@ -51,7 +51,7 @@ def test_site_launcher_leaves_the_supernode_runtime_api_on_loopback(tmp_path):
     from lsemvae.site import SiteConfig
 
     cfg = SiteConfig.model_validate({
-        "name": "x", "tasks": [{"name": "right_heart", "column": "ph"}], "state_dir": str(tmp_path),
+        "name": "x", "tasks": [{"name": "right_heart", "column": "ph"}], "state_dir": str(tmp_path / "state"), "anchor_dir": str(tmp_path / "anchors"),
         "data": {"format": "manifest", "root": str(tmp_path), "labels": str(tmp_path / "l.csv")},
         "privacy": {"epsilon": 3.0}, "connection": {"superlink": "fl.example.org:8000"}})
     assert parse_args(["--site", "x"]).insecure is False

@@ -2,16 +2,15 @@
 
 One file, ``<out-dir>/server-state.pt``: global weights of the full model (decoders included,
 so the final model is complete), the server optimiser's moments, the last completed round,
-the server RNG, the metric rows so far, which node was which site, and the model/preprocessing
-configs and run config of the run. Written as temp file + fsync + rename + directory fsync: a
-crash leaves the previous round's state or this one's, never half of one. Loaded with
-``torch.load(weights_only=True)``: tensors and plain data only.
+the server RNG, the metric rows so far, which node was which site, every site's highest reported
+epsilon, and the model/preprocessing configs and run config of the run. Written atomically
+(:func:`lsemvae.fileio.atomic_open`): a crash leaves the previous round's state or this one's, never
+half of one. Loaded with ``torch.load(weights_only=True)``: tensors and plain data only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import numpy as np
 import torch
 
 from lsemvae.errors import ConfigError
-from server.aggregation import ServerOptimizerState
+from lsemvae.federation.aggregation import ServerOptimizerState
+from lsemvae.fileio import atomic_open
 
 STATE_FILE = "server-state.pt"
 FORMAT = 1
@@ -37,6 +37,8 @@ class ServerState:
     run_config: dict[str, Any]
     metrics: list[dict] = field(default_factory=list)
     node_sites: dict[str, str] = field(default_factory=dict)   # node id -> site name (as last reported)
+    site_epsilon: dict[str, float] = field(default_factory=dict)   # site -> highest cumulative epsilon reported
+    checked_nodes: dict[str, str] = field(default_factory=dict)  # node id -> site whose task heads fit this job
 
     def generator(self) -> np.random.Generator:
         gen = np.random.default_rng()
@@ -53,7 +55,6 @@ def _arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def save_state(out_dir: Path, state: ServerState) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / STATE_FILE
     payload = {
         "format": FORMAT,
@@ -65,19 +66,11 @@ def save_state(out_dir: Path, state: ServerState) -> Path:
         # JSON strings: plain data of any depth, loadable with weights_only=True
         "meta": json.dumps({"rng": state.rng, "model_config": state.model_config,
                             "preprocess_config": state.preprocess_config, "run_config": state.run_config,
-                            "metrics": state.metrics, "node_sites": state.node_sites}),
+                            "metrics": state.metrics, "node_sites": state.node_sites,
+                            "site_epsilon": state.site_epsilon}),
     }
-    tmp = path.with_suffix(".pt.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb", private=False) as fh:
         torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return path
 
 
@@ -97,4 +90,5 @@ def load_state(out_dir: Path) -> ServerState:
         opt=ServerOptimizerState(_arrays(p["opt_m"]), _arrays(p["opt_v"]), int(p["opt_steps"])),
         rng=meta["rng"], model_config=meta["model_config"], preprocess_config=meta["preprocess_config"],
         run_config=meta["run_config"], metrics=meta["metrics"], node_sites=meta["node_sites"],
+        site_epsilon=meta.get("site_epsilon", {}),
     )

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lsemvae.federation.groups import group_of, groups_for
-from lsemvae.model.losses import positive_weights
+from lsemvae.model.losses import per_record_loss, positive_weights
 
 
 @dataclass
@@ -36,21 +34,19 @@ class RoundResult:
     seconds: float
 
 
-def per_sample_task_loss(logits: Tensor, target: Tensor, kind: str, pos_weight: Tensor | None) -> Tensor:
-    """``[B]`` loss of one task per record (0 where the record has no label for it)."""
-    if kind == "multiclass":
-        valid = ~torch.isnan(target).any(-1)
-        safe = torch.where(torch.isnan(target), torch.zeros_like(target), target)
-        loss = F.cross_entropy(logits, safe.argmax(-1), reduction="none")
-        return loss * valid
-    valid = ~torch.isnan(target)
-    safe = torch.where(valid, target, torch.zeros_like(target))
-    loss = F.binary_cross_entropy_with_logits(logits, safe, pos_weight=pos_weight, reduction="none")
-    return (loss * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+@dataclass
+class EvaluationResult:
+    """The evaluation split's scores stay in here, at the site; only aggregates of them are sent."""
+
+    loss: float
+    n: int
+    gates: dict[str, float]
+    targets: dict[str, np.ndarray]   # task -> [N, C] labels (NaN = unlabelled)
+    scores: dict[str, np.ndarray]    # task -> [N, C] probabilities
 
 
-def per_sample_loss(logits: dict[str, Tensor], y: dict[str, Tensor], tasks: dict, pos_weights: dict) -> Tensor:
-    return sum(per_sample_task_loss(logits[t], y[t], tasks[t].kind, pos_weights.get(t)) for t in tasks)
+def task_kinds(tasks: dict) -> dict[str, str]:
+    return {name: task.kind for name, task in tasks.items()}
 
 
 # Parameters used directly by a module whose forward takes several tensors: Opacus cannot compute
@@ -70,11 +66,19 @@ def freeze_outside(model: torch.nn.Module, groups: set[str], *, dp: bool) -> lis
 
 
 def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: int, proximal_mu: float,
-                dp: bool, noise_multiplier: float | None, history: list | None, seed: int,
+                dp: bool, noise_multiplier: float | None, history: list | None, seed: int | None,
                 train_encoders: bool = True) -> RoundResult:
-    """Fine-tune ``model`` (already holding the global weights) on the site's training split."""
-    from lsemvae.privacy.dp import make_private, plain_state_dict
+    """Fine-tune ``model`` (already holding the global weights) on the site's training split.
 
+    Under DP, batches and noise come from the site's own OS randomness (``seed`` must be None); without
+    DP, ``seed`` makes the round reproducible.
+    """
+    from lsemvae.privacy.dp import make_private, plain_state_dict
+    from lsemvae.privacy.randomness import os_seed
+
+    if dp and seed is not None:
+        raise ValueError("a DP round takes no seed: its randomness is the site's own (lsemvae.privacy.randomness)")
+    seed = os_seed() if seed is None else seed
     started = time.perf_counter()
     groups = groups_for(site.lead_names, data.tasks) & {group_of(k) for k in model.state_dict()}
     if not train_encoders:  # federated probe: the pretrained encoders stay fixed and are not sent
@@ -84,15 +88,16 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
     train_set = data.dataset(data.train_idx, site.lead_names)
     labels = {t: np.asarray(data.cohort.labels[t])[data.train_idx] for t in data.tasks}
     pos_weights = {t: positive_weights(labels[t]) for t, task in data.tasks.items() if task.kind != "multiclass"}
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True, generator=gen)
+    kinds = task_kinds(data.tasks)
+    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(trainable, lr=lr)
     session = None
     torch.manual_seed(seed)
-    if dp:
+    if dp:   # Poisson batches and noise from OS randomness (make_private replaces the loader)
         model, optimizer, loader, session = make_private(
             model, optimizer, loader, noise_multiplier=noise_multiplier, max_grad_norm=site.privacy.max_grad_norm,
-            history=history, accountant=site.privacy.accountant, noise_generator=torch.Generator().manual_seed(seed + 1))
+            history=history, accountant=site.privacy.accountant)
     model.train()
     named = dict(model.named_parameters())
     prox = {n: named[n] for n in named if n.removeprefix("_module.") in global_copy} if proximal_mu > 0 else {}
@@ -101,12 +106,13 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
         for batch in loader:
             optimizer.zero_grad()
             out = model(batch["x"], batch["lead_mask"], decode=False)
-            loss = per_sample_loss(out.logits, batch["y"], data.tasks, pos_weights)
+            loss = per_record_loss(out.logits, batch["y"], kinds, pos_weights)
             if session is not None:
                 session.backward(loss)
+                session.step()
             else:
                 loss.mean().backward()
-            optimizer.step()
+                optimizer.step()
             if prox:
                 with torch.no_grad():
                     for n, p in prox.items():
@@ -127,33 +133,30 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
 
 
 @torch.no_grad()
-def evaluate(model, data, site, *, bins: int, batch_size: int = 128) -> tuple[dict, dict[str, dict]]:
-    """Loss, mean HiME gate weight per lead group (``summary["gates"]``) and per-task score histograms on
-    the evaluation split: no per-record value leaves here."""
-    from lsemvae.train.metrics import score_histograms
+def evaluate(model, data, site, *, batch_size: int = 128) -> EvaluationResult:
+    """Loss, mean HiME gate weight per lead group, labels and scores on the evaluation split.
 
+    The caller releases only aggregates of these (lsemvae.federation.private_eval).
+    """
     model.eval()
-    ds = data.dataset(data.eval_idx, site.lead_names)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(data.dataset(data.eval_idx, site.lead_names), batch_size=batch_size, shuffle=False)
+    kinds = task_kinds(data.tasks)
     scores: dict[str, list] = {t: [] for t in data.tasks}
     targets: dict[str, list] = {t: [] for t in data.tasks}
     total, n = 0.0, 0
     gate_sum, groups = 0.0, ()
     for batch in loader:
         out = model(batch["x"], batch["lead_mask"], decode=False)
-        logits = out.logits
-        loss = per_sample_loss(logits, batch["y"], data.tasks, {})
+        loss = per_record_loss(out.logits, batch["y"], kinds)
         total, n = total + float(loss.sum()), n + int(loss.numel())
         gate_sum = gate_sum + out.gates.double().sum(0)
         groups = out.mixture.names
-        for t, task in data.tasks.items():
-            p = torch.softmax(logits[t], -1) if task.kind == "multiclass" else torch.sigmoid(logits[t])
+        for t, kind in kinds.items():
+            p = torch.softmax(out.logits[t], -1) if kind == "multiclass" else torch.sigmoid(out.logits[t])
             scores[t].append(p.numpy())
             targets[t].append(batch["y"][t].numpy())
-    hists = {}
-    for t, task in data.tasks.items():
-        if scores[t]:
-            hists[t] = score_histograms(np.concatenate(targets[t]), np.concatenate(scores[t]).astype(np.float64),
-                                        bins=bins, class_names=list(task.classes))
     gates = {g: float(w) / n for g, w in zip(groups, gate_sum)} if n else {}
-    return {"loss": total / n if n else math.nan, "n": n, "gates": gates}, hists
+    return EvaluationResult(
+        loss=total / n if n else math.nan, n=n, gates=gates,
+        targets={t: np.concatenate(v) for t, v in targets.items() if v},
+        scores={t: np.concatenate(v).astype(np.float64) for t, v in scores.items() if v})

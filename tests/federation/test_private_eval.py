@@ -1,0 +1,76 @@
+"""What a site's evaluation reply may hold (k-anonymous counts on its own bins) and how the server pools it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lsemvae.federation.private_eval import GRID, class_counts, on_grid, pooled, task_histogram
+from lsemvae.train.metrics import auroc
+
+
+@settings(max_examples=200, deadline=None)
+@given(scores=st.lists(st.floats(0, 1), min_size=0, max_size=300), bins=st.sampled_from([10, 20, 25, 50, 100]),
+       k=st.integers(1, 30))
+def test_every_reported_count_holds_at_least_k_records_and_none_is_lost(scores, bins, k):
+    counts = class_counts(np.array(scores), bins=bins, min_cell=k)
+    if len(scores) < k:
+        assert counts is None        # too few to report at all
+        return
+    assert min(counts.counts) >= k and sum(counts.counts) == len(scores)
+    assert len(counts.counts) <= bins and counts.edges[0] == 0 and counts.edges[-1] == 1
+    assert all(lo <= m <= hi for lo, hi, m in zip(counts.edges, counts.edges[1:], counts.means))
+    assert all(round(e * bins) == pytest.approx(e * bins) for e in counts.edges)   # cells are unions of the site's bins
+    # every record lies in the cell the edges say, and each mean is its cell's (to 3 decimals)
+    edges = np.asarray(counts.edges)
+    s = np.array(scores)
+    cell = np.clip(np.searchsorted(edges, np.clip(s * bins, 0, bins - 1).astype(int) / bins, side="right") - 1,
+                   0, len(edges) - 2)
+    assert np.bincount(cell, minlength=len(counts.counts)).tolist() == counts.counts
+    for i, m in enumerate(counts.means):
+        assert abs(m - s[cell == i].mean()) <= 5e-4 + 1e-12
+
+
+def test_a_record_alone_in_a_bin_is_merged_with_its_neighbours():
+    scores = np.array([0.05] * 12 + [0.95])        # one record alone at the top
+    counts = class_counts(scores, bins=10, min_cell=10)
+    assert counts.counts == [13] and counts.edges == [0.0, 1.0] and counts.means == [round((12 * 0.05 + 0.95) / 13, 3)]
+    spread = class_counts(np.r_[np.full(10, 0.05), np.full(10, 0.55), [0.97]], bins=10, min_cell=10)
+    assert spread.counts == [10, 11] and spread.edges == [0.0, 0.1, 1.0] and spread.means == [0.05, 0.588]
+
+
+def test_labels_with_fewer_than_k_records_are_withheld_and_scores_must_be_finite():
+    y = np.array([[1.0], [0.0], [0.0], [np.nan]] * 5)
+    hist = task_histogram(y, np.full((20, 1), 0.3), ["right_heart"], bins=10, min_cell=6)
+    assert hist.pos == [None] and sum(hist.neg[0].counts) == 10   # 5 positives < 6: withheld; unlabelled excluded
+    with pytest.raises(ValueError, match="non-finite"):
+        task_histogram(y, np.full((20, 1), np.nan), ["right_heart"], bins=10, min_cell=6)
+
+
+def test_pooled_counts_keep_every_record_and_auroc_stays_close_to_exact():
+    rng = np.random.default_rng(0)
+    sites, ys, ss = [], [], []
+    for n, bins in ((400, 20), (300, 20), (200, 50)):
+        y = rng.integers(0, 2, n).astype(float)
+        s = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1, n))))
+        sites.append(task_histogram(y[:, None], s[:, None], ["c"], bins=bins, min_cell=10))
+        ys.append(y), ss.append(s)
+    pooled_hist = pooled(sites)
+    assert len(pooled_hist["edges"]) == GRID + 1 == 1001
+    assert sum(pooled_hist["pos"][0]) == pytest.approx(sum(y.sum() for y in ys))
+    assert sum(pooled_hist["neg"][0]) == pytest.approx(sum((1 - y).sum() for y in ys))
+    from lsemvae.train.metrics import auroc_from_histograms
+
+    exact = float(auroc(np.concatenate(ys), np.concatenate(ss))[0])
+    approx = auroc_from_histograms(pooled_hist)["macro"]["auroc"]
+    assert abs(approx - exact) < 0.02, (approx, exact)
+
+
+def test_sites_whose_classes_disagree_are_refused_not_merged():
+    a = task_histogram(np.ones((20, 1)), np.full((20, 1), 0.5), ["right_heart"], bins=10, min_cell=5)
+    b = task_histogram(np.ones((20, 1)), np.full((20, 1), 0.5), ["ph"], bins=10, min_cell=5)
+    with pytest.raises(ValueError, match="different classes"):
+        pooled([a, b])
+    assert on_grid(None).sum() == 0
