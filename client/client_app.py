@@ -54,7 +54,7 @@ def answer(kind: str, msg: Message, context: Context) -> Message:
         return _refuse(msg, kind, K.ERR_SITE_SETUP, f"{type(err).__name__}: {err}")
     with site_log(site):
         try:
-            reply = Message(handle(kind, site, msg.content, run_id=int(context.run_id)), reply_to=msg)
+            reply = Message(handle(kind, site, msg.content), reply_to=msg)
         except SiteRefusal as err:
             reply = _refuse(msg, kind, err.code, str(err), err.reason)
         except LSEMVAEError as err:   # site config or data: the detail stays here

@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-sites", type=int, default=None, help="minimum sites per round (default: all)")
     p.add_argument("--round-timeout", type=float, default=900.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-min-cell", type=int, default=None,
+                   help="synthetic sites: smallest record count an evaluation reply may hold (the sites' "
+                        "evaluation.min_cell, default 10; they then evaluate from twice as many records). Lower it "
+                        "only for tiny test cohorts")
     p.add_argument("--update-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of the model arrays sent each way (float16 halves the bytes; default float32)")
     p.add_argument("--train-encoders", choices=["auto", "true", "false"], default="auto",
@@ -78,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- data and sites
 
-def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> list[str]:
+def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path, *, min_cell: int | None = None) -> list[str]:
     """Generate (or reuse) the synthetic cohort and write one site config per site into ``sites_dir``."""
     from lsemvae.data.synthetic import default_cohort, spec_with_overrides, write_cohort
 
@@ -95,6 +99,8 @@ def synthetic_sites(n_sites: int, records: int, seed: int, sites_dir: Path) -> l
         data.update(name=name, description=f"synthetic site {site.name} ({site.leads}, {site.fs} Hz)", leads=site.leads,
                     state_dir=str(sites_dir.parent / "site-state" / name))
         data["data"].update(root=str(dest / site.name / "records"), labels=str(dest / site.name / "labels.csv"))
+        if min_cell is not None:
+            data["evaluation"] = {"min_cell": min_cell, "min_records": 2 * min_cell}
         (sites_dir / f"{name}.toml").write_text(dump_toml(data))
         names.append(name)
     return names
@@ -194,7 +200,7 @@ def run_config_arg(cfg: dict) -> str:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse impossible values before anything starts (not after a SuperLink was spawned)."""
-    for name in ("sites", "rounds", "records", "local_epochs", "batch_size", "min_sites", "cpus_per_site"):
+    for name in ("sites", "rounds", "records", "local_epochs", "batch_size", "min_sites", "cpus_per_site", "eval_min_cell"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LSEMVAEError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
@@ -223,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     superlink = None
     try:
         if args.data == "synthetic":
-            names = synthetic_sites(args.sites or 4, args.records, args.seed, out / "sites")
+            names = synthetic_sites(args.sites or 4, args.records, args.seed, out / "sites", min_cell=args.eval_min_cell)
             sites_dir = out / "sites"
             tasks = "right_heart,left_atrial"
         else:

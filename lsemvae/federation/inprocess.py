@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 class InProcessSites:
     """A :class:`~lsemvae.federation.server_round.Transport` whose node ``i`` is ``sites[i]``."""
 
-    def __init__(self, sites: list[SiteConfig], *, run_id: int = 1, update_dtype: str = "float32"):
-        self.sites, self.run_id, self.update_dtype = list(sites), int(run_id), update_dtype
+    def __init__(self, sites: list[SiteConfig], *, update_dtype: str = "float32"):
+        self.sites, self.update_dtype = list(sites), update_dtype
 
     def nodes(self, *, at_least: int, timeout: float) -> list[int]:
         return list(range(len(self.sites)))
@@ -35,7 +35,7 @@ class InProcessSites:
         for node, out in sorted(messages.items()):
             content = outgoing_content(out)
             try:
-                reply = handle(kind, self.sites[node], content, run_id=self.run_id)
+                reply = handle(kind, self.sites[node], content)
                 body, arrays = from_content(reply, REPLY_MODELS[kind], dtype=self.update_dtype,
                                             sender=f"site {self.sites[node].name}")
             except SiteRefusal as err:

@@ -48,6 +48,8 @@ class MessageError(CodecError):
 class Instruction(StrictModel):
     """What the server asks of a site in one round (train or evaluate); the arrays travel beside it."""
 
+    job_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="the job (kept across a coordinator's resume): sites "
+                        "plan their noise once per job")
     server_round: int = Field(ge=1, le=MAX_ROUNDS)
     num_server_rounds: int = Field(ge=1, le=MAX_ROUNDS)
     local_epochs: int = Field(ge=1, le=10_000)

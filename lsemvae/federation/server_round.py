@@ -117,7 +117,7 @@ def initial_state(fed: FederationConfig) -> ServerState:
 
 def instruction(fed: FederationConfig, state: ServerState, server_round: int, seed: int) -> Instruction:
     return Instruction(
-        server_round=server_round, num_server_rounds=fed.num_server_rounds, local_epochs=fed.local_epochs,
+        job_id=state.job_id, server_round=server_round, num_server_rounds=fed.num_server_rounds, local_epochs=fed.local_epochs,
         lr=fed.lr, batch_size=fed.batch_size, proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
         dp=fed.dp, train_encoders=fed.encoders_train, update_dtype=fed.update_dtype, seed=seed,
         model_config_json=state.model_config, preprocess_config_json=state.preprocess_config)

@@ -66,7 +66,7 @@ class SiteRefusal(LSEMVAEError):
         return K.CATEGORIES[self.code] + (f": {self.public}" if self.public else "")
 
 
-def handle(kind: str, site: SiteConfig, content, *, run_id: int):
+def handle(kind: str, site: SiteConfig, content):
     """Answer one message's content (a Flower RecordDict) with the reply's content; :class:`SiteRefusal` if not.
 
     The one decoding of a server message and encoding of a site reply: the ClientApp and the in-process
@@ -83,9 +83,9 @@ def handle(kind: str, site: SiteConfig, content, *, run_id: int):
     except MessageError as err:
         raise SiteRefusal(K.ERR_BAD_MESSAGE, str(err), public=str(err)) from None
     if kind == K.TRAIN:
-        reply, trained = train(site, ins, arrays, run_id=run_id)
+        reply, trained = train(site, ins, arrays)
         return to_content(reply, trained, dtype=ins.update_dtype)
-    return to_content(evaluate(site, ins, arrays, run_id=run_id))
+    return to_content(evaluate(site, ins, arrays))
 
 
 def query(site: SiteConfig) -> SiteInfo:
@@ -95,8 +95,7 @@ def query(site: SiteConfig) -> SiteInfo:
 
 # ----------------------------------------------------------------------------- train
 
-def train(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray], *,
-          run_id: int) -> tuple[TrainReply, dict[str, np.ndarray]]:
+def train(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) -> tuple[TrainReply, dict[str, np.ndarray]]:
     """One round of local training; returns the reply and the trained groups' arrays."""
     from lsemvae.federation.training import train_round
 
@@ -116,15 +115,15 @@ def train(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray], *,
         if ins.dp:
             ledger = _ledger(site, data)
             before = ledger.epsilon()
-            sigma = _noise_multiplier(site, ledger, ins, run_id=run_id, sample_rate=sample_rate, steps=steps)
+            sigma = _noise_multiplier(site, ledger, ins, sample_rate=sample_rate, steps=steps)
         else:
             _allow_non_dp(site)
         result = train_round(model, data, site, lr=ins.lr, batch_size=batch, local_epochs=ins.local_epochs,
                              proximal_mu=ins.proximal_mu, dp=ins.dp, noise_multiplier=sigma,
                              train_encoders=ins.train_encoders, history=ledger.history if ledger else None,
                              seed=None if ins.dp else ins.seed * 1000 + ins.server_round)
-        epsilon = ledger.record_round(round_number=ins.server_round, run_id=run_id, history=result.history) if ledger else 0.0
-    _console(site, ins, run_id, data, steps=steps, sigma=sigma, before=before, after=epsilon)
+        epsilon = ledger.record_round(round_number=ins.server_round, run_id=ins.job_id, history=result.history) if ledger else 0.0
+    _console(site, ins, data, steps=steps, sigma=sigma, before=before, after=epsilon)
     reply = TrainReply(site=site_info(site, dp=ins.dp), layout=[], group_weights=result.group_weights,
                        num_examples=result.num_examples, train_loss=None if ins.dp else result.train_loss,
                        epsilon=epsilon, delta=site.privacy.delta, noise_multiplier=sigma or 0.0,
@@ -143,13 +142,12 @@ def _ledger(site: SiteConfig, data):
         raise SiteRefusal(K.ERR_BUDGET, str(err)) from None
 
 
-def _noise_multiplier(site: SiteConfig, ledger, ins: Instruction, *, run_id: int, sample_rate: float,
-                      steps: int) -> float:
+def _noise_multiplier(site: SiteConfig, ledger, ins: Instruction, *, sample_rate: float, steps: int) -> float:
     """The job's planned noise multiplier, refused above the site's ceiling or past its budget."""
     from lsemvae.privacy.dp import BudgetExhausted
 
     try:
-        sigma = plan_noise_multiplier(site, ledger, ins, run_id=run_id, sample_rate=sample_rate, steps=steps)
+        sigma = plan_noise_multiplier(site, ledger, ins, sample_rate=sample_rate, steps=steps)
         if sigma > site.privacy.max_noise_multiplier:
             raise SiteRefusal(K.ERR_NOISE_CEILING,
                               f"site {site.name}: the budget left for this job (epsilon {ledger.epsilon():.3f} spent of "
@@ -162,32 +160,33 @@ def _noise_multiplier(site: SiteConfig, ledger, ins: Instruction, *, run_id: int
     return sigma
 
 
-def plan_noise_multiplier(site: SiteConfig, ledger, ins: Instruction, *, run_id: int, sample_rate: float,
-                          steps: int) -> float:
+def plan_noise_multiplier(site: SiteConfig, ledger, ins: Instruction, *, sample_rate: float, steps: int) -> float:
     """Noise multiplier planned ONCE per job for the rounds the job has left, kept on the site's disk.
 
-    The target is the site's budget, capped at what it has spent plus its per-job share. The plan is
-    made again only if the round's sampling changes (another batch size or dataset) or the site's disk
-    lost it; the ledger check before every round keeps the site within its budget either way.
+    The job's target is fixed when the site first trains in it: the site's budget, capped at what it
+    had spent plus its per-job share. The plan is made again (for the same target) only if the round's
+    sampling or the job's length changes, or the site's disk lost it; the ledger check before every
+    round keeps the site within its budget either way.
     """
     from lsemvae.privacy.dp import plan_noise_multiplier as plan
 
-    path = site.state_dir / "plans" / f"run-{int(run_id)}.json"
+    path = site.state_dir / "plans" / f"job-{ins.job_id}.json"
     try:
         saved = json.loads(path.read_text())
-        if (saved["sample_rate"], saved["steps_per_round"]) == (sample_rate, steps):
+        target = float(saved["target_epsilon"])
+        if (saved["sample_rate"], saved["steps_per_round"], saved["num_server_rounds"]) == (
+                sample_rate, steps, ins.num_server_rounds):
             return float(saved["noise_multiplier"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        target = min(site.privacy.epsilon, ledger.epsilon() + site.privacy.job_epsilon)
     rounds_left = ins.num_server_rounds - ins.server_round + 1
-    target = min(site.privacy.epsilon, ledger.epsilon() + site.privacy.job_epsilon)
     sigma = plan(target_epsilon=target, delta=site.privacy.delta, sample_rate=sample_rate,
                  total_steps=rounds_left * steps, accountant=site.privacy.accountant,
                  already_spent_history=ledger.history)
     atomic_write_json(path, {"noise_multiplier": sigma, "sample_rate": sample_rate, "steps_per_round": steps,
-                             "rounds": rounds_left, "target_epsilon": target})
+                             "num_server_rounds": ins.num_server_rounds, "target_epsilon": target})
     log.info("site %s: noise multiplier %.4f planned for %d round(s) x %d steps (q=%.4f) to reach epsilon %.3f "
-             "(budget %g, this job's share %g)", site.name, sigma, rounds_left, steps, sample_rate, target,
+             "(budget %g, per job %g)", site.name, sigma, rounds_left, steps, sample_rate, target,
              site.privacy.epsilon, site.privacy.job_epsilon)
     return sigma
 
@@ -202,7 +201,7 @@ def _allow_non_dp(site: SiteConfig) -> None:
     warn_no_privacy(site.name, logger=log)
 
 
-def _console(site: SiteConfig, ins: Instruction, run_id: int, data, *, steps: int, sigma: float | None,
+def _console(site: SiteConfig, ins: Instruction, data, *, steps: int, sigma: float | None,
              before: float, after: float) -> None:
     """One line per round for the site's operator: what was trained, what it cost, what is left."""
     skipped = data.cohort.skipped_by_reason()
@@ -211,13 +210,13 @@ def _console(site: SiteConfig, ins: Instruction, run_id: int, data, *, steps: in
                f"({max(site.privacy.epsilon - after, 0):.3f} left, delta {site.privacy.delta:g})"
                if sigma is not None else "NO differential privacy")
     log.info("site %s | job %s round %d/%d | trained on %d records (%d steps) | %s | records skipped: %s",
-             site.name, run_id, ins.server_round, ins.num_server_rounds, len(data.train_idx), steps, privacy,
+             site.name, ins.job_id, ins.server_round, ins.num_server_rounds, len(data.train_idx), steps, privacy,
              skipped_text)
 
 
 # ----------------------------------------------------------------------------- evaluate
 
-def evaluate(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray], *, run_id: int) -> EvaluateReply:
+def evaluate(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) -> EvaluateReply:
     """Aggregates of the evaluation split under the site's own :class:`~lsemvae.site.EvaluationPolicy`."""
     from lsemvae.federation.private_eval import task_histogram
     from lsemvae.federation.training import evaluate as evaluate_local
@@ -237,7 +236,7 @@ def evaluate(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray], 
                                         min_cell=policy.min_cell) for t, task in data.tasks.items()}
     except ValueError as err:   # the server's model scored NaN or inf
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"site {site.name}: {err}", public=str(err)) from None
-    log.info("site %s | job %s round %d | evaluated %d records: loss %.4f", site.name, run_id, ins.server_round,
+    log.info("site %s | job %s round %d | evaluated %d records: loss %.4f", site.name, ins.job_id, ins.server_round,
              res.n, res.loss)
     return EvaluateReply(site=site_info(site, dp=ins.dp), num_examples=res.n, eval_loss=res.loss,
                          epsilon=current_epsilon(site), gates=res.gates, histograms=histograms,

@@ -11,6 +11,7 @@ half of one. Loaded with ``torch.load(weights_only=True)``: tensors and plain da
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class ServerState:
     model_config: str                        # JSON of ModelConfig
     preprocess_config: str                   # JSON of PreprocessConfig
     run_config: dict[str, Any]
+    job_id: str = field(default_factory=lambda: secrets.token_hex(8))   # kept across resume: sites plan per job
     metrics: list[dict] = field(default_factory=list)
     node_sites: dict[str, str] = field(default_factory=dict)   # node id -> site name (as last reported)
     site_epsilon: dict[str, float] = field(default_factory=dict)   # site -> highest cumulative epsilon reported
@@ -64,10 +66,10 @@ def save_state(out_dir: Path, state: ServerState) -> Path:
         "opt_v": _tensors(state.opt.v),
         "opt_steps": state.opt.steps,
         # JSON strings: plain data of any depth, loadable with weights_only=True
-        "meta": json.dumps({"rng": state.rng, "model_config": state.model_config,
+        "meta": json.dumps({"job_id": state.job_id, "rng": state.rng, "model_config": state.model_config,
                             "preprocess_config": state.preprocess_config, "run_config": state.run_config,
                             "metrics": state.metrics, "node_sites": state.node_sites,
-                            "site_epsilon": state.site_epsilon}),
+                            "site_epsilon": state.site_epsilon, "checked_nodes": state.checked_nodes}),
     }
     with atomic_open(path, "wb", private=False) as fh:
         torch.save(payload, fh)
@@ -90,5 +92,6 @@ def load_state(out_dir: Path) -> ServerState:
         opt=ServerOptimizerState(_arrays(p["opt_m"]), _arrays(p["opt_v"]), int(p["opt_steps"])),
         rng=meta["rng"], model_config=meta["model_config"], preprocess_config=meta["preprocess_config"],
         run_config=meta["run_config"], metrics=meta["metrics"], node_sites=meta["node_sites"],
-        site_epsilon=meta.get("site_epsilon", {}),
+        site_epsilon=meta.get("site_epsilon", {}), checked_nodes=meta.get("checked_nodes", {}),
+        **({"job_id": meta["job_id"]} if "job_id" in meta else {}),
     )

@@ -255,8 +255,8 @@ def test_dp_noise_and_sampling_are_the_sites_own(world):
     of DP-SGD seeded from any value the message carries: the coordinator cannot subtract the noise."""
     tmp, names, fed, state = world
     site = names[0]
-    first = call(world, site, K.TRAIN, run_id=11)
-    second = call(world, site, K.TRAIN, run_id=11)
+    first = call(world, site, K.TRAIN, update={"job_id": "11" * 8})
+    second = call(world, site, K.TRAIN, update={"job_id": "11" * 8})
     (b1, a1), (b2, a2) = body(first, TrainReply), body(second, TrainReply)
     assert b1.noise_multiplier == b2.noise_multiplier > 0     # same plan, same message...
     assert any(not np.array_equal(a1[k], a2[k]) for k in a1)  # ...different noise and batches
@@ -271,10 +271,11 @@ def test_site_at_its_budget_refuses_and_says_why(world):
     tmp, names, fed, state = world
     site = names[1]
     # The noise multiplier is planned once per job (kept on the site's disk), in round 1, for the rounds
-    # announced then (1), so it spends the job's whole share; a round 2 of that job would exceed the budget.
+    # announced then (1), so it spends the job's whole share (the whole budget here); that job's round
+    # sent again would exceed the budget.
     one_round = federation_config({**fed.as_run_config(), "num-server-rounds": 1})
-    assert not call(world, site, K.TRAIN, 1, run_id=5, fed=one_round).has_error()
-    refused = call(world, site, K.TRAIN, 2, run_id=5)
+    assert not call(world, site, K.TRAIN, 1, fed=one_round, update={"job_id": "05" * 8}).has_error()
+    refused = call(world, site, K.TRAIN, 2, update={"job_id": "05" * 8, "num_server_rounds": 1, "server_round": 1})
     assert refused.has_error() and refused.error.code == K.ERR_BUDGET
     assert refused.error.reason == K.CATEGORIES[K.ERR_BUDGET]
     cfg = site_cfg(world, site)

@@ -1,5 +1,5 @@
 """simulation/run.py with 3 synthetic sites (one 6-lead), DP, FedAdam, through Flower's simulation
-engine; the run is interrupted after round 1 and resumed from the server checkpoint for round 2."""
+engine; the run is stopped (SIGTERM) after round 1 and resumed from the server checkpoint for round 2."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.federation.helpers import REPO, read_jsonl, write_checkpoint
+from tests.reliability.procs import kill_hard, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -22,14 +23,30 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+def _kill_during(args: list[str], out, server_round: int) -> str:
+    """Run simulation/run.py and kill its whole process tree as soon as the server sends ``server_round``
+    (the rounds before are checkpointed, that one never finishes); the launcher's output."""
+    log = out.parent / f"{out.name}-killed.log"
+    proc = subprocess.Popen([sys.executable, str(REPO / "simulation" / "run.py"), *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    server_log = out / "server" / "server.log"
+    try:
+        wait_for(lambda: server_log.exists() and f"round {server_round}/" in server_log.read_text(),
+                 f"round {server_round} sent", 300, [proc], every=0.02)
+    finally:
+        kill_hard(proc)
+    assert torch.load(out / "server" / "server-state.pt", weights_only=True)["round"] == server_round - 1
+    return log.read_text()
+
+
 def test_simulation_three_sites_and_resume(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "sim"
     base = ["--sites", "3", "--records", "16", "--epsilon", "4", "--batch-size", "8", "--checkpoint", str(ckpt),
-            "--out", str(out), "--strategy", "fedadam", "--train-encoders", "true"]   # encoders' routing is checked
-    first = _run(base + ["--rounds", "1"])
-    assert torch.load(out / "server" / "server-state.pt", weights_only=True)["round"] == 1
-    _run(base + ["--rounds", "2", "--resume"])
+            "--out", str(out), "--strategy", "fedadam", "--train-encoders", "true",   # encoders' routing is checked
+            "--eval-min-cell", "1", "--rounds", "2"]
+    _kill_during(base, out, 2)                                         # the coordinator dies in round 2
+    resumed = _run(base + ["--resume"])
 
     rows = read_jsonl(out / "server" / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2]                       # round 1 kept, only round 2 run again
@@ -54,8 +71,8 @@ def test_simulation_three_sites_and_resume(tmp_path):
     assert rows[-1]["gates"]["septal"] > 0                            # the 12-lead sites use their chest leads
     assert "## HiME gate weights (final round)" in (out / "server" / "report" / "report.md").read_text()
     assert (out / "server" / "report" / "gates.png").is_file()
-    # the private simulation SuperLink is gone
-    port = first.stdout.split("simulation SuperLink on 127.0.0.1:")[1].split(" ")[0]
+    # the private simulation SuperLink of the resumed run is gone
+    port = resumed.stdout.split("simulation SuperLink on 127.0.0.1:")[1].split(" ")[0]
     assert f"127.0.0.1:{port} " not in subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
 
 
@@ -65,9 +82,9 @@ def test_under_the_dp_probe_the_encoders_go_down_once(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "sim"
     base = ["--sites", "2", "--records", "16", "--epsilon", "4", "--batch-size", "8", "--checkpoint", str(ckpt),
-            "--out", str(out)]
-    _run(base + ["--rounds", "2"])
-    _run(base + ["--rounds", "3", "--resume"])
+            "--out", str(out), "--eval-min-cell", "1", "--rounds", "3"]
+    _kill_during(base, out, 3)
+    _run(base + ["--resume"])
     rows = read_jsonl(out / "server" / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3] and all(r["sites_trained"] == 2 and not r["failures"] for r in rows)
     for r in rows:
