@@ -66,7 +66,7 @@ def test_convert_folder_writes_wfdb_and_summarises_skips(mixed, tmp_path, ecg_mv
     summary = convert_folder(mixed, dest, progress=False)
     assert len(summary.converted) == 6
     assert summary.skipped_by_reason == {"units": 1} and "bad_muse.xml" in summary.skipped[0]["message"]
-    assert summary.ignored == ["notes.csv"]
+    assert summary.ignored == {"notes.csv": "unknown-format"}
     report = summary.report()
     assert "converted 6" in report and "units: 1" in report and "notes.csv" in report
 

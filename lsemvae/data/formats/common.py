@@ -7,10 +7,14 @@ names read from the file. Anything it cannot vouch for raises :class:`RecordErro
 
 from __future__ import annotations
 
+import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from lsemvae.errors import LeadError, RecordError
 from lsemvae.leads import canonical_lead
@@ -27,6 +31,8 @@ REASONS = {
     "fs": "sampling rate missing or invalid",
     "mixed-fs": "ECG channels sampled at different rates",
     "unsupported-variant": "a valid but unsupported encoding (compressed, mu-law, non-int16, ...)",
+    "too-large": "file size or declared sample count over the limits of lsemvae.data.formats.limits",
+    "checksum": "a CRC or checksum in the file does not match its data",
 }
 
 # Amplitude unit spellings seen in DICOM (UCUM), HL7 aECG (UCUM), MUSE, CardioSoft and EDF headers.
@@ -61,17 +67,20 @@ def is_extra_lead(label: str) -> bool:
     return bool(_EXTRA_LEAD.match(folded))
 
 
-def select_leads(labels: Sequence[str | None], *, record: str) -> tuple[list[int], list[str], list[str]]:
+def select_leads(labels: Sequence[str | None], *, record: str,
+                 channels: Sequence[str] | None = None) -> tuple[list[int], list[str], list[str]]:
     """Map channel labels to canonical leads: ``(kept channel indices, lead names, dropped labels)``.
 
-    A missing label or an unknown one fails the record (naming the channel); known non-standard leads
-    (V7-V9, right-sided, XYZ) are dropped. Duplicates are refused by ``ECGRecord``.
+    A missing label or an unknown one fails the record (naming the channel: ``channels[i]``, by
+    default ``"channel <i+1>"``); known non-standard leads (V7-V9, right-sided, XYZ) are dropped.
+    Duplicates are refused by ``ECGRecord``.
     """
     keep, names, dropped = [], [], []
     for i, label in enumerate(labels):
+        channel = channels[i] if channels is not None else f"channel {i + 1}"
         if label is None or not str(label).strip():
             raise RecordError(
-                record, f"channel {i + 1} has no lead label or code: lead identity cannot be read from the file "
+                record, f"{channel} has no lead label or code: lead identity cannot be read from the file "
                 "(leads are never assigned by position). Re-export with channel labels.",
                 reason="missing-lead-label",
             )
@@ -81,11 +90,14 @@ def select_leads(labels: Sequence[str | None], *, record: str) -> tuple[list[int
         try:
             names.append(canonical_lead(label, record=record))
         except LeadError as err:
-            raise LeadError(record, f"channel {i + 1}: {err.detail}", reason=err.reason) from None
+            raise LeadError(record, f"{channel}: {err.detail}", reason=err.reason) from None
         keep.append(i)
     if not keep:
         raise RecordError(record, f"no standard ECG lead among channels {list(labels)!r}", reason="unknown-lead")
     return keep, names, dropped
+
+
+_DOCTYPE_SUBSET = re.compile(rb"<!DOCTYPE[^\[>]*\[.*?\]\s*>", re.S)
 
 
 def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
@@ -102,22 +114,28 @@ def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
     encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     if not head.decode(encoding, errors="ignore").lstrip().startswith("<"):
         return None
-    parser = ET.XMLPullParser(events=("start",))
+    # A DOCTYPE's internal subset (entity declarations) is cut before sniffing, so that a file declaring
+    # entities is still claimed by its reader, which then refuses it with a clear message.
+    head = _DOCTYPE_SUBSET.sub(b"", head) if encoding != "utf-16" else head
     try:
-        parser.feed(head)
-        for _event, elem in parser.read_events():
-            return elem.tag.rsplit("}", 1)[-1]
-    except ET.ParseError:
+        for _event, elem in SafeET.iterparse(io.BytesIO(head), events=("start",)):
+            return local(elem.tag)
+    except (ET.ParseError, DefusedXmlException):
         return None
     return None
 
 
 def parse_xml(path: str | Path, *, record: str) -> ET.Element:
-    """Parse a whole XML file; a parse failure is a ``corrupt`` RecordError naming the position."""
+    """Parse a whole XML file without expanding entities or fetching DTDs (``defusedxml``): a vendor
+    file has no reason to declare entities, and entity amplification costs memory. A parse failure is
+    a ``corrupt`` RecordError naming the position; entity or external-reference declarations are refused."""
     try:
-        return ET.parse(path).getroot()
+        return SafeET.parse(path).getroot()
     except ET.ParseError as err:
         raise RecordError(record, f"not well-formed XML ({err})", reason="corrupt") from None
+    except DefusedXmlException as err:
+        raise RecordError(record, f"XML declares entities or external references ({err}); ECG exports need "
+                          "none, and they are not expanded (entity amplification)", reason="corrupt") from None
 
 
 def local(tag: str) -> str:
