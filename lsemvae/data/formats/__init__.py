@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from lsemvae.data.formats import aecg, cardiosoft, dicom, edf, muse
+from lsemvae.data.formats import aecg, cardiosoft, dicom, edf, muse, philips, scp
 from lsemvae.data.formats.common import REASONS
 
 #: (name, sniff, read) per supported hospital format.
 FORMATS: list[tuple[str, Callable, Callable]] = [
-    (m.NAME, m.sniff, m.read) for m in (dicom, aecg, muse, cardiosoft, edf)
+    (m.NAME, m.sniff, m.read) for m in (dicom, aecg, muse, cardiosoft, philips, scp, edf)
 ]
 
-__all__ = ["FORMATS", "REASONS", "aecg", "cardiosoft", "dicom", "edf", "muse"]
+__all__ = ["FORMATS", "REASONS", "aecg", "cardiosoft", "dicom", "edf", "muse", "philips", "scp"]

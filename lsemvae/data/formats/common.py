@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import defusedxml.ElementTree as SafeET
+import numpy as np
 from defusedxml import DefusedXmlException
 
 from lsemvae.errors import LeadError, RecordError
-from lsemvae.leads import canonical_lead
+from lsemvae.leads import MDC_CODES, canonical_lead
 
 #: Reason categories used by the format readers (plus ``unknown-lead`` / ``duplicate-lead`` from leads.py).
 REASONS = {
@@ -46,6 +47,17 @@ _MV_PER_UNIT = {
 # Real ECG leads outside the standard 12 (right-sided, posterior, Frank XYZ). Carts export them
 # alongside the 12; they are dropped (listed in meta["dropped_channels"]) rather than failing the record.
 _EXTRA_LEAD = re.compile(r"^(v[789]|v[1-9]r|[xyz])$")
+
+
+# Non-standard leads in the MDC_ECG_LEAD code table (ISO/IEEE 11073-10101; SCP-ECG's lead codes are the same
+# numbers), named so that they are dropped as extra leads rather than refused as unknown.
+_CODE_EXTRA = {9: "V7", 10: "V2R", 11: "V3R", 12: "V4R", 13: "V5R", 14: "V6R", 15: "V7R",
+               16: "X", 17: "Y", 18: "Z", 66: "V8", 67: "V9", 68: "V8R", 69: "V9R"}
+
+
+def lead_from_code(number: int) -> str | None:
+    """Lead name for an MDC_ECG_LEAD / SCP-ECG lead code; None for 0 (unspecified) or an unknown code."""
+    return MDC_CODES.get(number) or _CODE_EXTRA.get(number)
 
 
 def mv_per_unit(unit: str | None, *, record: str, what: str) -> float:
@@ -154,6 +166,16 @@ def child_text(elem: ET.Element | None, name: str) -> str | None:
 
 def children(elem: ET.Element, name: str) -> Iterable[ET.Element]:
     return (c for c in elem if local(c.tag) == name)
+
+
+def count_values(text: str, separator: str | None = None) -> int:
+    """How many values a whitespace- (or ``separator``-) separated list holds, without splitting it:
+    readers check the count against the limits before allocating one object per value."""
+    if separator is not None:
+        return text.count(separator) + 1 if text.strip() else 0
+    raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
+    filled = raw > 32
+    return int(filled[0]) + int(np.count_nonzero(filled[1:] & ~filled[:-1])) if raw.size else 0
 
 
 def parse_number(text: str | None, *, record: str, what: str, reason: str = "corrupt") -> float:
