@@ -85,7 +85,7 @@ def drop_calibration(rec: ECGRecord) -> ECGRecord:
     x = rec.signal[stored].astype(np.float64)
     names = tuple(rec.leads[k] for k in stored)
     cut_end = _segment_from_end(x, rec.fs, names)
-    cut_start = _segment_from_end(x[:, ::-1][:, : x.shape[1] - cut_end], rec.fs, names)
+    cut_start = _segment_from_end(x[:, : x.shape[1] - cut_end][:, ::-1], rec.fs, names)
     if not cut_end and not cut_start:
         return rec
     notes = [f"calibration: dropped {n / rec.fs:.3f} s at the {side} (a square pulse on every lead, "

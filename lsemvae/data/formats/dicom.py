@@ -19,8 +19,10 @@ the code and the meaning name different leads the record is refused (``lead-conf
 ``WaveformPaddingValue`` marks samples outside a channel's recording, so it is honoured only where
 such samples can be: at the ends of a channel. Trailing padding that every channel shares (the
 recording ended before the group's length) is cut; a channel's own leading or trailing run (a lead
-that starts late or stops early) becomes NaN. The same value in mid-signal is a genuine sample
-(padding 0 collides with real 0 uV samples) and is kept. Each case is said in ``ECGRecord.notes``.
+that starts late or stops early) becomes NaN when it lasts :data:`MIN_PADDING_S` or more, or when
+the value lies outside the channel's other samples (it cannot be a voltage there). The same value in
+mid-signal, or in a shorter edge run within the signal's range, is a genuine sample (padding 0
+collides with real 0 uV samples) and is kept. Each case is said in ``ECGRecord.notes``.
 Amplitude: ``(sample × ChannelSensitivity × ChannelSensitivityCorrectionFactor) + ChannelBaseline``
 in the units of ``ChannelSensitivityUnitsSequence`` (uV/mV/V), converted to mV. Channels without
 a sensitivity are uncalibrated and refused (``units``).
@@ -42,6 +44,7 @@ from lsemvae.errors import LeadError, RecordError
 from lsemvae.leads import MDC_CODES, canonical_lead
 
 NAME = "dicom"
+MIN_PADDING_S = 0.05  # an edge run of an in-range padding value shorter than this is read as genuine samples
 
 # (bits allocated, interpretation) -> numpy dtype; little-endian as DICOM waveform data is.
 _DTYPES = {(8, "SB"): "i1", (8, "UB"): "u1", (16, "SS"): "<i2", (16, "US"): "<u2"}
@@ -123,14 +126,19 @@ def _dcmread(path: str | Path, where: str):
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return pydicom.dcmread(path)
     start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)  # preamble, DICM, (0002,0000)
-    limit = limits.max_file_bytes()
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     with open(path, "rb") as fh:
         fh.seek(start)
-        data = inflater.decompress(fh.read(), limit + 1)
-    if len(data) > limit:
-        limits.check_bytes(len(data), record=where, what="the deflated dataset, inflated,")
-    ds = read_dataset(io.BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+        data = fh.read()
+    inflater, parts, total = zlib.decompressobj(-zlib.MAX_WBITS), [], 0
+    while True:  # 1 MB at a time, so that memory never holds more than the limit
+        out = inflater.decompress(data, 1 << 20)
+        data = inflater.unconsumed_tail
+        total += len(out)
+        limits.check_bytes(total, record=where, what="the deflated dataset, inflated, (so far)")
+        parts.append(out)
+        if inflater.eof or not out:
+            break
+    ds = read_dataset(io.BytesIO(b"".join(parts)), is_implicit_VR=False, is_little_endian=True)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the dataset now is
     ds.file_meta = meta
     return ds
@@ -242,7 +250,9 @@ def _unpad(digital: np.ndarray, padding, names: list[str], keep: list[int],
         notes.append(f"padding: the last {shared_tail} samples ({shared_tail / fs:.3f} s) of every lead equal "
                      f"WaveformPaddingValue {value}: after the end of the recording, dropped")
     for name, row, channel in zip(names, is_pad, keep):
-        head, tail = _run(row), _run(row[::-1])
+        genuine = digital[channel, : row.size][~row]
+        in_range = genuine.size > 0 and genuine.min() <= value <= genuine.max()
+        head, tail = (n if n >= MIN_PADDING_S * fs or not in_range else 0 for n in (_run(row), _run(row[::-1])))
         if head or tail:
             data[channel, :head] = np.nan
             data[channel, data.shape[1] - tail:] = np.nan
