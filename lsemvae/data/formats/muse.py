@@ -100,7 +100,7 @@ def _decode_lead(lead, label: str, where: str) -> np.ndarray:
         limits.check_samples(int(parse_number(declared, record=where, what="LeadSampleCountTotal")), record=where,
                              what=f"lead {label}")
     text = re.sub(r"\s+", "", child_text(lead, "WaveFormData") or "")
-    limits.check_samples(len(text) * 3 // 8, record=where, what=f"lead {label} WaveFormData")
+    limits.check_samples(len(text.rstrip("=")) * 3 // 8, record=where, what=f"lead {label} WaveFormData")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
