@@ -59,6 +59,8 @@ class _File:
         if len(data) < 6 + _HEADER:
             raise RecordError(where, f"{len(data)} bytes: too short for an SCP-ECG record", reason="corrupt")
         crc, size = struct.unpack_from("<HI", data, 0)
+        if size < 6 + _HEADER:
+            raise RecordError(where, f"record declares {size} bytes: too short for an SCP-ECG record", reason="corrupt")
         if size > len(data):
             raise RecordError(where, f"record declares {size} bytes but the file holds {len(data)}: truncated",
                               reason="corrupt")
