@@ -1,8 +1,9 @@
 """Readers: ECG files on disk -> :class:`ECGRecord`. Nothing downstream sees a file format.
 
-WFDB (``.hea`` + ``.dat`` or ``.mat``) is built in. Other formats (DICOM, HL7 aECG, EDF...) plug in
-by appending a :class:`FormatReader` to :data:`FORMAT_READERS`; :func:`read_record` asks each
-reader's ``sniff`` in turn, so detection is by content/extension, never by caller flags.
+WFDB (``.hea`` + ``.dat`` or ``.mat``) is built in. Other formats (DICOM, HL7 aECG, Philips XML,
+SCP-ECG, EDF...) plug in by appending a :class:`FormatReader` to :data:`FORMAT_READERS`;
+:func:`read_record` asks each reader's ``sniff`` in turn, so detection is by content, never by caller
+flags (:func:`scan_folder` sniffs a folder's files once and passes each record's format on).
 
 Every failure is a :class:`RecordError` naming the file and carrying a short ``reason`` (counted
 in batch summaries): a bad record is skipped by batch jobs, never a crash.

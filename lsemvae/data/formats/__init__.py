@@ -6,7 +6,9 @@ signal labels), never assumed from channel position: the reference code's positi
 what swapped aVL and aVF (reference-model.md §6.1).
 
 ``FORMATS`` lists them in sniffing order for the registry in :mod:`lsemvae.data.readers`.
-Failure reasons shared by all readers are documented in :data:`common.REASONS`.
+Failure reasons shared by all readers are documented in :data:`common.REASONS`. Every reader checks
+what a file declares against :mod:`.limits` before decoding; :func:`lsemvae.data.readers.read_record`
+adds the file-size limit and drops calibration pulses (:mod:`.calibration`) for all of them.
 """
 
 from __future__ import annotations

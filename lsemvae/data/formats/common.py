@@ -109,6 +109,15 @@ def select_leads(labels: Sequence[str | None], *, record: str,
     return keep, names, dropped
 
 
+def file_head(path: str | Path, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` of a file (fewer if it is shorter; none if it cannot be read), for sniffing."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n_bytes)
+    except OSError:
+        return b""
+
+
 _DOCTYPE_SUBSET = re.compile(rb"<!DOCTYPE[^\[>]*\[.*?\]\s*>", re.S)
 
 
@@ -117,11 +126,7 @@ def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
 
     Only the start of the file is parsed, so sniffing a folder of large files stays cheap.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(head_bytes)
-    except OSError:
-        return None
+    head = file_head(path, head_bytes)
     # Some vendor exports are UTF-16 with a byte-order mark; expat decodes it, the "<" check must too.
     encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     if not head.decode(encoding, errors="ignore").lstrip().startswith("<"):

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lsemvae.data.formats import limits
-from lsemvae.data.formats.common import lead_from_code, mv_per_unit, select_leads
+from lsemvae.data.formats.common import file_head, lead_from_code, mv_per_unit, select_leads
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import LeadError, RecordError
 from lsemvae.leads import MDC_CODES, canonical_lead
@@ -53,12 +53,7 @@ _MDC_CONTEXT_FREE_ECG_PARTITION = 2 << 16  # ISO/IEEE 11073 partition 2 (SCADA/E
 
 def sniff(path: str | Path) -> bool:
     """DICOM Part 10 files carry ``DICM`` at byte 128, after the preamble."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return file_head(path, 132)[128:132] == b"DICM"
 
 
 def _lead_from_code(value: str, scheme: str) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lsemvae.data.formats import limits
-from lsemvae.data.formats.common import mv_per_unit, select_leads
+from lsemvae.data.formats.common import file_head, mv_per_unit, select_leads
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import LeadError, RecordError
 from lsemvae.leads import canonical_lead
@@ -35,11 +35,7 @@ _EEG_ELECTRODE = re.compile(r"^c\d$", re.IGNORECASE)  # C3 is a scalp electrode 
 
 def sniff(path: str | Path) -> bool:
     """EDF's 8-byte version field is ``"0"`` padded with spaces; the header is 256 bytes."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(256)
-    except OSError:
-        return False
+    head = file_head(path, 256)
     return len(head) == 256 and head[:8] == b"0       "
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lsemvae.data.formats import limits
-from lsemvae.data.formats.common import lead_from_code, select_leads
+from lsemvae.data.formats.common import file_head, lead_from_code, select_leads
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
 
@@ -43,12 +43,8 @@ _SEX = {1: "M", 2: "F"}
 
 def sniff(path: str | Path) -> bool:
     """Section 0 starts at byte 7 and its header ends with the ASCII ``SCPECG``."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(22)
-    except OSError:
-        return False
-    return len(head) == 22 and head[16:22] == b"SCPECG" and head[8:10] == b"\x00\x00"
+    head = file_head(path, 22)
+    return head[16:22] == b"SCPECG" and head[8:10] == b"\x00\x00"
 
 
 class _File:
