@@ -18,6 +18,8 @@ import numpy as np
 from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.config import validate
 from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
+from lsemvae.data.convert import passed_over_report
+from lsemvae.data.readers import scan_folder
 from lsemvae.data.sources import (
     RecordRef, folder_index, label_counts, ludb_index, manifest_index, ptbxl_index,
 )
@@ -167,11 +169,19 @@ def _print_summary(title: str, s: dict[str, Any]) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     root = Path(args.path)
     cfg = validate(PreprocessConfig, {"fs": args.fs}, source="command line (--fs)")
+    passed_over: dict[str, str] = {}
     if root.is_file():
         refs, dataset = [RecordRef(root.stem, root.stem, root, {"source": str(root)})], "record"
         groups = {"record": refs}
+    elif (dataset := args.dataset or ("manifest" if args.labels else detect_dataset(root))) == "folder":
+        scan = scan_folder(root)
+        passed_over = {str(p.relative_to(root)): why for p, why in scan.passed_over}
+        if not scan.records:
+            print(passed_over_report(passed_over, examples=10))
+            print(f"error: {root}: no ECG records found", file=sys.stderr)
+            return 1
+        groups = {dataset: folder_index(root, scan=scan)}
     else:
-        dataset = args.dataset or ("manifest" if args.labels else detect_dataset(root))
         if dataset == "ptb-xl":
             groups = {}
             for rate in (100, 500):
@@ -183,7 +193,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{root}: no PTB-XL record files found")
         else:
             groups = {dataset: index_dataset(dataset, root, labels=args.labels)}
-    report: dict[str, Any] = {"path": str(root), "dataset": dataset, "groups": {}}
+    report: dict[str, Any] = {"path": str(root), "dataset": dataset, "groups": {}, "passed_over": passed_over}
     for name, refs in groups.items():
         if args.limit:
             refs = refs[:args.limit]
@@ -199,7 +209,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     else:
         for name, s in report["groups"].items():
             _print_summary(f"{dataset} at {root} ({name})", s)
-    return 0
+        if passed_over:
+            print(passed_over_report(passed_over, examples=10))
+    return 0 if any(s["read_ok"] for s in report["groups"].values()) else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +281,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Read every record under PATH (a WFDB folder, the PTB-XL root, the LUDB root, a "
                        "site folder with labels.csv, or one record file) and print: records, sampling rates, "
                        "durations, leads present, read and QC failures by reason (the preprocessing pipeline at "
-                       "--fs), QC flags, and label counts where labels are known. A bad record is counted, never "
-                       "fatal.")
+                       "--fs), QC flags and reader notes, and label counts where labels are known. A bad record is "
+                       "counted, never fatal; in a plain folder every file that is not a record is listed with "
+                       "why (unknown format, empty, hidden...).",
+                       epilog="exit status: 0 at least one record read; 1 no record could be read (an unreadable "
+                       "file, a folder without records); 2 a usage error (path not found, bad option).")
     p.add_argument("path", type=Path, help="folder or record file")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="layout (default: detected)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV of a site folder (implies manifest)")

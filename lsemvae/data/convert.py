@@ -1,10 +1,11 @@
 """``lsemvae data convert SRC --to wfdb DEST``: a folder of hospital ECG files → WFDB records.
 
-Every record :func:`lsemvae.data.readers.find_records` finds (any registered format, detected by
+Every record :func:`lsemvae.data.readers.scan_folder` finds (any registered format, detected by
 content) is read with :func:`read_record` and written with ``wfdb.wrsamp`` in mV, 16-bit, with lead
-names from the source file. The folder layout under SRC is kept; ``patient_id``, source file and
-format go into header comments (``# patient_id: ...``). A file that cannot be read is skipped and
-counted by reason; one bad file never stops the batch.
+names from the source file. The folder layout under SRC is kept; ``patient_id``, source file, format
+and the reader's QC notes go into header comments (``# patient_id: ...``). A file that cannot be read
+is skipped and counted by reason, every other file is listed with why it was passed over; one bad
+file never stops the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lsemvae.data.readers import find_records, read_record
+from lsemvae.data.readers import PASSED_OVER, read_record, scan_folder
 from lsemvae.errors import LSEMVAEError
 
 TARGETS = ("wfdb",)
@@ -27,11 +28,11 @@ TARGETS = ("wfdb",)
 class ConvertSummary:
     """What a conversion did: ``converted`` dicts with ``source``, ``output`` (written header) and
     ``format``; ``skipped`` dicts with ``record``, ``reason``, ``message``; ``ignored`` files (relative
-    to SRC) that no reader recognised."""
+    to SRC) that are not records, as ``{file: reason}`` (reasons of :data:`readers.PASSED_OVER`)."""
 
     converted: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -50,27 +51,25 @@ class ConvertSummary:
             for item in [s for s in self.skipped if s["reason"] == reason][:examples]:
                 lines.append(f"    {item['message']}")
         if self.ignored:
-            shown = ", ".join(self.ignored[:examples]) + (" ..." if len(self.ignored) > examples else "")
-            lines.append(f"ignored {len(self.ignored)} file(s) not recognised as ECG records: {shown}")
+            lines.append(passed_over_report(self.ignored, examples))
         return "\n".join(lines)
+
+
+def passed_over_report(passed: dict[str, str], examples: int = 3) -> str:
+    """``passed over N file(s)`` with counts and examples by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in passed.items():
+        by_reason.setdefault(reason, []).append(name)
+    lines = [f"passed over {len(passed)} file(s) that are not ECG records"]
+    for reason, names in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(names[:examples]) + (" ..." if len(names) > examples else "")
+        lines.append(f"  {reason} ({PASSED_OVER.get(reason, reason)}): {len(names)}: {shown}")
+    return "\n".join(lines)
 
 
 def _record_name(stem: str) -> str:
     # WFDB record names allow letters, digits, '_' and '-' only.
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "record"
-
-
-def _ignored_files(src: Path, records: list[Path]) -> list[str]:
-    """Files under ``src`` that belong to no found record (WFDB companions count as belonging)."""
-    claimed = {(p.parent, p.stem) for p in records if p.suffix.lower() == ".hea"}
-    found = set(records)
-    out = []
-    for path in sorted(src.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(src).parts):
-            continue
-        if path not in found and (path.parent, path.stem) not in claimed:
-            out.append(str(path.relative_to(src)))
-    return out
 
 
 def convert_folder(src: str | Path, dest: str | Path, to: str = "wfdb", *, progress: bool = True) -> ConvertSummary:
@@ -81,12 +80,12 @@ def convert_folder(src: str | Path, dest: str | Path, to: str = "wfdb", *, progr
     if to not in TARGETS:
         raise LSEMVAEError(f"unknown target format {to!r}; supported: {', '.join(TARGETS)}")
     src, dest = Path(src), Path(dest)
-    records = find_records(src)
-    summary = ConvertSummary(ignored=_ignored_files(src, records))
+    scan = scan_folder(src)
+    summary = ConvertSummary(ignored={str(p.relative_to(src)): why for p, why in scan.passed_over})
     used: set[Path] = set()
-    for path in tqdm(records, desc=f"convert to {to}", unit="record", disable=not progress):
+    for path, fmt in tqdm(scan.records, desc=f"convert to {to}", unit="record", disable=not progress):
         try:
-            rec = read_record(path)
+            rec = read_record(path, format=fmt)
         except LSEMVAEError as err:
             summary.skipped.append({"record": str(path), "reason": getattr(err, "reason", "invalid"),
                                     "message": str(err)})
@@ -102,6 +101,7 @@ def convert_folder(src: str | Path, dest: str | Path, to: str = "wfdb", *, progr
                     f"format: {rec.meta.get('format', 'wfdb')}"]
         if rec.meta.get("derived_leads"):
             comments.append(f"derived_leads: {' '.join(rec.meta['derived_leads'])}")
+        comments += [f"qc_note: {note}" for note in rec.notes]
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             wfdb.wrsamp(name, fs=rec.fs, units=["mV"] * len(rec.leads), sig_name=list(rec.leads),
@@ -119,16 +119,20 @@ def convert_folder(src: str | Path, dest: str | Path, to: str = "wfdb", *, progr
 def _run(args: argparse.Namespace) -> int:
     summary = convert_folder(args.src, args.dest, to=args.to, progress=not args.no_progress)
     print(summary.report())
-    return 1 if summary.skipped and not summary.converted else 0
+    return 0 if summary.converted else 1
 
 
 def register_convert(subparsers) -> None:
     """Add ``convert`` to the ``lsemvae data`` sub-commands."""
     p = subparsers.add_parser(
-        "convert", help="convert a folder of ECG files (DICOM, HL7 aECG, GE MUSE, CardioSoft, EDF, WFDB) to WFDB",
+        "convert", help="convert a folder of ECG files (DICOM, HL7 aECG, GE MUSE, CardioSoft, Philips XML, SCP-ECG, "
+        "EDF, WFDB) to WFDB",
         description="Read every ECG record under SRC (format detected from file content; sub-folders kept) and "
-        "write it as a WFDB record (mV, 16-bit, lead names from the source file) under DEST. Unreadable files are "
-        "skipped and counted by reason; the summary lists examples. Exit status 1 only if nothing converted.",
+        "write it as a WFDB record (mV, 16-bit, lead names from the source file) under DEST. Unreadable records are "
+        "skipped and counted by reason, other files are listed with why they were passed over; the summary gives "
+        "examples.",
+        epilog="exit status: 0 at least one record converted; 1 nothing converted (no record found, or every one "
+        "skipped); 2 a usage error (SRC not a folder, bad option).",
     )
     p.add_argument("src", type=Path, metavar="SRC", help="folder of ECG files (searched recursively)")
     p.add_argument("--to", choices=TARGETS, default="wfdb", help="output format (default: wfdb)")

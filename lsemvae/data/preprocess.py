@@ -152,7 +152,7 @@ def quality_check(record: ECGRecord, cfg: PreprocessConfig) -> tuple[str, ...]:
         if big.any():
             raise RecordError(where, f"amplitude above {cfg.max_amplitude_mv} mV in leads "
                               f"{_names(record.leads, big)}: wrong units or artefact", reason="amplitude")
-    flags: list[str] = []
+    flags: list[str] = list(record.notes)  # what the reader did (calibration pulse dropped, units assumed...)
     if cfg.identity_action != "off":
         check = check_limb_identities(x, record.leads, tolerance_mv=cfg.identity_tolerance_mv)
         if not check.ok:

@@ -1,8 +1,9 @@
 """Readers: ECG files on disk -> :class:`ECGRecord`. Nothing downstream sees a file format.
 
-WFDB (``.hea`` + ``.dat`` or ``.mat``) is built in. Other formats (DICOM, HL7 aECG, EDF...) plug in
-by appending a :class:`FormatReader` to :data:`FORMAT_READERS`; :func:`read_record` asks each
-reader's ``sniff`` in turn, so detection is by content/extension, never by caller flags.
+WFDB (``.hea`` + ``.dat`` or ``.mat``) is built in. Other formats (DICOM, HL7 aECG, Philips XML,
+SCP-ECG, EDF...) plug in by appending a :class:`FormatReader` to :data:`FORMAT_READERS`;
+:func:`read_record` asks each reader's ``sniff`` in turn, so detection is by content, never by caller
+flags (:func:`scan_folder` sniffs a folder's files once and passes each record's format on).
 
 Every failure is a :class:`RecordError` naming the file and carrying a short ``reason`` (counted
 in batch summaries): a bad record is skipped by batch jobs, never a crash.
@@ -35,16 +36,11 @@ UNIT_TO_MV: dict[str, float] = {
 
 
 class FormatReader(NamedTuple):
-    """One file format: ``sniff(path) -> bool`` (cheap, by content or extension) and ``read(path)``.
-
-    ``suffixes`` (lower case, with dot) lets :func:`find_records` skip files that cannot be a
-    record of this format without opening them; empty means "sniff every file".
-    """
+    """One file format: ``sniff(path) -> bool`` (cheap, by content or extension) and ``read(path)``."""
 
     name: str
     sniff: Callable[[Path], bool]
     read: Callable[[Path], ECGRecord]
-    suffixes: tuple[str, ...] = ()
 
 
 def _as_reader(entry: FormatReader | tuple) -> FormatReader:
@@ -126,21 +122,31 @@ def _header_fields(hea: Path, lines: list[str]) -> tuple[list[str], list[list[st
     return record, signals, comments
 
 
-def _units_factor(hea: Path, signals: list[list[str]]) -> np.ndarray:
-    """mV factor per channel from the gain field ``gain(baseline)/units``; refuse unknown units."""
-    factors = []
+def _units_factor(hea: Path, signals: list[list[str]]) -> tuple[np.ndarray, list[str]]:
+    """mV factor per channel from the gain field ``gain(baseline)/units``, and the QC notes.
+
+    A gain without units (``2000``, PTB Diagnostic and MIT-BIH style) means millivolts by the WFDB
+    convention, as ``wfdb`` reads it: accepted, with a note. A missing gain or an unknown unit is refused.
+    """
+    factors, unitless = [], []
     for k, tokens in enumerate(signals):
         lead = tokens[-1] if len(tokens) >= 9 else f"channel {k}"
         gain = tokens[2] if len(tokens) >= 3 else ""
+        if not gain:
+            raise RecordError(hea, f"{lead}: no gain field (ADC units per physical unit): the voltage scale is "
+                              "unknown (WFDB would assume 200/mV); add it, e.g. 1000(0)/mV", reason="units")
         if "/" not in gain:
-            raise RecordError(hea, f"{lead}: physical units not stated in the gain field {gain!r} "
-                              "(expected e.g. 1000(0)/mV): cannot know the voltage scale", reason="units")
+            unitless.append(lead)
+            factors.append(1.0)
+            continue
         unit = gain.split("/", 1)[1].strip().lower()
         if unit not in UNIT_TO_MV:
             raise RecordError(hea, f"{lead}: unknown physical unit {unit!r}; ECG channels must be in "
                               "mV, uV or V", reason="units")
         factors.append(UNIT_TO_MV[unit])
-    return np.asarray(factors, dtype=np.float64)
+    notes = [f"units-assumed: no units in the gain field of {', '.join(unitless)}: millivolts assumed "
+             "(the WFDB default)"] if unitless else []
+    return np.asarray(factors, dtype=np.float64), notes
 
 
 _FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
@@ -154,6 +160,11 @@ def _expected_bytes(hea: Path, record: list[str], signals: list[list[str]]) -> t
     names = {t[0] for t in signals}
     if len(names) != 1:
         raise RecordError(hea, "signals spread over several files are not supported", reason="unsupported")
+    name = next(iter(names))
+    inside = (hea.parent / name).resolve().parent == hea.parent.resolve()
+    if "/" in name or "\\" in name or name in (".", "..") or not inside:
+        raise RecordError(hea, f"signal file name {name!r} is not a plain file name in the header's folder: "
+                          "only files next to the header are read", reason="corrupt-header")
     sig_len = int(record[3]) if len(record) > 3 and record[3].isdigit() else 0
     need = 0.0
     offsets = set()
@@ -165,7 +176,7 @@ def _expected_bytes(hea: Path, record: list[str], signals: list[list[str]]) -> t
         fmt, spf, _skew, offset = m.groups()
         offsets.add(int(offset or 0))
         need += BYTES_PER_SAMPLE.get(fmt, 0) * int(spf or 1) * sig_len
-    return names.pop(), need + max(offsets)
+    return name, need + max(offsets)
 
 
 def _read_mat_signal(hea: Path, rec) -> np.ndarray:
@@ -192,7 +203,7 @@ def _read_mat_signal(hea: Path, rec) -> np.ndarray:
     return val.T
 
 
-_GAIN = re.compile(r"(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\((?P<baseline>[-+]?\d+)\))?/.+")
+_GAIN = re.compile(r"(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\((?P<baseline>[-+]?\d+)\))?(?:/.+)?")
 _FORMAT16 = re.compile(r"16(?:\+(?P<offset>\d+))?")
 
 
@@ -270,12 +281,16 @@ def read_wfdb(path: str | Path) -> ECGRecord:
         raise RecordError(path, "no WFDB header (.hea) for this path", reason="missing-file")
     lines = _decode_header(hea)
     record_tokens, signals, comments = _header_fields(hea, lines)
-    factors = _units_factor(hea, signals)
+    factors, notes = _units_factor(hea, signals)
     base = str(hea.with_suffix(""))
     file_name, need = _expected_bytes(hea, record_tokens, signals)
+    if len(record_tokens) > 3:
+        limits.check_samples(int(record_tokens[3]), record=hea, what="the header")
+    limits.check_bytes(int(need), record=hea, what=f"signal data the header declares ({file_name})")
     sig_file = hea.parent / file_name
     if not sig_file.is_file():
         raise RecordError(hea, f"signal file {file_name} not found next to the header", reason="missing-file")
+    limits.check_file(sig_file, record=hea)
     size = sig_file.stat().st_size
     if size == 0:
         raise RecordError(sig_file, "signal file is empty", reason="empty-file")
@@ -333,14 +348,32 @@ def read_wfdb(path: str | Path) -> ECGRecord:
         raise RecordError(sig_file, "every sample is missing (NaN)", reason="nan-share")
     meta = _comment_meta(comments)
     return ECGRecord(
-        signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads,
-        # A converted hospital record carries its patient in a "# patient_id:" comment (lsemvae.data.convert);
-        # without it, splits by patient would treat every record as its own patient.
-        record_id=hea.stem, patient_id=str(meta.get("patient_id") or hea.stem), source=str(hea), meta=meta,
+        signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads, record_id=hea.stem,
+        patient_id=_patient_id(meta) or hea.stem, source=str(hea), meta=meta, notes=tuple(notes),
     )
 
 
 _COMMENT_KV = re.compile(r"^<?([A-Za-z][\w \-]*?)>?\s*:\s*(.*)$")
+
+
+def _patient_id(meta: dict) -> str | None:
+    """The patient from a ``# Patient ID: ...`` / ``# patient_id: ...`` / ``# PatientID: ...`` comment
+    (CODE-15% headers, and records ``lsemvae data convert`` wrote); without it, splits by patient
+    would treat every record as its own patient."""
+    for key, value in meta.items():
+        if isinstance(value, str) and re.sub(r"[\s_\-]", "", key) == "patientid":
+            return value
+    return None
+
+
+def header_patient_id(path: str | Path) -> str | None:
+    """The patient id a WFDB header states in its comments, read without touching the signal; None if none."""
+    hea = _wfdb_header_path(Path(path))
+    try:
+        lines = _decode_header(hea) if hea is not None else []
+    except RecordError:
+        return None
+    return _patient_id(_comment_meta([ln.strip().lstrip("#").strip() for ln in lines if ln.lstrip().startswith("#")]))
 
 
 def _comment_meta(comments: Iterable[str]) -> dict:
@@ -359,77 +392,131 @@ def _comment_meta(comments: Iterable[str]) -> dict:
 # Registry and public entry points
 # ---------------------------------------------------------------------------------------------
 
-#: Registered formats, asked in order. Append ``FormatReader(name, sniff, read, suffixes)``.
-FORMAT_READERS: list[FormatReader | tuple] = [
-    FormatReader("wfdb", sniff_wfdb, read_wfdb, (".hea",)),
-]
+#: Registered formats, asked in order. Append ``FormatReader(name, sniff, read)``.
+FORMAT_READERS: list[FormatReader | tuple] = [FormatReader("wfdb", sniff_wfdb, read_wfdb)]
 
-# Hospital formats (DICOM, HL7 aECG, GE MUSE, CardioSoft, EDF), sniffed by content: lsemvae/data/formats.
-from lsemvae.data.formats import FORMATS as _HOSPITAL_FORMATS  # noqa: E402
+# Hospital formats (DICOM, HL7 aECG, GE MUSE, CardioSoft, Philips, SCP-ECG, EDF), sniffed by content:
+# lsemvae/data/formats. Their optional libraries (pydicom, edfio) are imported only when a file needs them.
+from lsemvae.data.formats import FORMATS as _HOSPITAL_FORMATS, limits  # noqa: E402
+from lsemvae.data.formats.calibration import drop_calibration  # noqa: E402
 
 FORMAT_READERS += [FormatReader(*f) for f in _HOSPITAL_FORMATS]
 
 
-def read_record(path: str | Path) -> ECGRecord:
+def _readers() -> list[FormatReader]:
+    return [_as_reader(e) for e in FORMAT_READERS]
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """Name of the registered format that claims ``path`` by its content, or None."""
+    path = Path(path)
+    for reader in _readers():
+        try:
+            if reader.sniff(path):
+                return reader.name
+        except OSError:
+            continue
+    return None
+
+
+def read_record(path: str | Path, format: str | None = None) -> ECGRecord:
     """Read one ECG record of any registered format, detected from the file itself.
 
+    ``format`` (a registered name, e.g. from :func:`scan_folder`) skips the detection. Files over the
+    size limits of :mod:`lsemvae.data.formats.limits` are refused before parsing; a calibration pulse
+    at either end is dropped and noted (:mod:`lsemvae.data.formats.calibration`).
     Raises :class:`RecordError` (with ``record`` = the path and a ``reason``) for anything unusable.
     """
     path = Path(path)
     hea = _wfdb_header_path(path)
     if not path.exists() and (hea is None or not hea.is_file()):
         raise RecordError(path, "file not found", reason="missing-file")
-    for entry in FORMAT_READERS:
-        reader = _as_reader(entry)
-        try:
-            claimed = reader.sniff(path)
-        except OSError:
-            claimed = False
-        if claimed:
-            try:
-                return reader.read(path)
-            except LSEMVAEError:
-                raise
-            except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, MemoryError) as err:
-                # A reader bug or an exotic corruption must still name the file, not crash a batch.
-                raise RecordError(path, f"{reader.name} reader failed: {type(err).__name__}: {err}",
-                                  reason="corrupt") from None
-    names = ", ".join(_as_reader(e).name for e in FORMAT_READERS)
-    raise RecordError(path, f"not a recognised ECG record (formats known: {names})", reason="unknown-format")
+    name = format or sniff_format(path)
+    if name is None:
+        names = ", ".join(r.name for r in _readers())
+        raise RecordError(path, f"not a recognised ECG record (formats known: {names})", reason="unknown-format")
+    reader = next((r for r in _readers() if r.name == name), None)
+    if reader is None:
+        raise LSEMVAEError(f"unknown record format {name!r}")
+    if path.is_file():
+        limits.check_file(path)
+    try:
+        record = reader.read(path)
+    except LSEMVAEError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, MemoryError) as err:
+        # A reader bug or an exotic corruption must still name the file, not crash a batch.
+        raise RecordError(path, f"{reader.name} reader failed: {type(err).__name__}: {err}",
+                          reason="corrupt") from None
+    return drop_calibration(record)
+
+
+class FolderScan(NamedTuple):
+    """What :func:`scan_folder` found: ``records`` as ``(path, format)`` and every other file as
+    ``(path, reason)`` in ``passed_over`` (reasons in :data:`PASSED_OVER`)."""
+
+    records: list[tuple[Path, str]]
+    passed_over: list[tuple[Path, str]]
+
+
+#: Why a file in a folder is not a record.
+PASSED_OVER = {
+    "unknown-format": "no ECG reader recognises its content",
+    "empty-file": "the file is empty",
+    "unreadable": "the file cannot be opened",
+    "signal-without-header": "a WFDB signal file (.dat/.mat) whose .hea header is missing",
+    "hidden": "a hidden file or folder (name starts with '.'), not searched",
+}
+
+
+def scan_folder(folder: str | Path) -> FolderScan:
+    """Every file under ``folder``, each sniffed once: records (one per WFDB record, its ``.hea``) and
+    files passed over, each with its reason. WFDB companions (signal, annotation files next to a
+    header of the same name) belong to their record."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LSEMVAEError(f"{folder}: not a folder of records")
+    records: list[tuple[Path, str]] = []
+    passed: list[tuple[Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        passed += [(here / d, "hidden") for d in sorted(dirnames) if d.startswith(".")]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        headers = {Path(n).stem for n in filenames if n.lower().endswith(".hea")}
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith("."):
+                passed.append((path, "hidden"))
+            elif path.suffix.lower() != ".hea" and path.stem in headers:
+                continue  # signal/annotation file of a WFDB record listed by its header
+            elif (fmt := sniff_format(path)) is not None:
+                records.append((path, fmt))
+            else:
+                passed.append((path, _why_not_a_record(path)))
+    return FolderScan(records, passed)
+
+
+def _why_not_a_record(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "unreadable"
+    if not os.access(path, os.R_OK):
+        return "unreadable"
+    if size == 0:
+        return "empty-file"
+    if path.suffix.lower() in _WFDB_SIGNAL_SUFFIXES:
+        return "signal-without-header"
+    return "unknown-format"
 
 
 def find_records(folder: str | Path) -> list[Path]:
     """Every record in a folder tree, one path per record (the ``.hea`` for WFDB), sorted.
 
     Hidden files/folders are ignored. Signal files that belong to a WFDB header are not listed
-    separately.
+    separately. :func:`scan_folder` also says each record's format and why other files were passed over.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise LSEMVAEError(f"{folder}: not a folder of records")
-    readers = [_as_reader(e) for e in FORMAT_READERS]
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        names = set(filenames)
-        headers = {Path(n).stem for n in names if n.lower().endswith(".hea")}
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            suffix = path.suffix.lower()
-            if suffix != ".hea" and path.stem in headers:
-                continue  # signal/annotation file of a WFDB record already listed by its header
-            for reader in readers:
-                if reader.suffixes and suffix not in reader.suffixes:
-                    continue
-                try:
-                    if reader.sniff(path):
-                        found.append(path)
-                        break
-                except OSError:
-                    continue
-    return found
+    return [path for path, _fmt in scan_folder(folder).records]
 
 
 def record_files(path: str | Path) -> list[Path]:
@@ -439,19 +526,3 @@ def record_files(path: str | Path) -> list[Path]:
     if hea is None:
         return [path]
     return [hea] + [p for p in (hea.with_suffix(s) for s in _WFDB_SIGNAL_SUFFIXES) if p.is_file()]
-
-
-def _register_hospital_formats() -> None:
-    """Add DICOM, HL7 aECG, GE MUSE, CardioSoft and EDF (``lsemvae.data.formats``) after WFDB.
-
-    Their libraries are the optional ``formats`` extra: without them WFDB still works.
-    """
-    try:
-        from lsemvae.data.formats import FORMATS
-    except ImportError:
-        return
-    known = {_as_reader(e).name for e in FORMAT_READERS}
-    FORMAT_READERS.extend(FormatReader(*f) for f in FORMATS if f[0] not in known)
-
-
-_register_hospital_formats()

@@ -23,6 +23,9 @@ class ECGRecord:
         patient_id: id of the patient (splits are by patient, never by record).
         source: where it came from (file path or dataset name), used in every message.
         meta: free-form metadata (age, sex, device, site, diagnostic codes...).
+        notes: QC notes on what reading did to the file's data, ``"<kind>: <what and why>"`` (a
+            calibration pulse dropped, units assumed, padding masked); preprocessing reports them
+            with its own flags.
     """
 
     signal: np.ndarray
@@ -32,6 +35,7 @@ class ECGRecord:
     patient_id: str
     source: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         where = self.source or self.record_id
@@ -56,6 +60,7 @@ class ECGRecord:
         object.__setattr__(self, "fs", fs)
         object.__setattr__(self, "record_id", str(self.record_id))
         object.__setattr__(self, "patient_id", str(self.patient_id))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
 
     @property
     def n_samples(self) -> int:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from lsemvae.data.readers import find_records, read_record
+from lsemvae.data.readers import FolderScan, header_patient_id, read_record, scan_folder
 from lsemvae.data.record import ECGRecord
 from lsemvae.data.tasks import TASKS, parse_binary
 from lsemvae.errors import ConfigError, LSEMVAEError
@@ -36,16 +36,18 @@ class RecordRef:
     """A record not yet read: ids, path, and metadata (labels, fold, site...).
 
     ``meta["source"]`` names the dataset or site. ``load()`` returns the :class:`ECGRecord` with
-    these ids and the metadata merged over whatever the file itself carries.
+    these ids and the metadata merged over whatever the file itself carries. ``format``, when the
+    index already sniffed the file, spares reading it to detect its format again.
     """
 
     record_id: str
     patient_id: str
     path: Path
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    format: str | None = field(default=None, compare=False)
 
     def load(self) -> ECGRecord:
-        rec = read_record(self.path)
+        rec = read_record(self.path, format=self.format)
         return dataclasses.replace(
             rec, record_id=self.record_id, patient_id=self.patient_id, meta={**rec.meta, **self.meta},
         )
@@ -275,7 +277,8 @@ def manifest_index(
         raise ManifestError(f"{records_dir}: records folder not found")
     by_key: dict[str, Path] = {}
     by_name: dict[str, list[Path]] = {}
-    for path in find_records(records_dir):
+    formats = dict(scan_folder(records_dir).records)
+    for path in formats:
         by_key[_record_key(path, records_dir)] = path
         by_name.setdefault(path.stem, []).append(path)
 
@@ -291,7 +294,7 @@ def manifest_index(
             continue
         used.add(path)
         meta = {"source": site, "site": site, **row.extra, **row.labels, "label_columns": list(row.labels)}
-        refs.append(RecordRef(row.record_id, row.patient_id, path, meta))
+        refs.append(RecordRef(row.record_id, row.patient_id, path, meta, format=formats[path]))
 
     if unknown:
         msg = (f"{labels_csv}: {len(unknown)} record id(s) in column {id_column!r} have no record file under "
@@ -405,16 +408,26 @@ def _read_labels_csv(
 # ---------------------------------------------------------------------------------------------
 
 
-def folder_index(folder: str | Path) -> list[RecordRef]:
-    """Every record under ``folder``, unlabelled. ``record_id`` is the relative path without
-    extension; patients are unknown, so each record is its own patient (splits stay valid but
-    cannot be patient-disjoint across a patient's several records)."""
+def folder_index(folder: str | Path, *, scan: FolderScan | None = None) -> list[RecordRef]:
+    """Every record under ``folder`` (or in ``scan``, a :func:`scan_folder` of it), unlabelled.
+
+    ``record_id`` is the relative path without extension. ``patient_id`` is the one a WFDB header
+    states (``# Patient ID:``, ``# patient_id:``, as CODE-15% and ``lsemvae data convert`` write
+    them); otherwise each record is its own patient (splits stay valid but cannot be patient-disjoint
+    across a patient's several records).
+    """
     folder = Path(folder)
-    paths = find_records(folder)
-    if not paths:
-        raise ManifestError(f"{folder}: no ECG records found (looked for WFDB .hea and registered formats)")
+    scan = scan or scan_folder(folder)
+    if not scan.records:
+        raise ManifestError(f"{folder}: no ECG records found (looked for WFDB .hea and registered formats; "
+                            f"{len(scan.passed_over)} other file(s) passed over)")
     source = folder.resolve().name
-    return [RecordRef(k, k, p, {"source": source}) for p in paths for k in [_record_key(p, folder)]]
+    refs = []
+    for path, fmt in scan.records:
+        key = _record_key(path, folder)
+        patient = (header_patient_id(path) if fmt == "wfdb" else None) or key
+        refs.append(RecordRef(key, patient, path, {"source": source}, format=fmt))
+    return refs
 
 
 def label_counts(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> dict[str, dict[str, int]]:

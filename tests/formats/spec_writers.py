@@ -5,12 +5,14 @@ offline, so these writers produce conforming files from the specifications (HL7 
 implementation guide; GE MUSE ``restecg.dtd`` layout; the CardioSoft ``CardiologyXML`` layout UK
 Biobank distributes as field 20205). They deliberately share no code with the readers under test
 (``lsemvae.data.formats``), so a round trip checks the reader against the layout, not against itself.
-DICOM files are built with pydicom following PS3.3 A.34 (12-Lead ECG IOD); EDF with edfio.
+DICOM files are built with pydicom following PS3.3 A.34 (12-Lead ECG IOD); EDF with edfio; SCP-ECG from
+EN 1064 (its CRC, default Huffman table and difference coding re-implemented here, bit by bit).
 """
 
 from __future__ import annotations
 
 import base64
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -252,4 +254,105 @@ def write_edf(path: Path, signals_mv: dict[str, np.ndarray], *, fs: float = 500.
                                     physical_range=(-1000.0, 1000.0)))
     edf = edfio.Edf(sigs, patient=edfio.Patient(code=patient_code))
     edf.write(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- SCP-ECG (EN 1064)
+
+def _scp_crc(data: bytes) -> int:
+    """CRC-CCITT, polynomial x^16 + x^12 + x^5 + 1, initial value 0xFFFF, bit by bit as EN 1064 describes it."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def scp_section(sid: int, body: bytes, *, reserved: bytes = b"\0" * 6, version: int = 20) -> bytes:
+    """A section: CRC, id, length (header included), section and protocol version, 6 reserved bytes, body."""
+    rest = struct.pack("<HIBB", sid, 16 + len(body), version, version) + reserved + body
+    return struct.pack("<H", _scp_crc(rest)) + rest
+
+
+def scp_huffman_default(values) -> bytes:
+    """EN 1064's default Huffman table: 0 -> '0'; +-n (n = 1..8) -> n ones, a zero, a sign bit (1 = negative);
+    other values fitting 8 bits -> nine ones, a zero and the byte; else ten ones and 16 bits (two's complement)."""
+    bits = []
+    for v in (int(x) for x in values):
+        if v == 0:
+            bits.append("0")
+        elif abs(v) <= 8:
+            bits.append("1" * abs(v) + "0" + ("1" if v < 0 else "0"))
+        elif -128 <= v <= 127:
+            bits.append("1" * 9 + "0" + format(v & 0xFF, "08b"))
+        else:
+            bits.append("1" * 10 + format(v & 0xFFFF, "016b"))
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return bytes(int(text[i:i + 8], 2) for i in range(0, len(text), 8))
+
+
+def _scp_differences(x: np.ndarray, order: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    if order == 1:
+        return np.concatenate((x[:1], np.diff(x)))
+    if order == 2:
+        return np.concatenate((x[:2], x[2:] - 2 * x[1:-1] + x[:-2]))
+    return x
+
+
+def _scp_coded(leads_values, *, avm_nv: int, interval_us: int, order: int, huffman: bool, bimodal: int = 0) -> bytes:
+    chunks = [scp_huffman_default(_scp_differences(v, order)) if huffman
+              else _scp_differences(v, order).astype("<i2").tobytes() for v in leads_values]
+    return (struct.pack("<HHBB", avm_nv, interval_us, order, bimodal)
+            + struct.pack(f"<{len(chunks)}H", *[len(c) for c in chunks]) + b"".join(chunks))
+
+
+def write_scp(path: Path, digits: dict[str, np.ndarray], *, fs: float = 500.0, avm_nv: int = 5000,
+              order: int = 2, huffman: bool = True, codes: dict[str, int] | None = None, patient_id: str = "SCP-42",
+              reference: dict | None = None, huffman_tables: int = 19999, bimodal: int = 0) -> Path:
+    """SCP-ECG record with sections 0, 1, 2 (default Huffman table, or absent with ``huffman=False``), 3, 6, and
+    with ``reference`` (``beat``: {lead: values}, ``fiducial`` (1-based sample of the beat), ``qrs``: list of
+    (type, start, fiducial, end) 1-based rhythm sample numbers) sections 4 and 5 with reference beat subtraction:
+    ``digits`` are then the residuals."""
+    names = list(digits)
+    n = len(digits[names[0]])
+    interval = int(round(1e6 / fs))
+    sections = {1: struct.pack("<BH", 2, len(patient_id) + 1) + patient_id.encode() + b"\0"
+                + struct.pack("<BHB", 8, 1, 1) + struct.pack("<BH", 255, 0)}
+    if huffman:
+        sections[2] = struct.pack("<H", huffman_tables) + (b"" if huffman_tables == 19999 else b"\0" * 10)
+    flags = (1 if reference else 0) | 4 | (len(names) << 3)
+    sections[3] = struct.pack("<BB", len(names), flags & 0xFF) + b"".join(
+        struct.pack("<IIB", 1, n, (codes or {}).get(k, MDC.get(k, 0))) for k in names)
+    if reference:
+        beat = reference["beat"]
+        length_ms = int(round(len(beat[names[0]]) / fs * 1000))
+        qrs = reference["qrs"]
+        sections[4] = (struct.pack("<HHH", length_ms, reference["fiducial"], len(qrs))
+                       + b"".join(struct.pack("<HIII", *q) for q in qrs)
+                       + b"".join(struct.pack("<II", q[1], q[3]) for q in qrs))
+        sections[5] = _scp_coded([beat[k] for k in names], avm_nv=avm_nv, interval_us=interval, order=order,
+                                 huffman=huffman)
+    sections[6] = _scp_coded([digits[k] for k in names], avm_nv=avm_nv, interval_us=interval, order=order,
+                             huffman=huffman, bimodal=bimodal)
+    ids = list(range(12))
+    pointer_len = 16 + 10 * len(ids)
+    offset = 6 + pointer_len
+    pointers, blobs = [], []
+    for sid in ids:
+        if sid == 0:
+            pointers.append(struct.pack("<HII", 0, pointer_len, 7))
+        elif sid in sections:
+            blob = scp_section(sid, sections[sid])
+            pointers.append(struct.pack("<HII", sid, len(blob), offset + 1))
+            blobs.append(blob)
+            offset += len(blob)
+        else:
+            pointers.append(struct.pack("<HII", sid, 0, 0))
+    body = scp_section(0, b"".join(pointers), reserved=b"SCPECG") + b"".join(blobs)
+    rest = struct.pack("<I", 2 + 4 + len(body)) + body
+    path.write_bytes(struct.pack("<H", _scp_crc(rest)) + rest)
     return path

@@ -150,3 +150,98 @@ def test_padding_value_samples_become_nan(tmp_path, ecg_mv):
     rec = dicom.read(write_dicom_ecg(tmp_path / "pad.dcm", digits, padding=-32768))
     assert np.isnan(rec.lead("II")[:250]).all() and not np.isnan(rec.lead("II")[250:]).any()
     assert not np.isnan(rec.lead("I")).any()
+
+
+# --- WaveformPaddingValue: padding marks samples outside a channel's recording, never mid-signal zeros --------------
+
+def test_padding_zero_keeps_genuine_zero_samples(tmp_path, ecg_mv):
+    """A toolkit that declares padding 0: every genuine 0 uV sample inside the signal stays 0.0 mV, not NaN."""
+    digits = {k: quantise(ecg_mv[k], 2.5) for k in LEADS_12}
+    zeros = {k: int((d[1:-1] == 0).sum()) for k, d in digits.items()}
+    assert sum(zeros.values()) > 500  # genuine zeros mid-signal in every lead
+    rec = dicom.read(write_dicom_ecg(tmp_path / "pad0.dcm", digits, padding=0))
+    assert not np.isnan(rec.signal).any() and rec.n_samples == 5000
+    for name in LEADS_12:
+        np.testing.assert_array_equal(rec.lead(name) == 0.0, digits[name] == 0)
+
+
+def test_trailing_padding_of_every_channel_is_cut_with_a_note(tmp_path, ecg_mv):
+    digits = {k: np.concatenate([quantise(ecg_mv[k], 2.5), np.zeros(500, dtype=np.int64)]) for k in LEADS_12}
+    rec = dicom.read(write_dicom_ecg(tmp_path / "tail.dcm", digits, padding=0))
+    assert rec.n_samples == 5000 and not np.isnan(rec.signal).any()
+    assert any("last 500 samples (1.000 s) of every lead" in n for n in rec.notes)
+    np.testing.assert_allclose(rec.lead("V3"), ecg_mv["V3"], atol=0.00126)
+
+
+def test_a_lead_stopping_early_is_missing_there_with_a_note(tmp_path, ecg_mv):
+    digits = {k: quantise(ecg_mv[k], 2.5) for k in ("I", "II", "V1")}
+    digits["V1"][-300:] = -32768
+    rec = dicom.read(write_dicom_ecg(tmp_path / "early.dcm", digits, padding=-32768))
+    assert np.isnan(rec.lead("V1")[-300:]).all() and not np.isnan(rec.lead("V1")[:-300]).any()
+    assert rec.n_samples == 5000 and any("lead V1: 0 leading and 300 trailing" in n for n in rec.notes)
+
+
+# --- hostile files ----------------------------------------------------------------------------------------------
+
+def _deflate_bomb(path: Path, real_path: Path, gigabytes: int) -> Path:
+    """A deflated-transfer-syntax DICOM whose dataset inflates to ``gigabytes`` GB of zeros from ~2 MB."""
+    import zlib
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(real_path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    meta = pydicom.filereader.read_file_meta_info(path)
+    start = 132 + 12 + meta.FileMetaInformationGroupLength
+    block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = block.compress(bytes(16 << 20)) + block.flush(zlib.Z_FULL_FLUSH)  # 16 MB of zeros, self-contained
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.truncate()
+        for _ in range(gigabytes * 64):
+            fh.write(chunk)
+        fh.write(b"\x03\x00")  # final empty block
+    return path
+
+
+def test_deflate_bomb_is_refused_with_bounded_memory(tmp_path, real_path):
+    import tracemalloc
+
+    from lsemvae.data.readers import read_record
+
+    path = _deflate_bomb(tmp_path / "bomb.dcm", real_path, gigabytes=2)
+    assert path.stat().st_size < 3 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordError) as info:
+            read_record(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == "too-large" and "LSEMVAE_MAX_FILE_MB" in str(info.value)
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MB while refusing a 2 GB inflation"
+
+
+def test_deflated_file_still_reads(tmp_path, real_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(real_path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "dfl.dcm", enforce_file_format=True)
+    np.testing.assert_array_equal(dicom.read(tmp_path / "dfl.dcm").signal, dicom.read(real_path).signal)
+
+
+def test_pydicom_test_files_never_crash():
+    """Every DICOM pydicom ships (images, SR, RT, broken files): read or refused with a reason, no traceback."""
+    from lsemvae.data.readers import read_record
+
+    outcomes = {}
+    for name in sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm")):  # no download
+        try:
+            outcomes[Path(name).name] = read_record(name).meta["format"]
+        except RecordError as err:
+            outcomes[Path(name).name] = err.reason
+    assert outcomes.pop("waveform_ecg.dcm") == "dicom"
+    assert len(outcomes) > 70
+    assert set(outcomes.values()) <= {"not-ecg", "corrupt", "unsupported-variant", "unknown-format"}, outcomes

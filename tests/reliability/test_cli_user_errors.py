@@ -126,6 +126,19 @@ def test_data_commands_user_errors(tmp_path, ludb_root, args, expected):
     assert_user_error(out, expected.format(tmp=tmp_path), code=2)
 
 
+def test_data_commands_exit_1_when_nothing_was_read_or_converted(tmp_path):
+    """As typed: an unreadable file, a folder of non-ECG files: a report, exit 1 (not 0), no traceback."""
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "broken.scp").write_bytes(b"\0" * 16 + b"SCPECG" + b"\0" * 10)
+    out = run(LSEMVAE + ["data", "inspect", str(tmp_path / "broken.scp"), "--no-progress"], tmp_path)
+    assert_user_error(out, "read failures by reason: corrupt: 1", code=1)
+    out = run(LSEMVAE + ["data", "inspect", str(tmp_path / "scans"), "--no-progress"], tmp_path)
+    assert_user_error(out, "unknown-format", "no ECG records found", code=1)
+    out = run(LSEMVAE + ["data", "convert", str(tmp_path / "scans"), str(tmp_path / "out"), "--no-progress"], tmp_path)
+    assert_user_error(out, "converted 0 record(s)", "a.pdf", code=1)
+
+
 # Every numeric option of the lsemvae sub-commands that is a count, a rate or a share, with values it must refuse.
 BAD_NUMBERS = [
     (["data", "prepare", "--root", "r"], "--limit", ["-3", "0", "2.5", "many"], "must be a whole number >= 1"),

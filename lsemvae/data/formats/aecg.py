@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lsemvae.data.formats import limits
 from lsemvae.data.formats.common import (
-    children, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
+    children, count_values, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
 )
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
@@ -131,6 +132,7 @@ def _lead_samples(value: ET.Element | None, label: str, where: str) -> np.ndarra
     if origin is not None:
         origin_mv = parse_number(origin.get("value"), record=where, what=f"{label} origin") * mv_per_unit(
             origin.get("unit"), record=where, what=f"{label} origin unit")
+    limits.check_samples(count_values(digits.text or ""), record=where, what=label)
     try:
         ints = np.array((digits.text or "").split(), dtype=np.int64)
     except ValueError:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lsemvae.data.formats import limits
 from lsemvae.data.formats.common import (
-    child_text, children, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
+    child_text, children, count_values, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
 )
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
@@ -54,6 +55,7 @@ def read(path: str | Path) -> ECGRecord:
     for i, wave in enumerate(children(strip, "WaveformData")):
         label = wave.get("lead") or None
         text = re.sub(r"\s+", "", wave.text or "")
+        limits.check_samples(count_values(text, ","), record=where, what=f"WaveformData lead={label!r}")
         try:
             values = np.array([int(v) for v in text.split(",") if v != ""], dtype=np.int64)
         except ValueError:

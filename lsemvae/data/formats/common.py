@@ -7,13 +7,18 @@ names read from the file. Anything it cannot vouch for raises :class:`RecordErro
 
 from __future__ import annotations
 
+import io
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import defusedxml.ElementTree as SafeET
+import numpy as np
+from defusedxml import DefusedXmlException
+
 from lsemvae.errors import LeadError, RecordError
-from lsemvae.leads import canonical_lead
+from lsemvae.leads import MDC_CODES, canonical_lead
 
 #: Reason categories used by the format readers (plus ``unknown-lead`` / ``duplicate-lead`` from leads.py).
 REASONS = {
@@ -27,6 +32,8 @@ REASONS = {
     "fs": "sampling rate missing or invalid",
     "mixed-fs": "ECG channels sampled at different rates",
     "unsupported-variant": "a valid but unsupported encoding (compressed, mu-law, non-int16, ...)",
+    "too-large": "file size or declared sample count over the limits of lsemvae.data.formats.limits",
+    "checksum": "a CRC or checksum in the file does not match its data",
 }
 
 # Amplitude unit spellings seen in DICOM (UCUM), HL7 aECG (UCUM), MUSE, CardioSoft and EDF headers.
@@ -40,6 +47,17 @@ _MV_PER_UNIT = {
 # Real ECG leads outside the standard 12 (right-sided, posterior, Frank XYZ). Carts export them
 # alongside the 12; they are dropped (listed in meta["dropped_channels"]) rather than failing the record.
 _EXTRA_LEAD = re.compile(r"^(v[789]|v[1-9]r|[xyz])$")
+
+
+# Non-standard leads in the MDC_ECG_LEAD code table (ISO/IEEE 11073-10101; SCP-ECG's lead codes are the same
+# numbers), named so that they are dropped as extra leads rather than refused as unknown.
+_CODE_EXTRA = {9: "V7", 10: "V2R", 11: "V3R", 12: "V4R", 13: "V5R", 14: "V6R", 15: "V7R",
+               16: "X", 17: "Y", 18: "Z", 66: "V8", 67: "V9", 68: "V8R", 69: "V9R"}
+
+
+def lead_from_code(number: int) -> str | None:
+    """Lead name for an MDC_ECG_LEAD / SCP-ECG lead code; None for 0 (unspecified) or an unknown code."""
+    return MDC_CODES.get(number) or _CODE_EXTRA.get(number)
 
 
 def mv_per_unit(unit: str | None, *, record: str, what: str) -> float:
@@ -61,17 +79,20 @@ def is_extra_lead(label: str) -> bool:
     return bool(_EXTRA_LEAD.match(folded))
 
 
-def select_leads(labels: Sequence[str | None], *, record: str) -> tuple[list[int], list[str], list[str]]:
+def select_leads(labels: Sequence[str | None], *, record: str,
+                 channels: Sequence[str] | None = None) -> tuple[list[int], list[str], list[str]]:
     """Map channel labels to canonical leads: ``(kept channel indices, lead names, dropped labels)``.
 
-    A missing label or an unknown one fails the record (naming the channel); known non-standard leads
-    (V7-V9, right-sided, XYZ) are dropped. Duplicates are refused by ``ECGRecord``.
+    A missing label or an unknown one fails the record (naming the channel: ``channels[i]``, by
+    default ``"channel <i+1>"``); known non-standard leads (V7-V9, right-sided, XYZ) are dropped.
+    Duplicates are refused by ``ECGRecord``.
     """
     keep, names, dropped = [], [], []
     for i, label in enumerate(labels):
+        channel = channels[i] if channels is not None else f"channel {i + 1}"
         if label is None or not str(label).strip():
             raise RecordError(
-                record, f"channel {i + 1} has no lead label or code: lead identity cannot be read from the file "
+                record, f"{channel} has no lead label or code: lead identity cannot be read from the file "
                 "(leads are never assigned by position). Re-export with channel labels.",
                 reason="missing-lead-label",
             )
@@ -81,11 +102,23 @@ def select_leads(labels: Sequence[str | None], *, record: str) -> tuple[list[int
         try:
             names.append(canonical_lead(label, record=record))
         except LeadError as err:
-            raise LeadError(record, f"channel {i + 1}: {err.detail}", reason=err.reason) from None
+            raise LeadError(record, f"{channel}: {err.detail}", reason=err.reason) from None
         keep.append(i)
     if not keep:
         raise RecordError(record, f"no standard ECG lead among channels {list(labels)!r}", reason="unknown-lead")
     return keep, names, dropped
+
+
+def file_head(path: str | Path, n_bytes: int) -> bytes:
+    """The first ``n_bytes`` of a file (fewer if it is shorter; none if it cannot be read), for sniffing."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n_bytes)
+    except OSError:
+        return b""
+
+
+_DOCTYPE_SUBSET = re.compile(rb"<!DOCTYPE[^\[>]*\[.*?\]\s*>", re.S)
 
 
 def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
@@ -93,31 +126,33 @@ def xml_root_name(path: str | Path, *, head_bytes: int = 4096) -> str | None:
 
     Only the start of the file is parsed, so sniffing a folder of large files stays cheap.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(head_bytes)
-    except OSError:
-        return None
+    head = file_head(path, head_bytes)
     # Some vendor exports are UTF-16 with a byte-order mark; expat decodes it, the "<" check must too.
     encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     if not head.decode(encoding, errors="ignore").lstrip().startswith("<"):
         return None
-    parser = ET.XMLPullParser(events=("start",))
+    # A DOCTYPE's internal subset (entity declarations) is cut before sniffing, so that a file declaring
+    # entities is still claimed by its reader, which then refuses it with a clear message.
+    head = _DOCTYPE_SUBSET.sub(b"", head) if encoding != "utf-16" else head
     try:
-        parser.feed(head)
-        for _event, elem in parser.read_events():
-            return elem.tag.rsplit("}", 1)[-1]
-    except ET.ParseError:
+        for _event, elem in SafeET.iterparse(io.BytesIO(head), events=("start",)):
+            return local(elem.tag)
+    except (ET.ParseError, DefusedXmlException):
         return None
     return None
 
 
 def parse_xml(path: str | Path, *, record: str) -> ET.Element:
-    """Parse a whole XML file; a parse failure is a ``corrupt`` RecordError naming the position."""
+    """Parse a whole XML file without expanding entities or fetching DTDs (``defusedxml``): a vendor
+    file has no reason to declare entities, and entity amplification costs memory. A parse failure is
+    a ``corrupt`` RecordError naming the position; entity or external-reference declarations are refused."""
     try:
-        return ET.parse(path).getroot()
+        return SafeET.parse(path).getroot()
     except ET.ParseError as err:
         raise RecordError(record, f"not well-formed XML ({err})", reason="corrupt") from None
+    except DefusedXmlException as err:
+        raise RecordError(record, f"XML declares entities or external references ({err}); ECG exports need "
+                          "none, and they are not expanded (entity amplification)", reason="corrupt") from None
 
 
 def local(tag: str) -> str:
@@ -136,6 +171,16 @@ def child_text(elem: ET.Element | None, name: str) -> str | None:
 
 def children(elem: ET.Element, name: str) -> Iterable[ET.Element]:
     return (c for c in elem if local(c.tag) == name)
+
+
+def count_values(text: str, separator: str | None = None) -> int:
+    """How many values a whitespace- (or ``separator``-) separated list holds, without splitting it:
+    readers check the count against the limits before allocating one object per value."""
+    if separator is not None:
+        return text.count(separator) + 1 if text.strip() else 0
+    raw = np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
+    filled = raw > 32
+    return int(filled[0]) + int(np.count_nonzero(filled[1:] & ~filled[:-1])) if raw.size else 0
 
 
 def parse_number(text: str | None, *, record: str, what: str, reason: str = "corrupt") -> float:

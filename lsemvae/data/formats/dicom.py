@@ -3,7 +3,9 @@
 Covered: ``WaveformSequence`` multiplex groups with 8- or 16-bit signed/unsigned samples
 (``WaveformSampleInterpretation`` SB, UB, SS, US), any transfer syntax pydicom decodes natively
 (implicit/explicit VR, deflated). Not covered: mu-law/A-law samples (MB, AB), 32/64-bit samples,
-encapsulated (compressed) transfer syntaxes: these raise ``unsupported-variant``.
+encapsulated (compressed) transfer syntaxes: these raise ``unsupported-variant``. A deflated file is
+inflated here, at most to the per-record limit of :mod:`~lsemvae.data.formats.limits` (a few MB of
+deflate can inflate to gigabytes); the declared sample count is checked against the limits too.
 
 Group choice: among groups with at least one recognised ECG lead, prefer ``WaveformOriginality``
 ORIGINAL over DERIVED (median beats are DERIVED), then most standard leads, then most samples. In a
@@ -14,7 +16,13 @@ Lead identity comes from each channel's ``ChannelSourceSequence`` code: SCP-ECG 
 is the MDC_ECG_LEAD number; otherwise from the code meaning (``Lead aVL``) or ``ChannelLabel``. If
 the code and the meaning name different leads the record is refused (``lead-conflict``).
 
-Samples equal to ``WaveformPaddingValue`` become NaN.
+``WaveformPaddingValue`` marks samples outside a channel's recording, so it is honoured only where
+such samples can be: at the ends of a channel. Trailing padding that every channel shares (the
+recording ended before the group's length) is cut; a channel's own leading or trailing run (a lead
+that starts late or stops early) becomes NaN when it lasts :data:`MIN_PADDING_S` or more, or when
+the value lies outside the channel's other samples (it cannot be a voltage there). The same value in
+mid-signal, or in a shorter edge run within the signal's range, is a genuine sample (padding 0
+collides with real 0 uV samples) and is kept. Each case is said in ``ECGRecord.notes``.
 Amplitude: ``(sample × ChannelSensitivity × ChannelSensitivityCorrectionFactor) + ChannelBaseline``
 in the units of ``ChannelSensitivityUnitsSequence`` (uV/mV/V), converted to mV. Channels without
 a sensitivity are uncalibrated and refused (``units``).
@@ -22,34 +30,30 @@ a sensitivity are uncalibrated and refused (``units``).
 
 from __future__ import annotations
 
+import io
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from lsemvae.data.formats.common import mv_per_unit, select_leads
+from lsemvae.data.formats import limits
+from lsemvae.data.formats.common import file_head, lead_from_code, mv_per_unit, select_leads
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import LeadError, RecordError
 from lsemvae.leads import MDC_CODES, canonical_lead
 
 NAME = "dicom"
+MIN_PADDING_S = 0.05  # an edge run of an in-range padding value shorter than this is read as genuine samples
 
 # (bits allocated, interpretation) -> numpy dtype; little-endian as DICOM waveform data is.
 _DTYPES = {(8, "SB"): "i1", (8, "UB"): "u1", (16, "SS"): "<i2", (16, "US"): "<u2"}
 _MDC_CONTEXT_FREE_ECG_PARTITION = 2 << 16  # ISO/IEEE 11073 partition 2 (SCADA/ECG) in 32-bit codes
-# Non-standard leads in the same code table, named so they are dropped as extras, not "unknown".
-_MDC_EXTRA = {9: "V7", 10: "V2R", 11: "V3R", 12: "V4R", 13: "V5R", 14: "V6R", 15: "V7R",
-              16: "X", 17: "Y", 18: "Z", 66: "V8", 67: "V9", 68: "V8R", 69: "V9R"}
 
 
 def sniff(path: str | Path) -> bool:
     """DICOM Part 10 files carry ``DICM`` at byte 128, after the preamble."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return file_head(path, 132)[128:132] == b"DICM"
 
 
 def _lead_from_code(value: str, scheme: str) -> str | None:
@@ -64,7 +68,7 @@ def _lead_from_code(value: str, scheme: str) -> str | None:
         n = int(value) - _MDC_CONTEXT_FREE_ECG_PARTITION
     if n is None:
         return None
-    return MDC_CODES.get(n) or _MDC_EXTRA.get(n) or f"MDC lead code {value}"
+    return lead_from_code(n) or f"MDC lead code {value}"
 
 
 def _lead_from_text(text: str | None) -> str | None:
@@ -107,17 +111,45 @@ def _group_score(group) -> tuple:
             int(group.get("NumberOfWaveformSamples", 0) or 0))
 
 
-def read(path: str | Path) -> ECGRecord:
+def _dcmread(path: str | Path, where: str):
+    """``pydicom.dcmread``, but a deflated dataset is inflated with a bound (pydicom inflates it whole)."""
     import pydicom
+    from pydicom.filereader import read_dataset, read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(path)
+    start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0) or 0)  # preamble, DICM, (0002,0000)
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read()
+    inflater, parts, total = zlib.decompressobj(-zlib.MAX_WBITS), [], 0
+    while True:  # 1 MB at a time, so that memory never holds more than the limit
+        out = inflater.decompress(data, 1 << 20)
+        data = inflater.unconsumed_tail
+        total += len(out)
+        limits.check_bytes(total, record=where, what="the deflated dataset, inflated, (so far)")
+        parts.append(out)
+        if inflater.eof or not out:
+            break
+    ds = read_dataset(io.BytesIO(b"".join(parts)), is_implicit_VR=False, is_little_endian=True)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the dataset now is
+    ds.file_meta = meta
+    return ds
+
+
+def read(path: str | Path) -> ECGRecord:
     where = str(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = _dcmread(path, where)
         for _elem in ds.iterall():  # pydicom parses lazily: surface corruption here, with the file named
             pass
         tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         compressed = tsyntax is not None and tsyntax.is_compressed and not tsyntax.is_deflated
-    except Exception as err:  # pydicom raises many types (InvalidDicomError, struct.error, EOFError...)
+    except RecordError:
+        raise
+    except Exception as err:  # pydicom and zlib raise many types (InvalidDicomError, struct.error, zlib.error...)
         raise RecordError(where, f"cannot parse DICOM file ({type(err).__name__}: {err})", reason="corrupt") from None
     if compressed:
         raise RecordError(where, f"compressed transfer syntax {tsyntax.name} is not supported for waveforms; "
@@ -130,7 +162,7 @@ def read(path: str | Path) -> ECGRecord:
     scores = [_group_score(g) for g in groups]
     best = max(range(len(groups)), key=lambda i: scores[i])
     group = groups[best]
-    signal, leads, dropped, fs = _decode_group(group, best, where)
+    signal, leads, dropped, fs, notes = _decode_group(group, best, where)
 
     meta = {
         "format": NAME,
@@ -147,10 +179,10 @@ def read(path: str | Path) -> ECGRecord:
     record_id = Path(path).stem
     patient_id = str(ds.get("PatientID", "") or "").strip() or record_id
     return ECGRecord(signal=signal, fs=fs, leads=tuple(leads), record_id=record_id, patient_id=patient_id,
-                     source=where, meta=meta)
+                     source=where, meta=meta, notes=tuple(notes))
 
 
-def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str], list[str], float]:
+def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str], list[str], float, list[str]]:
     label = f"waveform group {index} ({group.get('MultiplexGroupLabel', 'unlabelled')})"
     channels = list(group.get("ChannelDefinitionSequence", []))
     n_ch = int(group.get("NumberOfWaveformChannels", 0) or 0)
@@ -167,6 +199,7 @@ def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str],
         raise RecordError(where, f"{label}: samples encoded as {bits}-bit {interp!r}; supported are 8-bit SB/UB and "
                           "16-bit SS/US (mu-law MB / A-law AB are not)", reason="unsupported-variant")
     dtype = np.dtype(_DTYPES[(bits, interp)])
+    limits.check_samples(n_samp, record=where, what=f"{label} (NumberOfWaveformSamples)")
     raw = bytes(group.get("WaveformData", b"") or b"")
     expected = n_ch * n_samp * dtype.itemsize
     if len(raw) < expected or n_samp == 0:
@@ -174,14 +207,9 @@ def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str],
                           f"({n_ch} channels × {n_samp} samples × {dtype.itemsize} bytes)", reason="sample-count")
     # Multiplexed: sample-major, channels interleaved. Trailing byte is padding to even length.
     digital = np.frombuffer(raw[:expected], dtype=dtype).reshape(n_samp, n_ch).T
-    data = digital.astype(np.float64)
-    padding = group.get("WaveformPaddingValue")
-    if padding is not None and len(bytes(padding)) >= dtype.itemsize:
-        # Samples equal to the padding value carry no data (e.g. a lead that starts late): NaN, not a voltage.
-        data[digital == np.frombuffer(bytes(padding)[:dtype.itemsize], dtype=dtype)[0]] = np.nan
-
     labels = [_channel_label(ch, i, where) for i, ch in enumerate(channels)]
     keep, leads, dropped = select_leads(labels, record=where)
+    data, notes = _unpad(digital, group.get("WaveformPaddingValue"), [labels[i] for i in keep], keep, fs)
     rows = []
     for i in keep:
         ch = channels[i]
@@ -194,4 +222,35 @@ def _decode_group(group, index: int, where: str) -> tuple[np.ndarray, list[str],
         sens = float(ch.ChannelSensitivity) * float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
         baseline = float(ch.get("ChannelBaseline", 0.0) or 0.0)
         rows.append((data[i] * sens + baseline) * scale)
-    return np.stack(rows).astype(np.float32), leads, dropped, fs
+    return np.stack(rows).astype(np.float32), leads, dropped, fs, notes
+
+
+def _run(is_pad: np.ndarray) -> int:
+    """Length of the run of True at the start of ``is_pad``."""
+    return int(is_pad.size if is_pad.all() else np.argmin(is_pad))
+
+
+def _unpad(digital: np.ndarray, padding, names: list[str], keep: list[int],
+           fs: float) -> tuple[np.ndarray, list[str]]:
+    """Float samples with padding honoured at the channels' ends only (see the module docstring), and notes."""
+    data = digital.astype(np.float64)
+    if padding is None or len(bytes(padding)) < digital.dtype.itemsize:
+        return data, []
+    value = np.frombuffer(bytes(padding)[:digital.dtype.itemsize], dtype=digital.dtype)[0]
+    is_pad = digital[keep] == value
+    notes = []
+    shared_tail = min(_run(row[::-1]) for row in is_pad)
+    if shared_tail:
+        data, is_pad = data[:, :data.shape[1] - shared_tail], is_pad[:, :is_pad.shape[1] - shared_tail]
+        notes.append(f"padding: the last {shared_tail} samples ({shared_tail / fs:.3f} s) of every lead equal "
+                     f"WaveformPaddingValue {value}: after the end of the recording, dropped")
+    for name, row, channel in zip(names, is_pad, keep):
+        genuine = digital[channel, : row.size][~row]
+        in_range = genuine.size > 0 and genuine.min() <= value <= genuine.max()
+        head, tail = (n if n >= MIN_PADDING_S * fs or not in_range else 0 for n in (_run(row), _run(row[::-1])))
+        if head or tail:
+            data[channel, :head] = np.nan
+            data[channel, data.shape[1] - tail:] = np.nan
+            notes.append(f"padding: lead {name}: {head} leading and {tail} trailing samples equal "
+                         f"WaveformPaddingValue {value}: outside its recording, missing (NaN)")
+    return data, notes

@@ -1,10 +1,12 @@
 """EDF and EDF+ (European Data Format) via edfio.
 
 Covered: EDF and continuous EDF+ (``EDF+C``; ``EDF+D`` is accepted only if its data records are
-in fact contiguous). Signal labels are read per the EDF+ convention ``"<type> <name>"``: ``"ECG I"``,
-``"EKG aVL"``, ``"ECG_V1"`` or a bare ``"V1"``. Signals whose type is a known non-ECG one (EEG, EOG,
-EMG, Resp, SpO2/SaO2, Pleth, Temp, Pos, Light, Sound, Event, HR) are dropped and listed in
-``meta["dropped_channels"]``; every other signal must name an ECG lead or the record is refused.
+in fact contiguous). A signal is ECG if its label carries ``ECG``/``EKG`` anywhere, whatever the
+montage prefix (``"ECG I"``, ``"EKG aVL"``, ``"ECG_V1"``, ``"EEG EKG1-REF"``), or if it is a bare
+lead name (``"V1"``, ``"aVL"``; not ``C1``-``C6``, which are EEG electrodes too). The lead is what
+follows the ECG/EKG token; an ECG signal whose lead is missing or unknown fails the record. Every
+other signal (EEG, EOG, respiration, SpO2, photic...) is dropped and listed in
+``meta["dropped_channels"]``. Messages name signals by their index in the file (``signal 27``).
 Physical values come from edfio (digital → physical via the header ranges) in the signal's
 physical dimension (uV, mV, V).
 
@@ -20,23 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lsemvae.data.formats.common import mv_per_unit, select_leads
+from lsemvae.data.formats import limits
+from lsemvae.data.formats.common import file_head, mv_per_unit, select_leads
 from lsemvae.data.record import ECGRecord
-from lsemvae.errors import RecordError
+from lsemvae.errors import LeadError, RecordError
+from lsemvae.leads import canonical_lead
 
 NAME = "edf"
-_ECG_TYPE = re.compile(r"^(ecg|ekg)[\s_\-]*", re.IGNORECASE)
-_NON_ECG_TYPE = re.compile(r"^(eeg|eog|emg|resp|spo2|sao2|pleth|temp|pos|light|sound|event|hr|pulse)\b",
-                           re.IGNORECASE)
+_ECG_TOKEN = re.compile(r"(?<![a-z])(ecg|ekg)\d*(?![a-z])[\s_\-:]*", re.IGNORECASE)
+_EEG_ELECTRODE = re.compile(r"^c\d$", re.IGNORECASE)  # C3 is a scalp electrode as well as a precordial alias
 
 
 def sniff(path: str | Path) -> bool:
     """EDF's 8-byte version field is ``"0"`` padded with spaces; the header is 256 bytes."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(256)
-    except OSError:
-        return False
+    head = file_head(path, 256)
     return len(head) == 256 and head[:8] == b"0       "
 
 
@@ -45,7 +44,7 @@ def read(path: str | Path) -> ECGRecord:
 
     where = str(path)
     try:
-        edf = edfio.read_edf(path)
+        edf = edfio.read_edf(path, lazy_load_data=True)
     except Exception as err:  # edfio raises ValueError/EdfError/UnicodeDecodeError on malformed headers
         raise RecordError(where, f"cannot parse EDF header/data ({type(err).__name__}: {err})",
                           reason="corrupt") from None
@@ -53,17 +52,22 @@ def read(path: str | Path) -> ECGRecord:
     if reserved.startswith("EDF+D") and not edf.is_continuous:
         raise RecordError(where, "discontinuous EDF+D recording: not supported (export a continuous EDF+C)",
                           reason="unsupported-variant")
-    ecg, dropped = [], []
-    for sig in edf.signals:
-        if _NON_ECG_TYPE.match(sig.label.strip()):
-            dropped.append(sig.label.strip())
-        else:
-            ecg.append(sig)
-    labels = [_ECG_TYPE.sub("", s.label.strip()) or None for s in ecg]
+    ecg, labels, channels, dropped = [], [], [], []
+    for number, sig in enumerate(edf.signals, start=1):
+        label = sig.label.strip()
+        lead = _lead_label(label)
+        if lead is False:
+            dropped.append(label)
+            continue
+        ecg.append(sig)
+        labels.append(lead)
+        channels.append(f"signal {number} ({label!r})")
     if not ecg:
         raise RecordError(where, f"no ECG signal (signals: {dropped})", reason="not-ecg")
-    keep, leads, extra = select_leads(labels, record=where)
+    keep, leads, extra = select_leads(labels, record=where, channels=channels)
     ecg = [ecg[i] for i in keep]
+    for sig, channel in zip(ecg, (channels[i] for i in keep)):
+        limits.check_samples(edf.num_data_records * sig.samples_per_data_record, record=where, what=channel)
     rates = {s.label.strip(): float(s.sampling_frequency) for s in ecg}
     if len(set(rates.values())) != 1:
         raise RecordError(where, f"ECG signals sampled at different rates ({rates}); resample to one rate first",
@@ -85,3 +89,17 @@ def read(path: str | Path) -> ECGRecord:
             "dropped_channels": dropped + extra}
     return ECGRecord(signal=np.stack(rows).astype(np.float32), fs=next(iter(rates.values())), leads=tuple(leads),
                      record_id=record_id, patient_id=patient_id, source=where, meta=meta)
+
+
+def _lead_label(label: str) -> str | None | bool:
+    """The lead an ECG signal's label names (None if it names none), or False for a non-ECG signal."""
+    token = _ECG_TOKEN.search(label)
+    if token:
+        return label[token.end():].strip() or None
+    if _EEG_ELECTRODE.match(label):
+        return False
+    try:
+        canonical_lead(label)
+    except LeadError:
+        return False
+    return label

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lsemvae.data.formats import limits
 from lsemvae.data.formats.common import (
     child_text, children, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
 )
@@ -94,7 +95,12 @@ def _decode_lead(lead, label: str, where: str) -> np.ndarray:
     if size != "2":
         raise RecordError(where, f"lead {label}: LeadSampleSize {size} bytes; only 2-byte (int16) samples are "
                           "supported", reason="unsupported-variant")
+    declared = child_text(lead, "LeadSampleCountTotal")
+    if declared:
+        limits.check_samples(int(parse_number(declared, record=where, what="LeadSampleCountTotal")), record=where,
+                             what=f"lead {label}")
     text = re.sub(r"\s+", "", child_text(lead, "WaveFormData") or "")
+    limits.check_samples(len(text.rstrip("=")) * 3 // 8, record=where, what=f"lead {label} WaveFormData")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -107,7 +113,6 @@ def _decode_lead(lead, label: str, where: str) -> np.ndarray:
         raise RecordError(where, f"lead {label}: LeadByteCountTotal {declared_bytes} but {len(raw)} bytes decoded",
                           reason="sample-count")
     samples = np.frombuffer(raw, dtype="<i2")
-    declared = child_text(lead, "LeadSampleCountTotal")
     if declared and int(parse_number(declared, record=where, what="LeadSampleCountTotal")) != samples.size:
         raise RecordError(where, f"lead {label}: LeadSampleCountTotal {declared} but {samples.size} samples decoded",
                           reason="sample-count")
