@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from flwr.app import Context, RecordDict
 
 from lsemvae.federation import keys as K
-from lsemvae.site import load_site_config
+from lsemvae.federation.messages import TrainReply, from_content
+from lsemvae.site import federation_config, load_site_config
 from tests.federation.test_client_messages import call, task_identity, world  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +29,8 @@ def test_one_planned_round_spends_the_site_budget(world):  # noqa: F811
     cfg = load_site_config(tmp / "sites" / f"{site}.toml")
     n_train = len(load_site_data(cfg, state.preprocess_config).train_idx)
     assert n_train % fed.batch_size and math.ceil(n_train / fed.batch_size) * fed.batch_size > n_train  # the case
-    ctx = Context(run_id=11, node_id=1, node_config={"site": site, "site-config": str(tmp / "sites" / f"{site}.toml")},
-                  state=RecordDict(), run_config=fed.as_run_config())
-    reply = call(world, site, K.TRAIN, 1, context=ctx, config_update={K.NUM_ROUNDS: 1})
+    one_round = federation_config({**fed.as_run_config(), "num-server-rounds": 1})
+    reply = call(world, site, K.TRAIN, 1, fed=one_round, update={"job_id": "1a" * 8})
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    epsilon = reply.content[K.METRICS][K.EPSILON]
+    epsilon = from_content(reply.content, TrainReply, sender="site")[0].epsilon
     assert cfg.privacy.epsilon * 0.99 <= epsilon <= cfg.privacy.epsilon
