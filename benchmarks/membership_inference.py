@@ -8,11 +8,12 @@ loss tells nothing about membership. DP-SGD bounds any such attack: at (epsilon,
 attack's TPR <= e^epsilon * FPR + delta, so small epsilon pushes the AUROC toward 0.5, while a
 model trained without DP for many epochs on few records memorises them and the AUROC rises.
 
-Training is the project's own: ``lsemvae.federation.training.train_round`` (the ClientApp's round:
-groups frozen as in federation, Opacus DP-SGD with Poisson sampling and per-sample clipping,
-noise multiplier planned once by ``lsemvae.privacy.dp.plan_noise_multiplier`` for all planned
-steps). The model starts from a random initialisation (no pretraining), the setting in which a
-small site's fine-tuning memorises most.
+Training is exactly a site's: :func:`lsemvae.federation.site_round.train` answers a train
+instruction of one round holding all the epochs (its groups frozen as in federation, the noise
+multiplier planned by the site for its budget, Opacus DP-SGD with the site's own Poisson sampling and
+noise, the round recorded in its privacy ledger). The achieved epsilon is the site's ledger's. The
+model starts from a random initialisation (no pretraining), the setting in which a small site's
+fine-tuning memorises most.
 
     python benchmarks/membership_inference.py            # synthetic site, no DP / eps 8 / eps 1 (~5 min here)
     python benchmarks/membership_inference.py --quick    # smaller, fewer epochs (~1-2 min)
@@ -42,22 +43,25 @@ import torch  # noqa: E402
 TASKS = ("right_heart", "left_atrial")
 
 
+def _site(fields: dict, workdir: Path):
+    from lsemvae.site import SiteConfig
+
+    return SiteConfig.model_validate({
+        **fields, "name": "mia-site", "state_dir": str(workdir / "state"), "anchor_dir": str(workdir / "anchors"),
+        "privacy": {"epsilon": 100.0, "delta": 1e-5, "max_grad_norm": 1.0, "allow_non_dp": True},
+        "connection": {"superlink": "127.0.0.1:8000"}})
+
+
 def synthetic_site(workdir: Path, records: int, seed: int):
     """One synthetic 12-lead site (the default cohort's first hospital), half its patients held out."""
     from lsemvae.data.synthetic import default_cohort, spec_with_overrides, write_cohort
-    from lsemvae.site import SiteConfig
 
     spec = spec_with_overrides(default_cohort(), sites=1, records=records, seed=seed)
     write_cohort(spec, workdir / "cohort", progress=False)
     site = spec.sites[0].name
-    return SiteConfig.model_validate({
-        "name": "mia-site", "leads": "12L", "state_dir": str(workdir / "state"),
-        "data": {"format": "manifest", "root": str(workdir / "cohort" / site / "records"),
-                 "labels": str(workdir / "cohort" / site / "labels.csv"), "val_fraction": 0.5},
-        "tasks": [{"name": t, "column": t} for t in TASKS],
-        "privacy": {"epsilon": 100.0, "delta": 1e-5, "max_grad_norm": 1.0},
-        "connection": {"superlink": "127.0.0.1:8000"},
-    })
+    return _site({"leads": "12L", "tasks": [{"name": t, "column": t} for t in TASKS],
+                  "data": {"format": "manifest", "root": str(workdir / "cohort" / site / "records"),
+                           "labels": str(workdir / "cohort" / site / "labels.csv"), "val_fraction": 0.5}}, workdir)
 
 
 def real_site(path: Path, workdir: Path, max_records: int | None):
@@ -65,10 +69,10 @@ def real_site(path: Path, workdir: Path, max_records: int | None):
 
     cfg = load_site_config(path)
     data = cfg.data.model_copy(update={"val_fraction": 0.5, "max_records": max_records or cfg.data.max_records})
-    return cfg.model_copy(update={"data": data, "state_dir": workdir / "state"})
+    return _site({"leads": cfg.leads, "tasks": [t.model_dump() for t in cfg.tasks], "data": data.model_dump()}, workdir)
 
 
-def build(site, tasks: dict):
+def build(tasks: dict):
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.model.lsemvae import build_model
 
@@ -80,7 +84,8 @@ def build(site, tasks: dict):
 
 @torch.no_grad()
 def per_record_loss(model, data, site, indices) -> np.ndarray:
-    from lsemvae.federation.training import per_sample_loss
+    from lsemvae.federation.training import task_kinds
+    from lsemvae.model.losses import per_record_loss as loss
 
     model.eval()
     ds = data.dataset(indices, site.lead_names)
@@ -90,8 +95,7 @@ def per_record_loss(model, data, site, indices) -> np.ndarray:
         x = torch.stack([it["x"] for it in items])
         mask = torch.stack([it["lead_mask"] for it in items])
         y = {t: torch.stack([it["y"][t] for it in items]) for t in data.tasks}
-        logits = model(x, mask, decode=False).logits
-        out.append(per_sample_loss(logits, y, data.tasks, {}).numpy())
+        out.append(loss(model(x, mask, decode=False).logits, y, task_kinds(data.tasks)).numpy())
     return np.concatenate(out)
 
 
@@ -136,35 +140,42 @@ def utility(model, data, site) -> dict:
     return out
 
 
-def run_setting(site, data, *, epsilon: float | None, epochs: int, batch: int, lr: float, seed: int) -> dict:
-    from lsemvae.federation.training import train_round
-    from lsemvae.privacy.dp import epsilon_of, plan_noise_multiplier
+def run_setting(site, data, pre_json: str, *, epsilon: float | None, epochs: int, batch: int, lr: float,
+                seed: int) -> dict:
+    """One training of the site, through the site's own round, from a fresh budget of ``epsilon``."""
+    import shutil
 
+    from lsemvae.federation.groups import federated
+    from lsemvae.federation.messages import Instruction
+    from lsemvae.federation.site_round import train
+
+    for old in (site.ledger_path, site.state_dir / "plans", site.anchor_dir):   # each setting: a fresh budget
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    if epsilon is not None:
+        site = site.model_copy(update={"privacy": site.privacy.model_copy(update={
+            "epsilon": epsilon, "run_epsilon": epsilon, "max_noise_multiplier": 1000.0})})
     torch.manual_seed(seed)
-    model = build(site, data.tasks)
-    n_train = len(data.train_idx)
-    steps = epochs * math.ceil(n_train / batch)
-    sigma = None
-    if epsilon is not None:
-        sigma = plan_noise_multiplier(target_epsilon=epsilon, delta=site.privacy.delta, sample_rate=batch / n_train,
-                                      total_steps=steps, accountant="rdp")
+    model = build(data.tasks)
+    ins = Instruction(job_id=f"{seed:016x}", server_round=1, num_server_rounds=1, local_epochs=epochs, lr=lr,
+                      batch_size=batch, proximal_mu=0.0, dp=epsilon is not None, train_encoders=True,
+                      update_dtype="float32", seed=seed, model_config_json=model.config.model_dump_json(),
+                      preprocess_config_json=pre_json)
     started = time.perf_counter()
-    # All epochs as one "round": the noise multiplier covers every step, the accountant sees all of them.
-    result = train_round(model, data, site, lr=lr, batch_size=batch, local_epochs=epochs, proximal_mu=0.0,
-                         dp=epsilon is not None, noise_multiplier=sigma, history=None, seed=seed)
+    # All epochs as one round: the site plans its noise for every step, its ledger records all of them.
+    reply, arrays = train(site, ins, {k: v.numpy() for k, v in federated(model.state_dict()).items()})
     seconds = time.perf_counter() - started
-    trained = build(site, data.tasks)
-    state = trained.state_dict()
-    state.update({k: torch.from_numpy(np.asarray(v)) for k, v in result.arrays.items()})
-    trained.load_state_dict(state)
+    state = model.state_dict()
+    state.update({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    model.load_state_dict(state)
     row = {"setting": "no DP" if epsilon is None else f"DP epsilon {epsilon:g}", "target_epsilon": epsilon,
-           "noise_multiplier": sigma, "epochs": epochs, "steps": steps, "batch_size": batch, "lr": lr,
-           "train_loss": result.train_loss, "train_seconds": round(seconds, 1)}
+           "noise_multiplier": reply.noise_multiplier or None, "epochs": epochs,
+           "steps": epochs * math.ceil(len(data.train_idx) / batch), "batch_size": batch, "lr": lr,
+           "train_seconds": round(seconds, 1)}
     if epsilon is not None:
-        row["achieved_epsilon"] = epsilon_of(result.history, delta=site.privacy.delta, accountant="rdp")
-    row["attack"] = attack(per_record_loss(trained, data, site, data.train_idx),
-                           per_record_loss(trained, data, site, data.eval_idx), seed=seed)
-    row["held_out_auroc"] = utility(trained, data, site)
+        row["achieved_epsilon"] = reply.epsilon
+    row["attack"] = attack(per_record_loss(model, data, site, data.train_idx),
+                           per_record_loss(model, data, site, data.eval_idx), seed=seed)
+    row["held_out_auroc"] = utility(model, data, site)
     return row
 
 
@@ -194,17 +205,18 @@ def main(argv: list[str] | None = None) -> int:
             site = real_site(args.site_config, work, args.records)
         else:
             site = synthetic_site(work, args.records, args.seed)
-        data = load_site_data(site, get_profile("compact").preprocess_config().model_dump_json())
+        pre_json = get_profile("compact").preprocess_config().model_dump_json()
+        data = load_site_data(site, pre_json)
         print(f"site {site.name}: {len(data.train_idx)} members (training), {len(data.eval_idx)} non-members "
               f"(held out); tasks {list(data.tasks)}", flush=True)
         settings = [None] + [float(e) for e in args.epsilons.split(",") if e.strip()]
         rows = []
         for eps in settings:
-            row = run_setting(site, data, epsilon=eps, epochs=args.epochs, batch=args.batch_size, lr=args.lr,
-                              seed=args.seed)
+            row = run_setting(site, data, pre_json, epsilon=eps, epochs=args.epochs, batch=args.batch_size,
+                              lr=args.lr, seed=args.seed)
             a = row["attack"]
             print(f"{row['setting']:>16}: attack AUROC {a['auroc']:.3f} [{a['auroc_ci95'][0]:.3f}, "
-                  f"{a['auroc_ci95'][1]:.3f}], advantage {a['advantage']:.3f}; train loss {row['train_loss']:.3f}; "
+                  f"{a['auroc_ci95'][1]:.3f}], advantage {a['advantage']:.3f}; "
                   f"held-out AUROC {row['held_out_auroc']}; {row['train_seconds']} s", flush=True)
             rows.append(row)
     result = {

@@ -159,7 +159,9 @@ def check_certificate(path: Path | None) -> Check:
 def check_auth_key(path: Path | None) -> Check:
     name = "SuperNode auth key"
     if path is None:
-        return Check(name, True, "connection.auth_key not set: the SuperLink must not require node authentication", warning=True)
+        return _fail(name, "connection.auth_key is not set: without it the coordinator cannot tell this site from an "
+                           "impostor", "generate a key with `ssh-keygen -t ecdsa -b 384 -N \"\" -f <path>`, set "
+                           "connection.auth_key to it and send <path>.pub to the coordinator")
     if not path.is_file():
         return _fail(name, f"{path} not found",
                      f"generate it with `ssh-keygen -t ecdsa -b 384 -N \"\" -f {path}` and send {path}.pub to the coordinator")
@@ -177,6 +179,19 @@ def check_auth_key(path: Path | None) -> Check:
     if path.stat().st_mode & 0o077:
         return Check(name, True, f"{path}: ECDSA {key.curve.name}, but readable by group/others (chmod 600 it)", warning=True)
     return Check(name, True, f"{path}: ECDSA {key.curve.name}")
+
+
+def check_approved_apps(approved: list[str], *, insecure: bool) -> Check:
+    """With TLS the site names the app versions it reviewed; anything else the coordinator submits is refused."""
+    name = "approved apps"
+    if approved:
+        return Check(name, True, f"{len(approved)} app version(s) approved; any other app is refused")
+    if insecure:
+        return Check(name, True, "connection.approved_apps not set: this loopback test site runs any app it is sent",
+                     warning=True)
+    return _fail(name, "connection.approved_apps is empty: this site would run whatever code the coordinator submits",
+                 "review the app's code, run `python client/run.py --app-hash <checkout>` and add the hash it prints to "
+                 "connection.approved_apps")
 
 
 def check_superlink(address: str, *, root_certificates: Path | None, insecure: bool) -> Check:
@@ -221,6 +236,7 @@ def run_preflight(cfg: SiteConfig, *, insecure: bool = False, superlink: str | N
     if not insecure:
         add(check_certificate(cfg.connection.root_certificates))
         add(check_auth_key(cfg.connection.auth_key))   # node authentication requires TLS
+    add(check_approved_apps(cfg.connection.approved_apps, insecure=insecure))
     if check_network:
         add(check_superlink(superlink or cfg.connection.superlink,
                             root_certificates=cfg.connection.root_certificates, insecure=insecure))

@@ -1,19 +1,25 @@
 """Join a hospital to the federation: ``python client/run.py --site aspire``.
 
 Reads ``configs/sites/<site>.toml``, runs the preflight (data, leads, labels, privacy budget,
-certificates, SuperLink), then replaces itself with ``flower-supernode`` (exec: the PID, signals
-and exit code become the SuperNode's) with the site in its node config, runtime dependency
-installation off and telemetry off. TLS is the default; ``--insecure`` is for local tests only.
+certificates, node key, approved apps, SuperLink), then replaces itself with the SuperNode (exec: the
+PID, signals and exit code become the SuperNode's) with the site in its node config, runtime
+dependency installation off, telemetry off, and Flower's files under the site's state dir. With
+``connection.approved_apps`` the SuperNode runs only those app versions (client/supernode.py).
+
+TLS with node authentication and approved apps is the default; ``--insecure`` is for a SuperLink on
+this machine's loopback only (tests), and says so loudly.
 
 Examples:
     python client/run.py --site aspire --check                # preflight only
     python client/run.py --site aspire                        # preflight, then join
+    python client/run.py --app-hash                           # sha256 of the app in this checkout
     python client/run.py --site ptbxl-site0 --insecure --superlink 127.0.0.1:8000 --port 9094
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import shutil
 import sys
@@ -26,6 +32,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from client.preflight import run_preflight  # noqa: E402
 from lsemvae.config import validate  # noqa: E402
 from lsemvae.errors import LSEMVAEError  # noqa: E402
+from lsemvae.fileio import private_dir  # noqa: E402
 from lsemvae.site import SiteConfig, load_site_config, site_config_path  # noqa: E402
 
 INSECURE_BANNER = (
@@ -45,11 +52,16 @@ SUPERNODE_ENV = {
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python client/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--site", required=True, help="site name: reads <sites-dir>/<site>.toml")
+    p.add_argument("--site", help="site name: reads <sites-dir>/<site>.toml")
+    p.add_argument("--app-hash", nargs="?", const=str(REPO), metavar="APP_DIR",
+                   help="print the sha256 of the app bundle built from APP_DIR (default: this checkout), the value "
+                        "to put in connection.approved_apps once you have reviewed that code, and exit")
     p.add_argument("--sites-dir", default=str(REPO / "configs" / "sites"), help="folder of site configs (default: configs/sites)")
     p.add_argument("--config", help="explicit site config file (instead of <sites-dir>/<site>.toml)")
     p.add_argument("--check", action="store_true", help="run the preflight only, then exit (0 = ready to join)")
-    p.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only; prints a warning)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no TLS, no node authentication, no app check: only for a SuperLink on this machine's "
+                        "loopback (tests); prints a warning")
     p.add_argument("--superlink", help="override connection.superlink (host:port)")
     p.add_argument("--port", type=int, help="override connection.node_port (SuperNode runtime API on loopback)")
     p.add_argument("--root-certificates", help="override connection.root_certificates")
@@ -88,35 +100,91 @@ def _toml_str(value: str, what: str) -> str:
 
 
 def supernode_command(cfg: SiteConfig, config_path: Path, *, insecure: bool, max_retries: int | None) -> list[str]:
-    exe = shutil.which("flower-supernode", path=str(Path(sys.executable).parent)) or shutil.which("flower-supernode")
-    if exe is None:
-        raise LSEMVAEError("flower-supernode not found next to this Python or on PATH: install flwr==1.42.0 in this environment")
+    """The SuperNode command: Flower's own, or client/supernode.py when the site approved app versions."""
+    if cfg.connection.approved_apps:
+        exe = [sys.executable, str(REPO / "client" / "supernode.py")]
+    else:
+        found = shutil.which("flower-supernode", path=str(Path(sys.executable).parent)) or shutil.which("flower-supernode")
+        if found is None:
+            raise LSEMVAEError("flower-supernode not found next to this Python or on PATH: install flwr==1.42.0 in this "
+                               "environment")
+        exe = [found]
     node_config = " ".join([
         f"site={_toml_str(cfg.name, 'site name')}",
         f"site-config={_toml_str(str(config_path), 'site config path')}",
         f"state-dir={_toml_str(str(cfg.state_dir), 'state_dir')}",
     ])
-    cmd = [exe, "--superlink", cfg.connection.superlink, "--port", str(cfg.connection.node_port),
+    cmd = [*exe, "--superlink", cfg.connection.superlink, "--port", str(cfg.connection.node_port),
            "--node-config", node_config]
     if insecure:
         cmd.append("--insecure")
-    else:
-        cmd += ["--root-certificates", str(cfg.connection.root_certificates)]
-        if cfg.connection.auth_key is not None:  # node authentication exists only over TLS
-            cmd += ["--auth-supernode-private-key", str(cfg.connection.auth_key)]
+    else:   # node authentication exists only over TLS; preflight has checked both files
+        cmd += ["--root-certificates", str(cfg.connection.root_certificates),
+                "--auth-supernode-private-key", str(cfg.connection.auth_key)]
     if max_retries is not None:
         cmd += ["--max-retries", str(max_retries)]
     return cmd
 
 
+def supernode_env(cfg: SiteConfig) -> dict[str, str]:
+    """The SuperNode's environment: safe defaults, Flower's files under the site's state, approved apps."""
+    from client.supernode import APPROVED_ENV
+
+    env = {**os.environ, **SUPERNODE_ENV, "FLWR_HOME": str(cfg.flwr_home)}
+    if cfg.connection.approved_apps:
+        env[APPROVED_ENV] = ",".join(cfg.connection.approved_apps)
+    return env
+
+
+def check_insecure(cfg: SiteConfig) -> None:
+    """--insecure only for a SuperLink on this machine's loopback (a test federation)."""
+    host = cfg.connection.superlink.rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise LSEMVAEError(f"--insecure is refused for SuperLink {cfg.connection.superlink}: without TLS the connection "
+                           "to a remote coordinator is unencrypted and unauthenticated. Use TLS (connection."
+                           "root_certificates, connection.auth_key); --insecure is for a SuperLink on 127.0.0.1 only")
+
+
+def app_hash(app_dir: Path) -> str:
+    """sha256 of the app bundle (FAB) ``flwr build`` makes from ``app_dir`` (deterministic for the same files)."""
+    import subprocess
+    import tempfile
+
+    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([flwr, "build", "--app", str(app_dir.resolve())], cwd=tmp, capture_output=True, text=True,
+                              env={**os.environ, **SUPERNODE_ENV, "FLWR_HOME": str(Path(tmp) / "flwr-home")})
+        fabs = list(Path(tmp).glob("*.fab"))
+        if proc.returncode != 0 or len(fabs) != 1:
+            raise LSEMVAEError(f"flwr build --app {app_dir} failed: {(proc.stdout + proc.stderr).strip()[-500:]}")
+        import hashlib
+
+        return hashlib.sha256(fabs[0].read_bytes()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.app_hash:
+        try:
+            print(app_hash(Path(args.app_hash)))
+        except LSEMVAEError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.site:
+        print("error: --site is required (or --app-hash)", file=sys.stderr)
+        return 2
     try:
         config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
         cfg = apply_overrides(load_site_config(config_path), args)
         if cfg.name != args.site:
             raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
         if args.insecure:
+            check_insecure(cfg)
             banner = "!" * 100
             print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
         print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
@@ -128,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             print("Preflight passed: the site is ready to join.")
             return 0
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.flwr_home)
         cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
     except LSEMVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    env = {**os.environ, **SUPERNODE_ENV}
+    env = supernode_env(cfg)
     print("Starting: " + " ".join(cmd), flush=True)
     if args.dry_run:
         return 0

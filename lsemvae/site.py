@@ -123,6 +123,18 @@ class Connection(StrictModel):
     root_certificates: Path | None = Field(None, description="CA certificate (PEM) that signed the SuperLink's certificate")
     auth_key: Path | None = Field(None, description="this site's OpenSSH ECDSA private key registered with the SuperLink")
     node_port: int = Field(9094, ge=1024, le=65535, description="local port of the SuperNode's runtime API (loopback)")
+    approved_apps: list[str] = Field(
+        default_factory=list, description="sha256 of the app versions this site reviewed and runs (`python "
+        "client/run.py --app-hash` prints it for a checkout); any other app the coordinator submits is refused. "
+        "Required with TLS")
+
+    @field_validator("approved_apps")
+    @classmethod
+    def _hex(cls, v: list[str]) -> list[str]:
+        bad = [h for h in v if not re.fullmatch(r"[0-9a-f]{64}", h)]
+        if bad:
+            raise ValueError(f"each entry must be a sha256 of 64 lower-case hex characters (got {bad[0]!r})")
+        return v
 
     @field_validator("superlink")
     @classmethod
@@ -202,6 +214,11 @@ class SiteConfig(StrictModel):
     @property
     def outgoing_log(self) -> Path:
         return self.state_dir / "outgoing-messages.jsonl"
+
+    @property
+    def flwr_home(self) -> Path:
+        """Flower's own files for this site (installed app bundles, its config): under the site's state."""
+        return self.state_dir / "flwr"
 
 
 def _absolute(path: Path) -> Path:

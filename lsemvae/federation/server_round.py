@@ -204,6 +204,7 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     stages: dict[str, float] = {}
     nodes = transport.nodes(at_least=fed.min_sites, timeout=fed.round_timeout)
     nodes, row["failures"] = check_sites(transport, fed, state, nodes, server_round)
+    _log_failures(row["failures"], server_round, state)
     stages["wait_nodes"] = time.monotonic() - started
     if len(nodes) < fed.min_sites:
         return _stop(row, f"round {server_round}: only {len(nodes)} compatible site(s) connected after "
@@ -219,10 +220,10 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     stages["train"] = time.monotonic() - mark
     mark = time.monotonic()
     contributions = collect_train(fed, state, row, replies, failures, outgoing)
+    _log_failures(failures, server_round, state)
     row["sites_sampled"] = len(nodes)
     row["sites_trained"] = len(contributions)
     if len(contributions) < fed.min_sites:
-        _log_failures(row, server_round, state)
         return _stop(row, f"round {server_round}: {len(contributions)} site(s) trained, min-sites is {fed.min_sites}: "
                           "stopping the run (the global model is left as it was)"), False
     opt = ServerOptimizer(fed.strategy, lr=fed.server_lr, beta1=fed.server_beta1, beta2=fed.server_beta2, tau=fed.server_tau)
@@ -239,8 +240,8 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     stages["evaluate"] = time.monotonic() - mark
     mark = time.monotonic()
     summarise_evaluation(state, row, ev_replies, ev_failures, ev_outgoing)
+    _log_failures(ev_failures, server_round, state)
     track_epsilon(state, row)
-    _log_failures(row, server_round, state)
     stages["metrics"] = time.monotonic() - mark
     row["stage_seconds"] = stages
     row["seconds"] = time.monotonic() - started
@@ -333,8 +334,9 @@ def _stop(row: dict, message: str) -> dict:
     return row
 
 
-def _log_failures(row: dict, server_round: int, state: ServerState) -> None:
-    for f in row["failures"]:
+def _log_failures(failures: list[dict], server_round: int, state: ServerState) -> None:
+    """Name each failed site (as last known) and log it as soon as its stage is over."""
+    for f in failures:
         f["site"] = state.node_sites.get(str(f["node"]))
         log.warning("round %d: site %s (node %s) failed in %s: %s", server_round, f["site"] or "?", f["node"],
                     f["stage"], f["reason"])

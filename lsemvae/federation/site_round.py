@@ -72,7 +72,8 @@ def handle(kind: str, site: SiteConfig, content):
     The one decoding of a server message and encoding of a site reply: the ClientApp and the in-process
     transport both call it.
     """
-    from lsemvae.federation.messages import MessageError, from_content, to_content
+    from lsemvae.federation.codec import CodecError
+    from lsemvae.federation.messages import from_content, to_content
 
     if kind == K.QUERY:
         return to_content(query(site))
@@ -80,7 +81,7 @@ def handle(kind: str, site: SiteConfig, content):
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"unknown message type {kind!r}", public=f"message type {kind!r}")
     try:
         ins, arrays = from_content(content, Instruction, sender="the server")
-    except MessageError as err:
+    except CodecError as err:   # malformed body, arrays or layout (MessageError is one)
         raise SiteRefusal(K.ERR_BAD_MESSAGE, str(err), public=str(err)) from None
     if kind == K.TRAIN:
         reply, trained = train(site, ins, arrays)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from lsemvae.federation.groups import groups_for
 from lsemvae.site import load_site_config
 from tests.federation.helpers import (
     BIN, QUIET_ENV, REPO, check_outgoing, free_port, read_jsonl, run_config_arg, start, stop_all, wait_healthy,
@@ -80,6 +80,7 @@ def test_deployment_two_sites_two_dp_rounds(tmp_path):
     assert (out / "server-state.pt").is_file() and (out / "final-model.pt").is_file()
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["status"] == "completed" and (out / "report" / "epsilon.png").is_file()
+    shapes = {k: tuple(v.shape) for k, v in torch.load(out / "final-model.pt", weights_only=True)["model_state"].items()}
     eps = rows[-1]["epsilon"]
     assert set(eps) == set(names) and rows[-1]["epsilon_max"] == max(eps.values()) <= 6.0
     for name in names:
@@ -94,7 +95,8 @@ def test_deployment_two_sites_two_dp_rounds(tmp_path):
         acc.history = [tuple(h) for h in ledger["body"]["history"]]
         assert abs(acc.get_epsilon(delta=ledger["body"]["delta"]) - rows[1]["epsilon"][name]) < 1e-9
         sent = read_jsonl(cfg.outgoing_log)
-        assert [r["message_type"] for r in sent] == ["train", "evaluate"] * 2
-        check_outgoing(sent, site_groups=groups_for(cfg.lead_names, cfg.task_names), forbidden=_ids(tmp_path))
+        assert [r["message_type"] for r in sent] == ["query"] + ["train", "evaluate"] * 2
+        check_outgoing(sent, site=cfg, model_shapes=shapes, forbidden=_ids(tmp_path),
+                       trained_groups={"fusion", *(f"heads.{t}" for t in cfg.task_names)})   # the DP probe
     print(f"deployment: 2 rounds in {seconds:.0f} s wall; per round {[round(r['seconds'], 1) for r in rows]} s; "
           f"bytes {rows[-1]['bytes']}")

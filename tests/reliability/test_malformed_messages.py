@@ -155,14 +155,13 @@ def test_malformed_evaluate_message_is_refused(world):
 
 
 def test_float16_arrays_are_accepted_only_when_the_instruction_says_so(world):
-    from lsemvae.federation.codec import encode
-
     tmp, names, fed, state = world
     ctx = context(world, names[0], run_id=91)
-    half = encode(federated(state.model), "float16")
-    reply = app(message(world, K.TRAIN, arrays=half), ctx)       # the body says float32
+    half = message(world, K.TRAIN, update={"update_dtype": "float16"})     # float16 arrays, and the body says so
+    reply = app(_with_body(message(world, K.TRAIN, update={"update_dtype": "float16"}), _set("update_dtype", "float32")),
+                ctx)                                                       # float16 arrays, the body says float32
     assert reply.has_error() and reply.error.code == K.ERR_BAD_MESSAGE and "update-dtype" in reply.error.reason
-    reply = app(message(world, K.TRAIN, arrays=half, update={"update_dtype": "float16"}), ctx)
+    reply = app(half, ctx)
     assert not reply.has_error(), reply.error.reason
     body, arrays = from_content(reply.content, TrainReply, dtype="float16", sender="site")
     assert {s.dtype for s in body.layout} == {"float16"}

@@ -43,7 +43,8 @@ def test_too_few_sites_stop_the_run_with_a_clear_message(tmp_path):
     row = rows[0]
     assert row["sites_trained"] == 1 and "min-sites is 2" in row["stopped"]
     refusal = [f for f in row["failures"] if f["code"] == K.ERR_NON_DP_REFUSED]
-    assert len(refusal) == 1 and "allow_non_dp" in refusal[0]["reason"]
+    assert len(refusal) == 1 and refusal[0]["reason"] == K.CATEGORIES[K.ERR_NON_DP_REFUSED]
+    assert "allow_non_dp = false" in (tmp_path / "state" / names[1] / "site.log").read_text()   # the detail stays there
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["status"].startswith("stopped: ") and "min-sites is 2" in report["status"]
     assert "stopping the run" in (out / "server.log").read_text()

@@ -68,9 +68,11 @@ def test_site_killed_mid_round_round_completes_and_site_rejoins(tmp_path):
         # round-timeout only bounds the wait: the dead site is given up on when its heartbeats stop (<= 60 s)
         dep.run({"num-server-rounds": 2, "min-sites": 2, "round-timeout": 240.0, "batch-size": 8, "local-epochs": 1,
                  "checkpoint": str(ckpt), "out-dir": str(out), "dp": True})
-        # mid-round: the victim's ClientApp process exists, i.e. its SuperNode pulled round 1 and started work
+        # mid-round: round 1 is sent (the sites' heads were checked first) and the victim's ClientApp process
+        # exists, i.e. its SuperNode pulled round 1 and started work
+        wait_for(lambda: (out / "server.log").exists() and "round 1/2: sending" in (out / "server.log").read_text(),
+                 "round 1 sent", 300, [link])
         wait_for(lambda: process_tree(dep.sites[victim], "flwr-clientapp"), "victim's ClientApp running", 300, [link])
-        assert "round 1/2: sending" in (out / "server.log").read_text()
         victim_node = int(re.search(r"SuperNode ID: (\d+)", dep.log(f"{victim}.log")).group(1))
         kill_hard(dep.sites[victim])                       # SuperNode + SuperExec + ClientApp, no goodbye
         marks["killed"] = time.monotonic() - started

@@ -60,6 +60,9 @@ def test_site_slower_than_round_timeout_is_dropped_and_rejoins(tmp_path):
             def slow_clientapp() -> list[int]:
                 return process_tree(dep.sites[slow], "flwr-clientapp")
 
+            # round 1 is sent once the sites' heads were checked (a query, answered by ClientApps of its own)
+            wait_for(lambda: server_log.exists() and "round 1/2: sending" in server_log.read_text(), "round 1 sent",
+                     300, [link])
             wait_for(lambda: slow_clientapp(), "slow site's round-1 ClientApp started", 300, [link])
             # Freeze the site's compute (its SuperExec and the ClientApp), not its SuperNode, which keeps sending
             # heartbeats. Freezing only the ClientApp is not enough: if it had not claimed its task yet, the
@@ -69,7 +72,6 @@ def test_site_slower_than_round_timeout_is_dropped_and_rejoins(tmp_path):
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
             frozen_at = time.monotonic()
-            assert "round 1/2: sending" in server_log.read_text()
             wait_for(lambda: "failed in train" in server_log.read_text(), "slow site dropped", timeout + 120, [link])
             dropped_after = time.monotonic() - frozen_at
         finally:
