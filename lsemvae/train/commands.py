@@ -23,10 +23,15 @@ from lsemvae.leads import resolve_lead_set
 from lsemvae.model.config import FUSIONS
 
 
-def _provenance(pcfg, cohorts) -> dict:
+def _provenance(pcfg, cohorts, args) -> dict:
+    """What a pretrained checkpoint saw and what made it (``lsemvae pretrained export`` carries it into the card)."""
     from lsemvae.data.preprocess import PIPELINE_VERSION
+    from lsemvae.provenance import code_state, command_line, environment
     return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
-            "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()}}
+            "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()},
+            "data": {c_name: {"records": len(c), "patients": len(set(c.patient_ids))} for c_name, c in cohorts.items()},
+            "excluded_folds": sorted(args.exclude_folds) if args.ptbxl else [], "val_fraction": args.val_fraction,
+            "code": code_state(), "command": command_line(), "environment": environment()}
 
 
 def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
@@ -54,6 +59,8 @@ def run_pretrain(args) -> int:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("fusion", args.fusion), ("amplitude", args.amplitude)) if v}
     mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
@@ -71,7 +78,7 @@ def run_pretrain(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
     print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
-    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts), resume=args.resume)
+    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args), resume=args.resume)
     best = state["best_metrics"]
     print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
           f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
@@ -201,6 +208,9 @@ def register(subparsers) -> None:
     p.add_argument("--val-fraction", type=open_fraction, default=0.1, help="share of patients held out for validation")
     p.add_argument("--out", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice); recorded, since CPU results depend on it: the "
+                        "same seed and thread count on the same machine give the same weights")
     p.set_defaults(func=run_pretrain)
 
     p = subparsers.add_parser(
