@@ -70,7 +70,10 @@ def initial_state(fed: FederationConfig) -> ServerState:
     if not fed.checkpoint:
         raise ValueError("run config `checkpoint` is empty: give the pretrained LS-EMVAE checkpoint "
                          "(flwr run . <connection> --run-config \"checkpoint='/abs/path/best.pt'\")")
-    ckpt = load_checkpoint(fed.checkpoint)
+    ckpt = load_checkpoint(fed.checkpoint)  # a shipped name, a checkpoint folder (sha256 checked) or a .pt
+    src = ckpt["source"]
+    log.info("starting from checkpoint %s (sha256 %s), pretrained on %s", src.get("name", fed.checkpoint),
+             src["sha256"], src["pretrained_on"])
     heads = {}
     for name in fed.task_names:
         task = get_task(name)
@@ -88,7 +91,7 @@ def initial_state(fed: FederationConfig) -> ServerState:
         round=0, model={k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
         opt=ServerOptimizerState(), rng=np.random.default_rng(fed.seed).bit_generator.state,
         model_config=model.config.model_dump_json(), preprocess_config=pre_cfg.model_dump_json(),
-        run_config=fed.as_run_config(),
+        run_config={**fed.as_run_config(), "checkpoint_source": src},  # the report and final model name it
     )
 
 
@@ -371,7 +374,7 @@ def run(grid: Grid, fed: FederationConfig, out: Path) -> ServerState:
     else:
         state = initial_state(fed)
         metrics_path.write_text("")
-        (out / "run-config.json").write_text(json.dumps(fed.as_run_config(), indent=2) + "\n")
+        (out / "run-config.json").write_text(json.dumps(state.run_config, indent=2) + "\n")
     log.info("federated fine-tuning: strategy %s, %d rounds, min %d sites, timeout %g s, DP %s, output %s",
              fed.strategy, fed.num_server_rounds, fed.min_sites, fed.round_timeout, "on" if fed.dp else "OFF", out)
     status = "completed"
@@ -395,7 +398,7 @@ def run(grid: Grid, fed: FederationConfig, out: Path) -> ServerState:
                  row["train_loss"], row["eval_loss"], au,
                  f"{row['epsilon_max']:.3f}" if row["epsilon_max"] is not None else "–")
     save_final_model(out, state)
-    report = write_report(out, state.metrics, status=status)
+    report = write_report(out, state.metrics, status=status, checkpoint=state.run_config.get("checkpoint_source"))
     log.info("report: %s", report)
     return state
 

@@ -98,13 +98,25 @@ def _finetune_model(args, tasks, heads):
             raise ConfigError("--model cnn trains a from-scratch CNN: drop --checkpoint and --mode probe")
         return ResNet1D(tasks, leads=args.leads), FinetuneConfig(), {"pretrained": None, "baseline": "resnet1d"}
     head_specs = {n: h.model_dump() for n, h in heads.items()}
+    if args.checkpoint and args.random_init:
+        raise ConfigError("--checkpoint and --random-init contradict each other: drop one")
+    if not (args.checkpoint or args.random_init or args.fusion):
+        from lsemvae.pretrained import DEFAULTS
+        if args.profile not in DEFAULTS:
+            raise ConfigError(f"no pretrained checkpoint is shipped for profile {args.profile!r}: pass --checkpoint "
+                              f"(pretrain one with `lsemvae pretrain --profile {args.profile}`) or --random-init")
+        args.checkpoint = DEFAULTS[args.profile]
+        print(f"no --checkpoint given: starting from the shipped pretrained checkpoint {args.checkpoint} "
+              f"(`lsemvae pretrained show {args.checkpoint}`; --random-init for random encoders)")
     if args.checkpoint:
         if args.fusion:
             raise ConfigError("--fusion applies to a random-encoder model; a checkpoint keeps the fusion it was "
                               "pretrained with (pretrain with `lsemvae pretrain --fusion ...` for an ablation)")
         ckpt = load_checkpoint(args.checkpoint)
         model = model_from_checkpoint(ckpt, tasks=head_specs)
-        provenance = ckpt["provenance"]
+        print(f"pretrained checkpoint: {args.checkpoint}, sha256 {ckpt['source']['sha256'][:16]}…, pretrained on "
+              f"{ckpt['source']['pretrained_on']}")
+        provenance = {**ckpt["provenance"], "pretrained": ckpt["source"]}
     else:
         overrides = {"fusion": args.fusion} if args.fusion else {}
         model = build_model(get_profile(args.profile, tasks=head_specs, **overrides))
@@ -223,15 +235,20 @@ def register(subparsers) -> None:
         "--cache DIR --split test` scores exactly those test records. probe = frozen encoders (fusion gate + heads "
         "trained); full = everything, encoders at a lower learning rate. Class imbalance via pos_weight. Writes "
         "OUT/model.pt and OUT/finetune.json. Baselines through the same split: --model cnn (from-scratch 1-D "
-        "ResNet), no --checkpoint with --mode probe (random-encoder probe), --fusion poe|moe|hime (fusion "
-        "ablations). Score any of them with `lsemvae evaluate`.")
+        "ResNet), --random-init --mode probe (random-encoder probe), --fusion poe|moe|hime (fusion ablations, random "
+        "encoders). Without --checkpoint, LS-EMVAE starts from the shipped pretrained checkpoint (`lsemvae pretrained "
+        "list`). Score any of them with `lsemvae evaluate`.")
     _data_args(p, prepared=True)
     p.add_argument("--model", choices=["lsemvae", "cnn"], default="lsemvae",
                    help="lsemvae (default) or cnn: the from-scratch 1-D ResNet baseline on the same leads and split")
-    p.add_argument("--checkpoint", type=Path, help="pretrained checkpoint (best.pt); omit for a random-encoder model")
-    p.add_argument("--profile", default="compact", help="profile when no --checkpoint is given")
+    p.add_argument("--checkpoint", type=Path,
+                   help="pretrained checkpoint: a shipped name (`lsemvae pretrained list`), a checkpoint folder or "
+                        "lsemvae pretrain's best.pt (default: the profile's shipped one, compact-ptbxl-ludb)")
+    p.add_argument("--random-init", action="store_true",
+                   help="random encoders instead of pretrained ones (the random-encoder baseline)")
+    p.add_argument("--profile", default="compact", help="profile with --random-init (compact or faithful)")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
-                   help="fusion ablation for a random-encoder model (a checkpoint keeps its pretrained fusion)")
+                   help="fusion ablation: a random-encoder model with this fusion (a checkpoint keeps its pretrained one)")
     p.add_argument("--task", action="append", default=None,
                    help="task (repeatable): a built-in name or column:<label column>; default: superclass with "
                         "--ptbxl, every task the cohort has labels for with --cache")
