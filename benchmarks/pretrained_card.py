@@ -35,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ptbxl_accuracy import seed_mean_bootstrap  # noqa: E402
+from ptbxl_accuracy import seed_mean_bootstrap  # noqa: E402  (this folder is on sys.path)
 
 TASK = "superclass"
 PRECORDIAL = ("V1", "V2", "V3", "V4", "V5", "V6")

@@ -49,7 +49,7 @@ def _size(n: int) -> str:
 def _evaluation(entries: list[dict[str, Any]]) -> list[str]:
     if not entries:
         return ["Not measured yet for these weights (an export of other weights drops the figures measured on "
-                "the earlier ones)."]
+                "the earlier ones): `python benchmarks/pretrained_card.py --checkpoint FOLDER` measures them.\n"]
     lines = []
     for e in entries:
         lines.append(f"### {e['title']}\n")
@@ -123,11 +123,12 @@ def render(meta: dict[str, Any]) -> str:
                    f"{info.get('licence', 'not recorded here: check the source and add it to lsemvae.pretrained.card.DATASETS')} |")
     out.append("")
     if folds and "ptb-xl" in data:
-        out.append(f"PTB-XL strat_fold(s) {', '.join(map(str, folds))} (the test fold of the evaluation below) were "
-                   "never seen. ")
+        out.append(f"PTB-XL strat_fold {', '.join(map(str, folds))} (the test fold of the evaluation below) was never "
+                   "seen.")
     out.append(f"{round(prov.get('val_fraction', 0.1) * 100)}% of the patients of each source were held out for "
-               "validation (the epoch with the lowest validation loss at the final KL weight was kept). Records that "
-               "failed quality control were skipped (counted above as not present). Preprocessed cohorts: "
+               "validation (the epoch with the lowest validation loss at the final KL weight was kept). Counts are "
+               "after quality control (records that failed it were skipped; `lsemvae data inspect` lists them). "
+               "Preprocessed cohorts (cache keys): "
                + ", ".join(f"`{k}` {v[:12]}…" for k, v in (prov.get("data_cache_keys") or {}).items()) + ".\n")
     for name in data:
         if name in DATASETS:
@@ -157,14 +158,20 @@ def render(meta: dict[str, Any]) -> str:
             "## Limitations\n"]
     if n_records and n_records < SMALL_CORPUS:
         out.append(f"- Small pretraining corpus: {n_records:,} ECGs (the LS-EMVAE paper pretrained on about 800,000). "
-                   "A checkpoint pretrained on a large corpus (e.g. MIMIC-IV-ECG) is expected to transfer better; "
-                   "export it with `lsemvae pretrained export` and it loads, verifies and gets its card the same way.")
+                   "A checkpoint pretrained on a large corpus (e.g. MIMIC-IV-ECG) may transfer better (not measured "
+                   "here); export it with `lsemvae pretrained export` and it loads, verifies and gets its card the same way.")
     out += ["- The pulmonary-hypertension tasks of this project are ECG-finding proxies; no figure here is a PH "
             "diagnostic accuracy.",
             "- Populations: the sources' recording sites, devices and years (see their documentation); performance on "
             "other populations, devices and filters is unknown until measured there.",
             "- Not a medical device; not for clinical use.",
             *[f"- {n}" for n in meta.get("notes") or []], "",
+            "## How to use\n",
+            f"    lsemvae finetune --checkpoint {meta['name']} --ptbxl ROOT --leads 6L --out runs/ft      # or --cache DIR",
+            f"    python simulation/run.py --data real --checkpoint {meta['name']}",
+            f"    checkpoint = \"{meta['name']}\"        # a federation's run config (configs/federation.toml)",
+            "",
+            "A folder that is not shipped loads by its path instead of its name.\n",
             "## Reproduce and verify\n",
             "    lsemvae pretrained verify " + meta["name"] + "        # recomputes the sha256 above",
             "    " + meta.get("reproduce", "") + "        # reruns the pretraining and compares",
