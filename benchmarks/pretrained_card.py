@@ -103,7 +103,8 @@ def card_entries(summary: dict, runs: list[dict], seeds: list[int]) -> list[dict
                     f"Seeds {seeds_text}; the CI is a bootstrap over test records (1,000 stratified resamples, the same "
                     "for every seed) of the seed-mean AUROC.",
         "metric": "test_macro_auroc", "figures": summary["auroc"], "rows": rows,
-        "commands": [c for r in runs if r["seed"] == seeds[0] for c in r["commands"]]
+        "commands": ["python benchmarks/pretrained_card.py        # all of the following, and this card", ""]
+                    + [c for r in runs if r["seed"] == seeds[0] for c in r["commands"]]
                     + [f"(and the same with --seed {', '.join(map(str, seeds[1:]))})"] * (len(seeds) > 1),
     }]
     if summary["reconstruction_r2"]:

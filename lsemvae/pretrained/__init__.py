@@ -68,7 +68,8 @@ def shipped() -> list[str]:
 
 
 def is_name(spec: str | os.PathLike) -> bool:
-    """A bare word (no folder part, no file suffix) names a shipped checkpoint; anything else is a path."""
+    """A bare word (no folder part, no file suffix) names a shipped checkpoint, even where a file of that name
+    exists here (write ./NAME for the file); anything else is a path."""
     text = os.fspath(spec)
     return bool(text) and os.sep not in text and "/" not in text and not Path(text).suffix and text not in (".", "..")
 
@@ -77,8 +78,8 @@ def locate(spec: str | os.PathLike) -> Path | None:
     """The folder of the pretrained checkpoint ``spec`` names (a shipped name, a folder, or its checkpoint.json);
     None when ``spec`` is a file of another kind (a ``.pt`` checkpoint). Unknown names and missing paths are
     refused with the list of shipped names."""
-    if is_name(spec) and os.fspath(spec) in _shipped():
-        return _shipped()[os.fspath(spec)]
+    if is_name(spec) and (folder := _shipped().get(os.fspath(spec))):
+        return folder
     path = Path(spec)
     if path.is_dir():
         if not (path / META).is_file():

@@ -20,7 +20,7 @@ import torch
 from lsemvae.errors import ConfigError
 from lsemvae.pretrained import CARD, FORMAT, FORMAT_VERSION, META, WEIGHTS, read_meta, sha256_bytes
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # a bare word: see lsemvae.pretrained.is_name
 
 #: ``lsemvae pretrain`` data flag of each cohort name its provenance records (``folder:<path>`` -> --folder)
 SOURCE_FLAGS = {"ptb-xl": "--ptbxl", "ludb": "--ludb"}
@@ -75,7 +75,7 @@ def export(ckpt: dict[str, Any], out: Path, *, name: str, notes: list[str] | Non
     from safetensors.torch import save
 
     if not NAME_PATTERN.match(name):
-        raise ConfigError(f"checkpoint name {name!r}: use lower-case letters, digits, '-' and '.' (at most 64), "
+        raise ConfigError(f"checkpoint name {name!r}: use lower-case letters, digits and '-' (at most 64), "
                           "e.g. compact-mimic-iv-ecg")
     if ckpt.get("model_config", {}).get("architecture", "lsemvae") != "lsemvae" or ckpt["model_config"].get("tasks"):
         raise ConfigError("export takes a pretraining checkpoint (lsemvae pretrain's best.pt): this one has task "

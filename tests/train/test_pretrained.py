@@ -167,3 +167,22 @@ def test_the_federated_report_names_the_starting_checkpoint(tmp_path):
     assert f"Started from the pretrained checkpoint {NAME} (sha256 `{source['sha256']}`)" in \
         (tmp_path / "report" / "report.md").read_text()
     assert json.loads((tmp_path / "report" / "report.json").read_text())["checkpoint"] == source
+
+
+@pytest.mark.e2e  # ~18 s of CPU (PTB-XL cache, probe, evaluation); 40 s on the shared 2-core machine
+def test_the_shipped_weights_reproduce_the_cards_fold10_probe_figure(ptbxl_root, tmp_path, capsys):
+    """What the card promises, redone with the user's commands: fine-tuning with no --checkpoint starts from the
+    shipped weights, and the fold-10 macro AUROC of a 6-lead probe falls within the card's 95% CI."""
+    meta = read_meta(locate(NAME))
+    card = next(e for e in meta["evaluation"] if e.get("metric") == "test_macro_auroc")["figures"]["probe"]
+    data = ["--ptbxl", str(ptbxl_root), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["finetune", *data, "--mode", "probe", "--leads", "6L", "--seed", "0", "--out", str(tmp_path / "ft")]) == 0
+    assert f"no --checkpoint given: starting from the shipped pretrained checkpoint {NAME}" in capsys.readouterr().out
+    ft = torch.load(tmp_path / "ft" / "model.pt", weights_only=True)
+    assert ft["provenance"]["pretrained"]["sha256"] == meta["weights"]["sha256"]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ft" / "model.pt"), *data, "--split", "test",
+                 "--no-interpret", "--n-boot", "50", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    auroc = report["tasks"]["superclass"]["macro"]["auroc"]
+    assert report["provenance"]["n_test"] == card["n_test"]
+    assert card["ci"][0] <= auroc <= card["ci"][1], (auroc, card)
