@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet "flwr[simulation]==1.41.0" "opacus==1.6.0" "wfdb>=4.1" "numpy>=1.26" \
 	    "scipy>=1.11" "pandas>=2.0" "pydantic>=2.5" "scikit-learn>=1.4" "grpcio>=1.60" "matplotlib>=3.8" \
-	    "tqdm>=4.66" "pytest>=8" "hypothesis>=6.100" "pydicom>=2.4" "edfio>=0.4" "defusedxml>=0.7.1"
+	    "tqdm>=4.66" "safetensors>=0.4" "pytest>=8" "hypothesis>=6.100" "pydicom>=2.4" "edfio>=0.4" "defusedxml>=0.7.1"
 	$(BIN)/pip install --quiet --no-deps "flwr==1.42.0" "uv>=0.13.5,<0.14"
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)

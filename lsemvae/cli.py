@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "lsemvae.train.commands",
     "lsemvae.train.eval_commands",
     "lsemvae.train.predict_command",
+    "lsemvae.pretrained.commands",
 ]
 
 

@@ -57,8 +57,9 @@ def _series(rows: list[dict], getter) -> tuple[list[int], list]:
     return xs, ys
 
 
-def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
-    """``report.md`` + ``report.json`` + PNG figures under ``out_dir/report``; returns report.md."""
+def write_report(out_dir: Path, rows: list[dict], *, status: str, checkpoint: dict | None = None) -> Path:
+    """``report.md`` + ``report.json`` + PNG figures under ``out_dir/report``; returns report.md.
+    ``checkpoint``: the source of the pretrained checkpoint the run started from (name, sha256, data it saw)."""
     rep = out_dir / "report"
     rep.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, Path]] = []
@@ -115,11 +116,14 @@ def write_report(out_dir: Path, rows: list[dict], *, status: str) -> Path:
         "seconds_per_round": [r.get("seconds") for r in rows],
         "bytes_per_site": final.get("bytes", {}),
         "failures": [f | {"round": r["round"]} for r in rows for f in r.get("failures", [])],
+        "checkpoint": checkpoint,
     }
     (rep / "report.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     lines = [f"# Federated run report\n", f"Status: **{status}**, {len(rows)} round(s) completed, sites: {', '.join(sites)}.\n",
              "Privacy is reported as each site's cumulative epsilon (its own delta); the federation's is the MAX over sites.\n",
              *([f"**NO PRIVACY GUARANTEE: sites trained without DP: {', '.join(non_dp)}.**\n"] if non_dp else []),
+             *([f"Started from the pretrained checkpoint {checkpoint.get('name', checkpoint['path'])} (sha256 "
+                f"`{checkpoint['sha256']}`), pretrained on {checkpoint['pretrained_on']}.\n"] if checkpoint else []),
              "| round | seconds | train loss | eval loss | " + " | ".join(f"AUROC {t}" for t in tasks) + " | max epsilon | failures |",
              "|" + "---|" * (6 + len(tasks))]
     for r in rows:

@@ -126,7 +126,7 @@ def run(transport, fed: FederationConfig, out: Path) -> ServerState:
     else:
         state = initial_state(fed)
         metrics_path.write_text("")
-        (out / "run-config.json").write_text(json.dumps(fed.as_run_config(), indent=2) + "\n")
+        (out / "run-config.json").write_text(json.dumps(state.run_config, indent=2) + "\n")
     state.site_epsilon = {**_registry(fed), **state.site_epsilon}
     log.info("federated fine-tuning: strategy %s, %d rounds, min %d sites, timeout %g s, DP %s, output %s",
              fed.strategy, fed.num_server_rounds, fed.min_sites, fed.round_timeout, "on" if fed.dp else "OFF", out)
@@ -145,7 +145,7 @@ def run(transport, fed: FederationConfig, out: Path) -> ServerState:
         log.exception("the job broke in round %d", state.round + 1)
         status = f"failed in round {state.round + 1}: {type(err).__name__}: {err}"
     save_final_model(out, state)
-    report = write_report(out, state.metrics, status=status)
+    report = write_report(out, state.metrics, status=status, checkpoint=state.run_config.get("checkpoint_source"))
     log.info("report: %s", report)
     if status != "completed":
         log.error("JOB %s. Model, metrics and report of the rounds done are in %s; `flwr ls <connection>` shows "

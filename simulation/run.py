@@ -12,7 +12,8 @@ separate synthetic pretraining cohort (cached), DP fine-tuning, and a report und
 Examples:
     python simulation/run.py                                  # 4 synthetic sites, 5 rounds, DP
     python simulation/run.py --sites 3 --rounds 5 --epsilon 3 --strategy fedadam
-    python simulation/run.py --data real --sites 4            # PTB-XL split by its site column + LUDB
+    python simulation/run.py --data real --sites 4            # PTB-XL split by its site column + LUDB, from
+                                                              # the shipped pretrained weights (compact-ptbxl-ludb)
     python simulation/run.py --no-dp                          # comparison only: NO privacy guarantee
 """
 
@@ -57,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy (comparison only)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/simulation/<UTC time>)")
     p.add_argument("--records", type=int, default=400, help="synthetic records per site (default 400)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="pretrained LS-EMVAE checkpoint (default: quick pretraining)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="pretrained LS-EMVAE checkpoint: a shipped name, a checkpoint folder or a .pt (default: "
+                        "--data real the shipped compact-ptbxl-ludb, --data synthetic a quick synthetic pretraining)")
     p.add_argument("--pretrain-epochs", type=int, default=8, help="quick pretraining epochs (default 8)")
     p.add_argument("--pretrain-records", type=int, default=400, help="synthetic pretraining records (default 400)")
     p.add_argument("--local-epochs", type=int, default=1)
@@ -142,8 +145,28 @@ def pretrained_checkpoint(args: argparse.Namespace, model_overrides: dict | None
     pretrain(model, CohortDataset(cohort, train_idx), CohortDataset(cohort, val_idx),
              PretrainConfig(epochs=args.pretrain_epochs, batch_size=32, seed=args.seed), root / "model",
              provenance={"preprocess_config": pre.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
-                         "data": "synthetic pretraining cohort"})
+                         "data": "synthetic pretraining cohort", "synthetic_data": True})
     return ckpt
+
+
+def starting_checkpoint(args: argparse.Namespace) -> str:
+    """--checkpoint; else the shipped checkpoint pretrained on PTB-XL folds 1-9 + LUDB for real sites, the quick
+    synthetic pretraining for synthetic ones. Says which, loudly when real sites get a synthetic-pretrained encoder."""
+    from lsemvae.pretrained import DEFAULTS, is_name, is_synthetic
+    from lsemvae.train.checkpoint import load_checkpoint
+
+    if args.checkpoint:  # a shipped name travels as a name (the ServerApp finds it in the package); paths absolute
+        spec = str(args.checkpoint) if is_name(args.checkpoint) else str(args.checkpoint.resolve())
+    else:
+        spec = DEFAULTS["compact"] if args.data == "real" else str(pretrained_checkpoint(args))
+    ckpt = load_checkpoint(spec)
+    source = ckpt["source"]
+    print(f"starting checkpoint: {source.get('name', spec)} (sha256 {source['sha256'][:16]}…), pretrained on "
+          f"{source['pretrained_on']}", flush=True)
+    if args.data == "real" and is_synthetic(ckpt["provenance"]):
+        print("!" * 100 + f"\nREAL SITES, SYNTHETIC-PRETRAINED ENCODER: {spec} never saw a real ECG; expect results near "
+              f"chance. Drop --checkpoint to start from the shipped {DEFAULTS['compact']}.\n" + "!" * 100, flush=True)
+    return spec
 
 
 # ----------------------------------------------------------------------------- Flower processes
@@ -204,8 +227,12 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LSEMVAEError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        raise LSEMVAEError(f"--checkpoint {args.checkpoint}: file not found")
+    if args.checkpoint is not None:
+        from lsemvae.pretrained import locate
+        try:
+            locate(args.checkpoint)  # a missing file or unknown name is refused, listing the shipped names
+        except LSEMVAEError as err:
+            raise LSEMVAEError(f"--checkpoint {err}") from None
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -237,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 1 <= n <= len(REAL_SITES):
                 raise LSEMVAEError(f"--data real has {len(REAL_SITES)} sites ({', '.join(REAL_SITES)}); --sites {n} is out of range")
             names, sites_dir, tasks = REAL_SITES[:n], REPO / "configs" / "sites", "superclass,right_heart"
-        checkpoint = args.checkpoint.resolve() if args.checkpoint else pretrained_checkpoint(args)
+        checkpoint = starting_checkpoint(args)
         if args.no_dp:
             print("!" * 100 + "\nNON-DP SIMULATION: sites train WITHOUT differential privacy; no privacy guarantee.\n" + "!" * 100,
                   flush=True)

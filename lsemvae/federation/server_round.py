@@ -101,7 +101,10 @@ def initial_state(fed: FederationConfig) -> ServerState:
     if not fed.checkpoint:
         raise ValueError("run config `checkpoint` is empty: give the pretrained LS-EMVAE checkpoint "
                          "(flwr run . <connection> --run-config \"checkpoint='/abs/path/best.pt'\")")
-    ckpt = load_checkpoint(fed.checkpoint)
+    ckpt = load_checkpoint(fed.checkpoint)  # a shipped name, a checkpoint folder (sha256 checked) or a .pt
+    src = ckpt["source"]
+    log.info("starting from checkpoint %s (sha256 %s), pretrained on %s", src.get("name", fed.checkpoint),
+             src["sha256"], src["pretrained_on"])
     heads = {name: TaskHeadSpec(kind=get_task(name).kind, n_outputs=get_task(name).n_outputs) for name in fed.task_names}
     torch.manual_seed(fed.seed)  # head initialisation
     model = model_from_checkpoint(ckpt, tasks={k: v.model_dump() for k, v in heads.items()},
@@ -111,7 +114,7 @@ def initial_state(fed: FederationConfig) -> ServerState:
         opt=ServerOptimizerState(), rng=np.random.default_rng(fed.seed).bit_generator.state,
         model_config=model.config.model_dump_json(),
         preprocess_config=preprocess_config(ckpt, model.config).model_dump_json(),
-        run_config=fed.as_run_config(),
+        run_config={**fed.as_run_config(), "checkpoint_source": src},  # the report and final model name it
     )
 
 

@@ -2,11 +2,14 @@
 
 A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True``
 (tensors, numbers, strings and containers only: no pickled objects), written atomically
-(temporary file, fsync, rename) so a crash never leaves half a checkpoint.
+(temporary file, fsync, rename) so a crash never leaves half a checkpoint. Pretrained checkpoints
+meant to be shared are folders of safetensors + JSON instead (:mod:`lsemvae.pretrained`); loading
+takes either.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -71,15 +74,23 @@ def save_checkpoint(path: str | Path, *, model: LSEMVAE, epoch: int, optimizer: 
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint by ``.pt`` path, pretrained-checkpoint folder or shipped name (:mod:`lsemvae.pretrained`,
+    sha256 checked). ``ckpt["source"]`` says which one was loaded (name, path, sha256), for provenance."""
+    from lsemvae.pretrained import locate, load, pretrained_on, sha256_bytes
+
+    folder = locate(path)  # unknown names and missing paths are refused here, listing the shipped names
+    if folder is not None:
+        return load(folder)
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint not found (give the .pt written by `lsemvae pretrain`)")
+    data = path.read_bytes()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign file: say so instead of a pickle traceback
         raise ConfigError(f"{path}: not a readable LS-EMVAE checkpoint ({err.__class__.__name__}: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{path}: not an LS-EMVAE checkpoint of format {FORMAT_VERSION}")
+    ckpt["source"] = {"path": str(path.resolve()), "sha256": sha256_bytes(data),
+                      "pretrained_on": pretrained_on(ckpt.get("provenance") or {})}
     return ckpt
 
 

@@ -23,10 +23,15 @@ from lsemvae.leads import resolve_lead_set
 from lsemvae.model.config import FUSIONS
 
 
-def _provenance(pcfg, cohorts) -> dict:
+def _provenance(pcfg, cohorts, args) -> dict:
+    """What a pretrained checkpoint saw and what made it (``lsemvae pretrained export`` carries it into the card)."""
     from lsemvae.data.preprocess import PIPELINE_VERSION
+    from lsemvae.provenance import code_state, command_line, environment
     return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
-            "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()}}
+            "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()},
+            "data": {c_name: {"records": len(c), "patients": len(set(c.patient_ids))} for c_name, c in cohorts.items()},
+            "excluded_folds": sorted(args.exclude_folds) if args.ptbxl else [], "val_fraction": args.val_fraction,
+            "code": code_state(), "command": command_line(), "environment": environment()}
 
 
 def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
@@ -54,6 +59,8 @@ def run_pretrain(args) -> int:
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("fusion", args.fusion), ("amplitude", args.amplitude)) if v}
     mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
@@ -71,7 +78,7 @@ def run_pretrain(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
     print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
-    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts), resume=args.resume)
+    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args), resume=args.resume)
     best = state["best_metrics"]
     print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
           f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
@@ -91,13 +98,25 @@ def _finetune_model(args, tasks, heads):
             raise ConfigError("--model cnn trains a from-scratch CNN: drop --checkpoint and --mode probe")
         return ResNet1D(tasks, leads=args.leads), FinetuneConfig(), {"pretrained": None, "baseline": "resnet1d"}
     head_specs = {n: h.model_dump() for n, h in heads.items()}
+    if args.checkpoint and args.random_init:
+        raise ConfigError("--checkpoint and --random-init contradict each other: drop one")
+    if not (args.checkpoint or args.random_init or args.fusion):
+        from lsemvae.pretrained import DEFAULTS
+        if args.profile not in DEFAULTS:
+            raise ConfigError(f"no pretrained checkpoint is shipped for profile {args.profile!r}: pass --checkpoint "
+                              f"(pretrain one with `lsemvae pretrain --profile {args.profile}`) or --random-init")
+        args.checkpoint = DEFAULTS[args.profile]
+        print(f"no --checkpoint given: starting from the shipped pretrained checkpoint {args.checkpoint} "
+              f"(`lsemvae pretrained show {args.checkpoint}`; --random-init for random encoders)")
     if args.checkpoint:
         if args.fusion:
             raise ConfigError("--fusion applies to a random-encoder model; a checkpoint keeps the fusion it was "
                               "pretrained with (pretrain with `lsemvae pretrain --fusion ...` for an ablation)")
         ckpt = load_checkpoint(args.checkpoint)
         model = model_from_checkpoint(ckpt, tasks=head_specs)
-        provenance = ckpt["provenance"]
+        print(f"pretrained checkpoint: {args.checkpoint}, sha256 {ckpt['source']['sha256'][:16]}…, pretrained on "
+              f"{ckpt['source']['pretrained_on']}")
+        provenance = {**ckpt["provenance"], "pretrained": ckpt["source"]}
     else:
         overrides = {"fusion": args.fusion} if args.fusion else {}
         model = build_model(get_profile(args.profile, tasks=head_specs, **overrides))
@@ -201,6 +220,9 @@ def register(subparsers) -> None:
     p.add_argument("--val-fraction", type=open_fraction, default=0.1, help="share of patients held out for validation")
     p.add_argument("--out", type=Path, default=Path("runs/pretrain"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice); recorded, since CPU results depend on it: the "
+                        "same seed and thread count on the same machine give the same weights")
     p.set_defaults(func=run_pretrain)
 
     p = subparsers.add_parser(
@@ -213,15 +235,20 @@ def register(subparsers) -> None:
         "--cache DIR --split test` scores exactly those test records. probe = frozen encoders (fusion gate + heads "
         "trained); full = everything, encoders at a lower learning rate. Class imbalance via pos_weight. Writes "
         "OUT/model.pt and OUT/finetune.json. Baselines through the same split: --model cnn (from-scratch 1-D "
-        "ResNet), no --checkpoint with --mode probe (random-encoder probe), --fusion poe|moe|hime (fusion "
-        "ablations). Score any of them with `lsemvae evaluate`.")
+        "ResNet), --random-init --mode probe (random-encoder probe), --fusion poe|moe|hime (fusion ablations, random "
+        "encoders). Without --checkpoint, LS-EMVAE starts from the shipped pretrained checkpoint (`lsemvae pretrained "
+        "list`). Score any of them with `lsemvae evaluate`.")
     _data_args(p, prepared=True)
     p.add_argument("--model", choices=["lsemvae", "cnn"], default="lsemvae",
                    help="lsemvae (default) or cnn: the from-scratch 1-D ResNet baseline on the same leads and split")
-    p.add_argument("--checkpoint", type=Path, help="pretrained checkpoint (best.pt); omit for a random-encoder model")
-    p.add_argument("--profile", default="compact", help="profile when no --checkpoint is given")
+    p.add_argument("--checkpoint", type=Path,
+                   help="pretrained checkpoint: a shipped name (`lsemvae pretrained list`), a checkpoint folder or "
+                        "lsemvae pretrain's best.pt (default: the profile's shipped one, compact-ptbxl-ludb)")
+    p.add_argument("--random-init", action="store_true",
+                   help="random encoders instead of pretrained ones (the random-encoder baseline)")
+    p.add_argument("--profile", default="compact", help="profile with --random-init (compact or faithful)")
     p.add_argument("--fusion", choices=FUSIONS, default=None,
-                   help="fusion ablation for a random-encoder model (a checkpoint keeps its pretrained fusion)")
+                   help="fusion ablation: a random-encoder model with this fusion (a checkpoint keeps its pretrained one)")
     p.add_argument("--task", action="append", default=None,
                    help="task (repeatable): a built-in name or column:<label column>; default: superclass with "
                         "--ptbxl, every task the cohort has labels for with --cache")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from lsemvae.errors import ConfigError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
+from lsemvae.provenance import code_commit
 from lsemvae.train import interpret, metrics
 from lsemvae.train.report import format_ci, write_report
 
@@ -63,15 +63,6 @@ def load_split(cohort, indices: Sequence[int], leads: Sequence[str]) -> tuple[to
     x = np.array(cohort.signals[idx], dtype=np.float32)
     x[~mask] = 0.0
     return torch.from_numpy(x), torch.from_numpy(mask)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_predictions(path: Path, record_ids: Sequence[str], predictions: Mapping[str, tuple],
@@ -220,7 +211,7 @@ def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indic
         "cache_key": cohort.key, "cache_path": str(cohort.path), "pipeline_version": PIPELINE_VERSION,
         "preprocess_config": cohort.config.model_dump(mode="json"), "n_test": len(test_indices),
         "n_val": 0 if val_indices is None else len(val_indices), "leads": list(lead_names),
-        "code_commit": _git_commit(), **dict(provenance or {}),
+        "code_commit": code_commit(), **dict(provenance or {}),
     }
     results["config"] = {"n_boot": n_boot, "seed": seed, "threshold_method": threshold_method,
                          "predict_kwargs": kw, "ig_steps": ig_steps, "ig_per_class": ig_per_class, **dict(config or {})}
