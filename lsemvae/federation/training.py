@@ -84,6 +84,7 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
     if not train_encoders:  # federated probe: the pretrained encoders stay fixed and are not sent
         groups = {g for g in groups if not g.startswith("encoders.")}
     trainable = freeze_outside(model, groups, dp=dp)
+    model.train()   # Opacus checks the mode when it wraps the model (the site may have just evaluated it)
     global_copy = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     train_set = data.dataset(data.train_idx, site.lead_names)
     labels = {t: np.asarray(data.cohort.labels[t])[data.train_idx] for t in data.tasks}

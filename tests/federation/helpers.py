@@ -200,17 +200,25 @@ def check_outgoing(rows: list[dict], *, site, model_shapes: dict[str, tuple], fo
             sent = {spec.name: tuple(spec.shape) for spec in reply.layout}
             assert sent == allowed, f"arrays sent {sorted(set(sent) ^ set(allowed))[:5]} differ from the trained groups"
             assert set(reply.group_weights) == groups
+            evaluation = reply.evaluation
         elif row["message_type"] == K.EVALUATE:
             reply = EvaluateReply.model_validate(body)
             assert row["records"]["arrays"] == []
-            policy = site.evaluation
-            for hist in reply.histograms.values():
-                for counts in [*hist.pos, *hist.neg]:
-                    if counts is not None:
-                        assert len(counts.counts) <= policy.bins
-                        assert min(counts.counts) >= policy.min_cell, counts.counts
-            assert set(reply.gates) <= {"limb", "augmented", "septal", "lateral"}
-            assert reply.num_examples >= policy.min_records
+            evaluation = reply.evaluation
         else:
             SiteInfo.model_validate(body)
             assert row["records"]["arrays"] == []
+            evaluation = None
+        if evaluation is not None:
+            _check_evaluation(evaluation, site.evaluation)
+
+
+def _check_evaluation(evaluation, policy) -> None:
+    """Every count holds at least the site's min_cell records, on at most its bins; gates name lead groups."""
+    for hist in evaluation.histograms.values():
+        for counts in [*hist.pos, *hist.neg]:
+            if counts is not None:
+                assert len(counts.counts) <= policy.bins
+                assert min(counts.counts) >= policy.min_cell, counts.counts
+    assert set(evaluation.gates) <= {"limb", "augmented", "septal", "lateral"}
+    assert evaluation.num_examples >= policy.min_records

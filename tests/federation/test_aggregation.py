@@ -7,6 +7,7 @@ import pytest
 
 from lsemvae.federation.groups import group_of, groups_for, select
 from lsemvae.federation.aggregation import (
+    check_contribution,
     AggregationError,
     Contribution,
     ServerOptimizer,
@@ -97,12 +98,14 @@ def test_adaptive_step_moves_toward_average_and_is_pure(kind):
 def test_bad_contributions_are_refused_with_site_and_key():
     g = model_like()
     with pytest.raises(AggregationError, match="site 'x' sent unknown parameter 'encoders.II.w'"):
-        weighted_average([Contribution("x", {"encoders.II.w": np.zeros(1)}, {"encoders.II": 1})], g)
+        check_contribution(Contribution("x", {"encoders.II.w": np.zeros(1)}, {"encoders.II": 1}), g)
     bad = {"fusion.gate.weight": np.zeros((2, 2), np.float32)}
     with pytest.raises(AggregationError, match="shape"):
-        weighted_average([Contribution("x", bad, {"fusion": 1})], g)
+        check_contribution(Contribution("x", bad, {"fusion": 1}), g)
     ok = {"fusion.gate.weight": np.zeros((4, 8), np.float32)}
     with pytest.raises(AggregationError, match="no positive example count for group 'fusion'"):
-        weighted_average([Contribution("x", ok, {"fusion": 0})], g)
+        check_contribution(Contribution("x", ok, {"fusion": 0}), g)
+    with pytest.raises(AggregationError, match="non-finite"):
+        check_contribution(Contribution("x", {"fusion.gate.weight": np.full((4, 8), np.nan, np.float32)}, {"fusion": 1}), g)
     with pytest.raises(ValueError, match="unknown strategy"):
         ServerOptimizer("fedsgd")  # type: ignore[arg-type]
