@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from client.preflight import run_preflight  # noqa: E402
 from lsemvae.config import validate  # noqa: E402
 from lsemvae.errors import LSEMVAEError  # noqa: E402
-from lsemvae.fileio import private_dir  # noqa: E402
+from lsemvae.cli import PRIVATE_UMASK  # noqa: E402
+from lsemvae.fileio import atomic_write, private_dir, toml_value  # noqa: E402
 from lsemvae.site import SiteConfig, load_site_config, site_config_path  # noqa: E402
 
 INSECURE_BANNER = (
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--app-hash", nargs="?", const=str(REPO), metavar="APP_DIR",
                    help="print the sha256 of the app bundle built from APP_DIR (default: this checkout), the value "
                         "to put in connection.approved_apps once you have reviewed that code, and exit")
+    p.add_argument("--approve-app", nargs="?", const=str(REPO), metavar="APP_DIR",
+                   help="add the sha256 of the app in APP_DIR (default: this checkout, which you have reviewed) to the "
+                        "site config's connection.approved_apps, and exit")
     p.add_argument("--sites-dir", default=str(REPO / "configs" / "sites"), help="folder of site configs (default: configs/sites)")
     p.add_argument("--config", help="explicit site config file (instead of <sites-dir>/<site>.toml)")
     p.add_argument("--check", action="store_true", help="run the preflight only, then exit (0 = ready to join)")
@@ -166,8 +170,44 @@ def app_hash(app_dir: Path) -> str:
         return hashlib.sha256(fabs[0].read_bytes()).hexdigest()
 
 
+def approve_app(config_path: Path, digest: str) -> bool:
+    """Add ``digest`` to ``connection.approved_apps`` in the site's TOML, keeping the file's comments.
+    False if it was approved already."""
+    import re
+    import tomllib
+
+    text = config_path.read_text(encoding="utf-8")
+    approved = tomllib.loads(text).get("connection", {}).get("approved_apps", [])
+    if digest in approved:
+        return False
+    line = f"approved_apps = {toml_value([*approved, digest])}"
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == "[connection]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    existing = [i for i in range(start + 1, end) if re.match(r"\s*approved_apps\s*=", lines[i])]
+    if existing:
+        lines[existing[0]] = line
+    else:
+        lines.insert(start + 1, line)
+    atomic_write(config_path, "\n".join(lines) + "\n", private=False)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.approve_app:
+        try:
+            if not args.site:
+                raise LSEMVAEError("--approve-app needs --site (whose config to add the app to)")
+            config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
+            load_site_config(config_path)
+            digest = app_hash(Path(args.approve_app))
+            added = approve_app(config_path, digest)
+        except LSEMVAEError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{'approved' if added else 'already approved'}: app {digest} for site {args.site} ({config_path})")
+        return 0
     if args.app_hash:
         try:
             print(app_hash(Path(args.app_hash)))
@@ -202,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     env = supernode_env(cfg)
+    os.umask(PRIVATE_UMASK)   # everything the SuperNode and its ClientApps write at the site is private
     print("Starting: " + " ".join(cmd), flush=True)
     if args.dry_run:
         return 0

@@ -110,6 +110,7 @@ def _load(site_json: str, preprocess_json: str) -> SiteData:
 
     cfg = SiteConfig.model_validate_json(site_json)
     pre = PreprocessConfig.model_validate_json(preprocess_json)
+    private_dir(cfg.state_dir)   # the cache holds the site's ECGs: never readable by other users
     tasks = site_tasks(cfg)
     refs = index_site(cfg)
     _evict_caches(cfg, keep=cfg.limits.max_cache_variants - 1)
