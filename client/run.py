@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     env = supernode_env(cfg)
     os.umask(PRIVATE_UMASK)   # everything the SuperNode and its ClientApps write at the site is private
     print("Starting: " + " ".join(cmd), flush=True)
+    print("Environment: " + " ".join(f"{k}={env[k]}" for k in sorted(env) if os.environ.get(k) != env[k]
+                                     or k in SUPERNODE_ENV), flush=True)
     if args.dry_run:
         return 0
     os.execve(cmd[0], cmd, env)

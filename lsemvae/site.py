@@ -276,7 +276,8 @@ class FederationConfig(StrictModel):
     server_beta2: float = Field(0.99, ge=0, lt=1)
     server_tau: float = Field(1e-3, gt=0)
     dp: bool = Field(True, description="ask sites to train with DP-SGD (a site may still refuse non-DP)")
-    checkpoint: str = Field("", description="pretrained LS-EMVAE checkpoint (absolute path on the coordinator)")
+    checkpoint: str = Field("compact-ptbxl-ludb", description="pretrained LS-EMVAE checkpoint: a shipped name "
+                            "(`lsemvae pretrained list`), or a checkpoint folder or .pt (absolute path on the coordinator)")
     out_dir: str = Field("", description="absolute output directory (server state, metrics, report)")
     resume: bool = Field(False, description="continue from the server state in out-dir")
     seed: int = 0

@@ -59,10 +59,10 @@ def resolve_site(node_config: dict[str, Any], run_config: dict[str, Any]) -> Sit
                 "sites-dir and sim-state-dir must be set: start simulations with simulation/run.py")
         cfg = load_site_config(site_config_path(names[pid], fed.sites_dir))
         state = Path(fed.sim_state_dir)
-        update: dict[str, Any] = {"state_dir": state / cfg.name, "anchor_dir": state / "ledger-anchors"}
-        if fed.sim_epsilon > 0:
-            update["privacy"] = cfg.privacy.model_copy(update={"epsilon": fed.sim_epsilon})
-        return cfg.model_copy(update=update)
+        # a simulation is one job: it may spend the site's whole budget (sim-epsilon, else the config's)
+        epsilon = fed.sim_epsilon or cfg.privacy.epsilon
+        return cfg.model_copy(update={"state_dir": state / cfg.name, "anchor_dir": state / "ledger-anchors",
+                                      "privacy": cfg.privacy.model_copy(update={"epsilon": epsilon, "run_epsilon": epsilon})})
     raise ConfigError("node config has neither `site-config` (start the SuperNode with client/run.py) "
                       "nor `partition-id` (simulation)")
 

@@ -83,3 +83,19 @@ def test_preflight_fails_when_the_budget_left_cannot_buy_useful_training(site):
     assert cfg.privacy.epsilon - ledger.epsilon() < 0.5
     checks = {c.name: c for c in run_preflight(cfg, insecure=True, printer=None, check_network=False)}
     assert not checks["budget for a job"].ok and "would train on noise" in checks["budget for a job"].message
+
+
+def test_the_supernode_runs_without_telemetry_update_checks_or_runtime_installs(site):
+    """What the launcher hands the SuperNode, whatever the operator's shell had set."""
+    import os
+
+    tmp, name, _ = site
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
+    out = subprocess.run([*LAUNCHER, "--site", name, "--sites-dir", str(tmp / "sites"), "--insecure",
+                          "--skip-network-check", "--dry-run"], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("Environment: "))
+    for setting in ("FLWR_TELEMETRY_ENABLED=0", "FLWR_DISABLE_UPDATE_CHECK=1",
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1"):
+        assert setting in line.split(), line
+    assert f"FLWR_HOME={load_site_config(site[2]).state_dir / 'flwr'}" in line.split()
