@@ -195,52 +195,49 @@ def approve_app(config_path: Path, digest: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.approve_app:
-        try:
-            if not args.site:
-                raise LSEMVAEError("--approve-app needs --site (whose config to add the app to)")
-            config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
-            load_site_config(config_path)
-            digest = app_hash(Path(args.approve_app))
-            added = approve_app(config_path, digest)
-        except LSEMVAEError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"{'approved' if added else 'already approved'}: app {digest} for site {args.site} ({config_path})")
-        return 0
-    if args.app_hash:
-        try:
-            print(app_hash(Path(args.app_hash)))
-        except LSEMVAEError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    if not args.site:
-        print("error: --site is required (or --app-hash)", file=sys.stderr)
-        return 2
     try:
-        config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
-        cfg = apply_overrides(load_site_config(config_path), args)
-        if cfg.name != args.site:
-            raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
-        if args.insecure:
-            check_insecure(cfg)
-            banner = "!" * 100
-            print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
-        print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
-        checks = run_preflight(cfg, insecure=args.insecure, superlink=None, check_network=not args.skip_network_check)
-        failed = [c for c in checks if not c.ok]
-        if failed:
-            print(f"{len(failed)} check(s) failed: the site cannot join until they are fixed.", file=sys.stderr)
-            return 1
-        if args.check:
-            print("Preflight passed: the site is ready to join.")
+        if args.app_hash:
+            print(app_hash(Path(args.app_hash)))
             return 0
-        private_dir(cfg.flwr_home)
-        cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
+        if not args.site:
+            raise LSEMVAEError("--site is required (or --app-hash)")
+        config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
+        if args.approve_app:
+            return _approve(args.site, config_path, Path(args.approve_app))
+        return _join(args, config_path)
     except LSEMVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _approve(site: str, config_path: Path, app_dir: Path) -> int:
+    load_site_config(config_path)   # a broken config is reported before anything is written to it
+    digest = app_hash(app_dir)
+    added = approve_app(config_path, digest)
+    print(f"{'approved' if added else 'already approved'}: app {digest} for site {site} ({config_path})")
+    return 0
+
+
+def _join(args: argparse.Namespace, config_path: Path) -> int:
+    """Preflight, then replace this process with the SuperNode (unless --check or --dry-run)."""
+    cfg = apply_overrides(load_site_config(config_path), args)
+    if cfg.name != args.site:
+        raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
+    if args.insecure:
+        check_insecure(cfg)
+        banner = "!" * 100
+        print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
+    print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
+    checks = run_preflight(cfg, insecure=args.insecure, superlink=None, check_network=not args.skip_network_check)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"{len(failed)} check(s) failed: the site cannot join until they are fixed.", file=sys.stderr)
+        return 1
+    if args.check:
+        print("Preflight passed: the site is ready to join.")
+        return 0
+    private_dir(cfg.flwr_home)
+    cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
     env = supernode_env(cfg)
     os.umask(PRIVATE_UMASK)   # everything the SuperNode and its ClientApps write at the site is private
     print("Starting: " + " ".join(cmd), flush=True)

@@ -84,12 +84,13 @@ class TaskInfo(StrictModel):
 
 
 class SiteInfo(StrictModel):
-    """Who a site is: its name, leads, task heads and whether it trains under DP. No data."""
+    """Who a site is: its name, leads, task heads, whether it trains under DP and its lifetime budget. No data."""
 
     name: str = Field(pattern=NAME)
     leads: list[str] = Field(max_length=12)
     tasks: list[TaskInfo] = Field(max_length=50)
     dp: bool
+    epsilon_budget: float = Field(ge=0, allow_inf_nan=False, description="the site's epsilon for its dataset's life")
 
 
 class ClassCounts(StrictModel):

@@ -185,7 +185,8 @@ def site_info(site: SiteConfig, *, dp: bool) -> SiteInfo:
     from lsemvae.federation.sitedata import site_tasks
 
     tasks = [TaskInfo(name=n, kind=t.kind, classes=list(t.classes)) for n, t in site_tasks(site).items()]
-    return SiteInfo(name=site.name, leads=list(site.lead_names), tasks=tasks, dp=dp)
+    return SiteInfo(name=site.name, leads=list(site.lead_names), tasks=tasks, dp=dp,
+                    epsilon_budget=site.privacy.epsilon)
 
 
 # ----------------------------------------------------------------------------- disk

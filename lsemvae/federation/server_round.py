@@ -300,6 +300,7 @@ def collect_train(fed: FederationConfig, state: ServerState, row: dict, replies:
             continue
         contributions.append(c)
         rows[site] = {"loss": body.train_loss, "num_examples": body.num_examples, "epsilon": body.epsilon,
+                      "epsilon_budget": body.site.epsilon_budget,
                       "delta": body.delta, "noise_multiplier": body.noise_multiplier,
                       "train_seconds": body.train_seconds, "site_seconds": body.site_seconds, "dp": body.site.dp,
                       "groups": sorted({group_of(k) for k in c.arrays})}

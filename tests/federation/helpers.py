@@ -113,6 +113,27 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def stop_session(sid: int) -> None:
+    """Stop every process of session ``sid`` (a shell started with ``start_new_session`` and the background jobs
+    it left, orphaned or not) and everything they spawned: SIGTERM, then SIGKILL what is left."""
+    def session_of(pid: int) -> int | None:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    members = [int(p) for p in filter(str.isdigit, os.listdir("/proc")) if session_of(int(p)) == sid]
+    targets = {pid: start_time(pid) for m in members for pid in (m, *descendants(m))}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, started in targets.items():
+            if started is not None and start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(alive(p) for p in targets):
+            time.sleep(0.2)
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """Stop processes we started (each in its own session) and everything they spawned.
 

@@ -65,7 +65,22 @@ def test_pooled_counts_keep_every_record_and_auroc_stays_close_to_exact():
 
     exact = float(auroc(np.concatenate(ys), np.concatenate(ss))[0])
     approx = auroc_from_histograms(pooled_hist)["macro"]["auroc"]
-    assert abs(approx - exact) < 0.02, (approx, exact)
+    assert abs(approx - exact) < 0.005, (approx, exact)
+
+
+def test_each_cell_is_spread_with_its_own_mean_inside_its_edges():
+    """The server spreads a cell over its edges keeping its mean: never a point, never flat when the mean says not."""
+    from lsemvae.federation.messages import ClassCounts
+
+    cell = ClassCounts(edges=[0.0, 0.5, 1.0], counts=[10, 30], means=[0.1, 0.75])
+    grid = on_grid(cell)
+    centres = (np.arange(GRID) + 0.5) / GRID
+    assert grid.sum() == pytest.approx(40)
+    low, high = grid[:500], grid[500:]
+    assert low.sum() == pytest.approx(10) and high.sum() == pytest.approx(30)
+    assert (low * centres[:500]).sum() / 10 == pytest.approx(0.1, abs=1e-6)        # the cell's mean is kept
+    assert (high * centres[500:]).sum() / 30 == pytest.approx(0.75, abs=1e-6)     # (0.75: the flat case, exactly)
+    assert np.all(np.diff(low) < 0) and np.ptp(high) < 1e-9                    # skewed where the mean is off-centre
 
 
 def test_sites_whose_classes_disagree_are_refused_not_merged():

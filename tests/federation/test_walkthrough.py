@@ -26,7 +26,7 @@ import sys
 import pytest
 import torch
 
-from tests.federation.helpers import BIN, REPO, check_outgoing, free_port, read_jsonl, stop_all
+from tests.federation.helpers import BIN, REPO, check_outgoing, free_port, read_jsonl, stop_session
 
 pytestmark = pytest.mark.e2e
 
@@ -89,21 +89,19 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
         # a site the coordinator never registered: refused by the SuperLink
         subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
                         str(repo / "runs" / "pki" / "keys" / "ptbxl-site2plus")], check=True)
-        stranger = subprocess.Popen([sys.executable, "client/run.py", "--site", "ptbxl-site2plus", "--superlink",
-                                     f"127.0.0.1:{ports[8000]}", "--port", str(free_port()), "--max-retries", "3",
-                                     "--skip-network-check"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        extra.append(stranger)
-        # preflight refuses it first: no approved app; approve, then the SuperLink refuses it
-        first, _ = stranger.communicate(timeout=300)
-        assert stranger.returncode == 1 and "connection.approved_apps is empty" in first
+        join = [sys.executable, "client/run.py", "--site", "ptbxl-site2plus", "--superlink", f"127.0.0.1:{ports[8000]}",
+                "--port", str(free_port()), "--max-retries", "3", "--skip-network-check"]
+        # preflight refuses it first: no approved app; approved, it passes preflight and the SuperLink refuses it
+        first = subprocess.run(join, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 1 and "connection.approved_apps is empty" in first.stdout, first.stdout[-2000:]
         subprocess.run([sys.executable, "client/run.py", "--site", "ptbxl-site2plus", "--approve-app"], cwd=repo,
                        env=env, check=True, capture_output=True)
-        stranger = subprocess.Popen(stranger.args, cwd=repo, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        log = repo / "runs" / "stranger.log"
+        stranger = subprocess.Popen(join, cwd=repo, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         extra.append(stranger)
-        refused, _ = stranger.communicate(timeout=300)
-        assert stranger.returncode != 0 and "Failed to activate SuperNode" in refused, refused[-2000:]
+        assert stranger.wait(timeout=300) != 0
+        assert "Failed to activate SuperNode" in log.read_text(), log.read_text()[-2000:]
         # an app one line away from the approved one: refused by both sites before any of its code runs there
         with open(repo / "client" / "client_app.py", "a") as fh:
             fh.write("# one more line\n")
@@ -113,8 +111,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
         status = subprocess.run(["flwr", "ls", "consortium", "--format", "json"], cwd=repo, env=flwr_env,
                                 capture_output=True, text=True, timeout=120)
     finally:
-        shell_tree = [shell, *extra]
-        stop_all(shell_tree)
+        for proc in (shell, *extra):       # the shell's background jobs outlive it, in its session
+            stop_session(proc.pid)
     jobs = {run["status"] for run in json.loads(status.stdout)["runs"]}
     assert "finished:completed" in jobs and "finished:failed" in jobs, status.stdout
     altered_rows = read_jsonl(repo / "runs" / "coordinator" / "altered" / "metrics.jsonl")
