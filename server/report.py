@@ -199,12 +199,12 @@ def _calibration(pooled: dict | None, sites: dict, path: Path, *, title: str) ->
 def _nothing_to_score(hist: dict | None) -> str | None:
     """Why a task's ROC or calibration cannot be drawn (None: it can)."""
     if not hist:
-        return "no site could evaluate this task\n(too few records, or evaluation refused by the sites' policies)"
+        return "no site could evaluate this task:\ntoo few records, or evaluation\nrefused by the sites' policies"
     pos = np.asarray(hist["pos"], float).sum()
     neg = np.asarray(hist["neg"], float).sum()
     if pos == 0 or neg == 0:
-        return (f"{int(pos)} positives and {int(neg)} negatives reported\n(a site withholds a class with fewer "
-                "records than its evaluation.min_cell)")
+        return (f"{int(pos)} positives and {int(neg)} negatives reported:\na site withholds a class with fewer\n"
+                "records than its evaluation.min_cell")
     return None
 
 
@@ -269,8 +269,8 @@ def _markdown(rows: list[dict], final: dict, tasks: list[str], summary: dict, fi
     src = summary["checkpoint"] or {}
     lines = ["# Federated run report\n",
              f"Status: **{summary['status']}**, {len(rows)} round(s) completed, sites: {', '.join(summary['sites'])}.\n",
-             *([f"Started from checkpoint {src.get('name', src.get('path', '?'))} (sha256 {src.get('sha256', '?')[:16]}…), "
-                f"pretrained on {src.get('pretrained_on', '?')}.\n"] if src else []),
+             *([f"Started from the pretrained checkpoint {src.get('name', src.get('path', '?'))} (sha256 "
+                f"`{src.get('sha256', '?')}`), pretrained on {src.get('pretrained_on', '?')}.\n"] if src else []),
              "Privacy is each site's cumulative epsilon (its own delta); the federation's is the MAX over sites. "
              "A round's model is evaluated with the next round's training (the last one at the end).\n",
              *([f"**NO PRIVACY GUARANTEE: sites trained without DP: {', '.join(summary['non_dp_sites'])}.**\n"]
