@@ -18,7 +18,7 @@ SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 def _cohort(args, model, ckpt, task_names):
     from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
-    from lsemvae.data.sources import ptbxl_index
+    from lsemvae.data.sources import index
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.train.checkpoint import preprocess_config
 
@@ -28,7 +28,7 @@ def _cohort(args, model, ckpt, task_names):
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)
     if root is None:
         raise ConfigError("no data given: pass --cache DIR (a prepared cohort), --ptbxl ROOT or --dataset ptb-xl")
-    refs = ptbxl_index(root, rate=100 if pcfg.fs <= 100 else 500)
+    refs = index("ptb-xl", root, rate=100 if pcfg.fs <= 100 else 500)
     return build_cohort(refs, list(resolve_tasks(task_names).values()), pcfg, args.cache_dir, name="ptb-xl")
 
 
