@@ -34,18 +34,24 @@ def _provenance(pcfg, cohorts, args) -> dict:
             "code": code_state(), "command": command_line(), "environment": environment()}
 
 
+def _datasets(args) -> dict[str, tuple[str, Path, str]]:
+    """``{cohort key: (layout, root, cache name)}`` for the data options given: --ptbxl, --ludb, --folder."""
+    given = {key: (key, root, key) for key, root in (("ptb-xl", args.ptbxl), ("ludb", getattr(args, "ludb", None)))
+             if root}
+    given.update({f"folder:{f}": ("folder", f, Path(f).name) for f in getattr(args, "folder", None) or []})
+    return given
+
+
 def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
     """Build (or reuse) the cached cohorts named on the command line; PTB-XL minus ``exclude_folds``."""
     from lsemvae.data.cache import build_cohort
     from lsemvae.data.sources import index
 
-    named = [("ptb-xl", "ptb-xl", args.ptbxl, "ptb-xl")] if args.ptbxl else []
-    named += [("ludb", "ludb", args.ludb, "ludb")] if getattr(args, "ludb", None) else []
-    named += [(f"folder:{f}", "folder", f, Path(f).name) for f in getattr(args, "folder", None) or []]
-    if not named:
+    datasets = _datasets(args)
+    if not datasets:
         raise ConfigError("no data given: pass --ptbxl, --ludb or --folder")
     cohorts = {}
-    for key, kind, root, name in named:
+    for key, (kind, root, name) in datasets.items():
         refs = index(kind, root, rate=100 if pcfg.fs <= 100 else 500)
         if kind == "ptb-xl":
             refs = [r for r in refs if r.meta.get("strat_fold") not in set(exclude_folds)]
