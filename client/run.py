@@ -42,7 +42,8 @@ INSECURE_BANNER = (
     "Use this only on a loopback test federation, never with patient data."
 )
 
-# Safe defaults for a hospital machine (flower-opacus-notes §8): no phoning home, no installs at run time.
+# Safe defaults for a hospital machine: no phoning home (Flower's telemetry and update check are on by default),
+# no installs at run time.
 SUPERNODE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -17,55 +17,25 @@ import numpy as np
 
 from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.config import validate
+from lsemvae.data import sources
 from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
 from lsemvae.data.convert import passed_over_report
 from lsemvae.data.readers import scan_folder
-from lsemvae.data.sources import (
-    RecordRef, folder_index, label_counts, ludb_index, manifest_index, ptbxl_index,
-)
+from lsemvae.data.sources import DATASET_KINDS, RecordRef, detect_kind, folder_index, label_counts
 from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks
 from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
 from lsemvae.leads import LEADS_12, LEAD_SETS
-
-DATASETS = ("ptb-xl", "ludb", "manifest", "folder")
-MANIFEST_NAMES = ("labels.csv", "manifest.csv")
-
 
 # ---------------------------------------------------------------------------------------------
 # Finding and indexing a data folder
 # ---------------------------------------------------------------------------------------------
 
 
-def detect_dataset(root: Path) -> str:
-    """``ptb-xl`` / ``ludb`` / ``manifest`` / ``folder`` from what the folder holds."""
-    if (root / "ptbxl_database.csv").is_file():
-        return "ptb-xl"
-    if (root / "ludb.csv").is_file() and (root / "data").is_dir():
-        return "ludb"
-    if any((root / n).is_file() for n in MANIFEST_NAMES):
-        return "manifest"
-    return "folder"
-
-
-def _manifest_paths(root: Path, labels: Path | None) -> tuple[Path, Path]:
-    labels = labels or next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
-    if labels is None:
-        raise ConfigError(f"{root}: no labels CSV ({' or '.join(MANIFEST_NAMES)}); pass --labels")
-    records = root / "records" if (root / "records").is_dir() else root
-    return records, labels
-
-
 def index_dataset(dataset: str, root: Path, *, labels: Path | None = None, rate: int = 100) -> list[RecordRef]:
+    """:func:`lsemvae.data.sources.index`, for a ``root`` the user named (which must exist)."""
     if not root.exists():
         raise ConfigError(f"{root}: not found")
-    if dataset == "ptb-xl":
-        return ptbxl_index(root, rate=rate)
-    if dataset == "ludb":
-        return ludb_index(root)
-    if dataset == "manifest":
-        records, labels = _manifest_paths(root, labels)
-        return manifest_index(records, labels)
-    return folder_index(root)
+    return sources.index(dataset, root, labels=labels, rate=rate)
 
 
 def default_tasks(dataset: str, refs: Sequence[RecordRef]) -> dict[str, Task]:
@@ -173,7 +143,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if root.is_file():
         refs, dataset = [RecordRef(root.stem, root.stem, root, {"source": str(root)})], "record"
         groups = {"record": refs}
-    elif (dataset := args.dataset or ("manifest" if args.labels else detect_dataset(root))) == "folder":
+    elif (dataset := args.dataset or ("manifest" if args.labels else detect_kind(root))) == "folder":
         scan = scan_folder(root)
         passed_over = {str(p.relative_to(root)): why for p, why in scan.passed_over}
         if not scan.records:
@@ -186,7 +156,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             groups = {}
             for rate in (100, 500):
                 try:
-                    groups[f"{rate} Hz files"] = ptbxl_index(root, rate=rate)
+                    groups[f"{rate} Hz files"] = sources.index("ptb-xl", root, rate=rate)
                 except LSEMVAEError as err:
                     print(f"note: {err}", file=sys.stderr)
             if not groups:
@@ -223,7 +193,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from lsemvae.data.cache import build_cohort
 
     root = Path(args.root)
-    dataset = args.dataset or detect_dataset(root)
+    dataset = args.dataset or detect_kind(root)
     refs = index_dataset(dataset, root, labels=args.labels, rate=args.rate)
     if args.limit:
         refs = refs[:args.limit]
@@ -287,7 +257,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        epilog="exit status: 0 at least one record read; 1 no record could be read (an unreadable "
                        "file, a folder without records); 2 a usage error (path not found, bad option).")
     p.add_argument("path", type=Path, help="folder or record file")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout (default: detected)")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default=None, help="layout (default: detected)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV of a site folder (implies manifest)")
     p.add_argument("--fs", type=int, default=100, help="model sampling rate for the QC run, Hz")
     p.add_argument("--limit", type=positive_int, default=None, help="inspect only the first N records")
@@ -299,7 +269,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Index a dataset, run the preprocessing pipeline on every record and write a "
                        "memory-mapped cohort cache under --cache-dir (reused when inputs, config and pipeline "
                        "version are unchanged). Bad records are skipped and listed by reason.")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout of --root (default: detected)")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default=None, help="layout of --root (default: detected)")
     p.add_argument("--root", type=Path, required=True, help="dataset folder")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV for --dataset manifest")
     p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="PTB-XL files to read")

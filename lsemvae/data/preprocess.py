@@ -14,8 +14,8 @@ Steps, in order (deterministic; the version and config hash go with every cache 
    the leads' relative sizes (hypertrophy voltage criteria, the electrical axis);
 7. R peaks (always found on the standardised leads) on a multi-lead energy envelope and the
    per-lead R-aligned median beat over ``beat_window_s``, in the signal's units -- the
-   reconstruction target (a pooled latent cannot reconstruct the raw 10-s signal, see
-   docs/findings.md). No beats -> reject.
+   reconstruction target (a pooled latent cannot reconstruct the raw 10-s signal: it cannot say
+   where the beats fall). No beats -> reject.
 
 Change anything that alters outputs -> bump :data:`PIPELINE_VERSION`.
 """

@@ -440,3 +440,47 @@ def label_counts(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> dict[st
         counts["labelled"] = int(labelled.sum())
         out[name] = counts
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point: a dataset folder of a known layout -> its records
+# ---------------------------------------------------------------------------------------------
+
+#: Dataset layouts :func:`index` reads.
+DATASET_KINDS = ("ptb-xl", "ludb", "manifest", "folder")
+#: Names of a site folder's labels CSV (the ``manifest`` layout).
+MANIFEST_NAMES = ("labels.csv", "manifest.csv")
+
+
+def detect_kind(root: str | Path) -> str:
+    """``ptb-xl`` / ``ludb`` / ``manifest`` / ``folder`` from what the folder holds."""
+    root = Path(root)
+    if (root / "ptbxl_database.csv").is_file():
+        return "ptb-xl"
+    if (root / "ludb.csv").is_file() and (root / "data").is_dir():
+        return "ludb"
+    if any((root / n).is_file() for n in MANIFEST_NAMES):
+        return "manifest"
+    return "folder"
+
+
+def index(kind: str, root: str | Path, *, labels: str | Path | None = None, rate: int = 100) -> list[RecordRef]:
+    """The records of the dataset folder ``root`` laid out as ``kind`` (:data:`DATASET_KINDS`;
+    :func:`detect_kind` tells it from the folder).
+
+    ``rate``: PTB-XL's 100 or 500 Hz files. ``labels``: a manifest's labels CSV (default: one of
+    :data:`MANIFEST_NAMES` in ``root``); its records are in ``root/records`` if that folder exists, else in ``root``.
+    """
+    root = Path(root)
+    if kind == "ptb-xl":
+        return ptbxl_index(root, rate=rate)
+    if kind == "ludb":
+        return ludb_index(root)
+    if kind == "manifest":
+        labels = labels or next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
+        if labels is None:
+            raise ConfigError(f"{root}: no labels CSV ({' or '.join(MANIFEST_NAMES)}); pass --labels")
+        return manifest_index(root / "records" if (root / "records").is_dir() else root, labels)
+    if kind == "folder":
+        return folder_index(root)
+    raise ConfigError(f"unknown dataset layout {kind!r}: one of {', '.join(DATASET_KINDS)}")

@@ -34,22 +34,28 @@ def _provenance(pcfg, cohorts, args) -> dict:
             "code": code_state(), "command": command_line(), "environment": environment()}
 
 
+def _datasets(args) -> dict[str, tuple[str, Path, str]]:
+    """``{cohort key: (layout, root, cache name)}`` for the data options given: --ptbxl, --ludb, --folder."""
+    given = {key: (key, root, key) for key, root in (("ptb-xl", args.ptbxl), ("ludb", getattr(args, "ludb", None)))
+             if root}
+    given.update({f"folder:{f}": ("folder", f, Path(f).name) for f in getattr(args, "folder", None) or []})
+    return given
+
+
 def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
     """Build (or reuse) the cached cohorts named on the command line; PTB-XL minus ``exclude_folds``."""
     from lsemvae.data.cache import build_cohort
-    from lsemvae.data.sources import folder_index, ludb_index, ptbxl_index
-    cache = Path(args.cache_dir)
-    rate = 100 if pcfg.fs <= 100 else 500
-    cohorts = {}
-    if args.ptbxl:
-        refs = [r for r in ptbxl_index(args.ptbxl, rate=rate) if r.meta.get("strat_fold") not in set(exclude_folds)]
-        cohorts["ptb-xl"] = build_cohort(refs, list(tasks), pcfg, cache, name="ptb-xl")
-    if getattr(args, "ludb", None):
-        cohorts["ludb"] = build_cohort(ludb_index(args.ludb), list(tasks), pcfg, cache, name="ludb")
-    for folder in getattr(args, "folder", None) or []:
-        cohorts[f"folder:{folder}"] = build_cohort(folder_index(folder), list(tasks), pcfg, cache, name=Path(folder).name)
-    if not cohorts:
+    from lsemvae.data.sources import index
+
+    datasets = _datasets(args)
+    if not datasets:
         raise ConfigError("no data given: pass --ptbxl, --ludb or --folder")
+    cohorts = {}
+    for key, (kind, root, name) in datasets.items():
+        refs = index(kind, root, rate=100 if pcfg.fs <= 100 else 500)
+        if kind == "ptb-xl":
+            refs = [r for r in refs if r.meta.get("strat_fold") not in set(exclude_folds)]
+        cohorts[key] = build_cohort(refs, list(tasks), pcfg, Path(args.cache_dir), name=name)
     return cohorts
 
 

@@ -18,7 +18,7 @@ SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 def _cohort(args, model, ckpt, task_names):
     from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
-    from lsemvae.data.sources import ptbxl_index
+    from lsemvae.data.sources import index
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.train.checkpoint import preprocess_config
 
@@ -28,7 +28,7 @@ def _cohort(args, model, ckpt, task_names):
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)
     if root is None:
         raise ConfigError("no data given: pass --cache DIR (a prepared cohort), --ptbxl ROOT or --dataset ptb-xl")
-    refs = ptbxl_index(root, rate=100 if pcfg.fs <= 100 else 500)
+    refs = index("ptb-xl", root, rate=100 if pcfg.fs <= 100 else 500)
     return build_cohort(refs, list(resolve_tasks(task_names).values()), pcfg, args.cache_dir, name="ptb-xl")
 
 
@@ -58,7 +58,7 @@ def run_evaluate(args) -> int:
 
     from lsemvae.data.cache import cohort_tasks
     from lsemvae.data.tasks import task_name
-    from lsemvae.train.evaluate import evaluate, load_classifier
+    from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier
 
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
@@ -71,15 +71,14 @@ def run_evaluate(args) -> int:
     tasks = cohort_tasks(cohort, task_names)
     provenance = ckpt.get("provenance") or {}
     test_idx, val_idx = _split(cohort, args.split, provenance.get("split"))
-    leads = args.leads or provenance.get("leads") or "6L"
-    state = ckpt.get("state") or {}
-    evaluate(model, cohort, test_idx, val_indices=val_idx, tasks=tasks,
-             leads=leads, out_dir=args.out, predict_kwargs=state.get("predict_kwargs"), n_boot=args.n_boot,
-             seed=args.seed, threshold_method=args.threshold, target_sensitivity=args.target_sensitivity,
-             interpretability=not args.no_interpret, ig_steps=args.ig_steps, ig_per_class=args.ig_per_class,
-             config={"split": args.split, "checkpoint": str(args.checkpoint)},
-             provenance={"checkpoint": str(args.checkpoint), "checkpoint_provenance": provenance},
-             title=args.title or f"Evaluation of {Path(args.checkpoint).name} on {args.split}")
+    cfg = EvalConfig(leads=args.leads or provenance.get("leads") or "6L",
+                     predict_kwargs=(ckpt.get("state") or {}).get("predict_kwargs") or {}, n_boot=args.n_boot,
+                     seed=args.seed, threshold_method=args.threshold, target_sensitivity=args.target_sensitivity,
+                     interpretability=not args.no_interpret, ig_steps=args.ig_steps, ig_per_class=args.ig_per_class,
+                     title=args.title or f"Evaluation of {Path(args.checkpoint).name} on {args.split}",
+                     extra={"split": args.split, "checkpoint": str(args.checkpoint)})
+    evaluate(model, cohort, test_idx, cfg, val_indices=val_idx, tasks=tasks, out_dir=args.out,
+             provenance={"checkpoint": str(args.checkpoint), "checkpoint_provenance": provenance})
     return 0
 
 

@@ -237,7 +237,7 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
 
 
 
-#: ``faithful`` is the paper's probe protocol (reference-model.md §1.7: Adam 1e-4, batch 32, 50 epochs,
+#: ``faithful`` is the paper's probe protocol (Adam 1e-4, batch 32, 50 epochs,
 #: frozen encoders); we still keep the best validation epoch rather than the last.
 FINETUNE_PROFILES: dict[str, FinetuneConfig] = {
     # Weight decay 0.05 with the compact profile's head dropout 0.5: the larger leads+fused head

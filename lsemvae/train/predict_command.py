@@ -213,24 +213,12 @@ def _cohort(args, model, ckpt):
 def run_predict(args) -> int:
     import torch
 
-    from lsemvae.leads import resolve_lead_set
     from lsemvae.train.evaluate import load_classifier
 
-    if bool(args.inputs) == bool(args.cache):
-        raise ConfigError("give the records to score as INPUT files/folders or a prepared cohort with --cache, "
-                          "one of the two")
-    if not args.checkpoint.is_file():
-        raise ConfigError(f"{args.checkpoint}: checkpoint not found (give a fine-tuned model: lsemvae finetune "
-                          "writes OUT/model.pt, a federation <out>/server/final-model.pt)")
+    _check_arguments(args)
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
-    # a federated model records no lead set: its sites trained on every lead they had, so it reads them all
-    readable = getattr(model, "leads", None)  # the CNN baseline's input channels; LS-EMVAE reads any lead
-    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or readable or "12L")
-    readable = readable or leads
-    if set(leads) - set(readable):
-        raise ConfigError(f"{args.checkpoint}: this model reads only {' '.join(readable)}; --leads "
-                          f"{' '.join(sorted(set(leads) - set(readable)))} cannot be inputs")
+    leads = _input_leads(args, model, ckpt)
     tasks = head_tasks(model)
     thresholds = read_thresholds(args.thresholds, tasks) if args.thresholds else {}  # refused before any work
     cohort = _cohort(args, model, ckpt)
@@ -240,24 +228,59 @@ def run_predict(args) -> int:
                                     batch_size=args.batch_size, progress=not args.no_progress)
     skipped = [{"record_id": s["record"], "path": s.get("path", ""), "reason": s["reason"], "message": s["message"]}
                for s in cohort.skipped] + no_leads
-    skipped_path = args.out.with_name(f"{args.out.stem}.skipped.csv")
-    if skipped:
-        _write_csv_atomic(skipped_path, ["record_id", "path", "reason", "message"],
-                          [[s["record_id"], s["path"], s["reason"], s["message"]] for s in skipped])
-    else:
-        skipped_path.unlink(missing_ok=True)  # a list from an earlier run would not describe this output
+    skipped_path = _write_skipped(args.out, skipped)
     by_reason = ", ".join(f"{r} {n}" for r, n in Counter(s["reason"] for s in skipped).most_common())
-    source = args.cache or " ".join(map(str, args.inputs))
     if not rows:
+        source = args.cache or " ".join(map(str, args.inputs))
         raise LSEMVAEError(f"no record of {source} could be scored ({by_reason}); each is listed with its reason in "
                            f"{skipped_path}")
-    for row in rows:
-        row.update({"call" + col[1:]: int(row[col] >= thr) for col, thr in thresholds.items()})
-    header = list(rows[0])
-    _write_csv_atomic(args.out, header, [[_cell(row[c]) for c in header] for row in rows])
+    _write_scores(args.out, rows, thresholds)
     print(f"scored {len(rows)} record(s) -> {args.out}; skipped {len(skipped)}"
           + (f" ({by_reason}; listed in {skipped_path})" if skipped else ""))
     return 0
+
+
+def _check_arguments(args) -> None:
+    if bool(args.inputs) == bool(args.cache):
+        raise ConfigError("give the records to score as INPUT files/folders or a prepared cohort with --cache, "
+                          "one of the two")
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"{args.checkpoint}: checkpoint not found (give a fine-tuned model: lsemvae finetune "
+                          "writes OUT/model.pt, a federation <out>/server/final-model.pt)")
+
+
+def _input_leads(args, model, ckpt) -> tuple[str, ...]:
+    """The leads scored: ``--leads``, else those the checkpoint was fine-tuned on, else every lead the model reads."""
+    from lsemvae.leads import resolve_lead_set
+
+    # a federated model records no lead set: its sites trained on every lead they had, so it reads them all
+    readable = getattr(model, "leads", None)  # the CNN baseline's input channels; LS-EMVAE reads any lead
+    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or readable or "12L")
+    readable = readable or leads
+    if set(leads) - set(readable):
+        raise ConfigError(f"{args.checkpoint}: this model reads only {' '.join(readable)}; --leads "
+                          f"{' '.join(sorted(set(leads) - set(readable)))} cannot be inputs")
+    return leads
+
+
+def _write_scores(out: Path, rows: list[dict], thresholds: Mapping[str, float]) -> None:
+    """The scores CSV, with a ``call:<task>:<class>`` 0/1 column per threshold (``p >= threshold``)."""
+    for row in rows:
+        row.update({"call" + col[1:]: int(row[col] >= thr) for col, thr in thresholds.items()})
+    header = list(rows[0])
+    _write_csv_atomic(out, header, [[_cell(row[c]) for c in header] for row in rows])
+
+
+def _write_skipped(out: Path, skipped: list[dict]) -> Path:
+    """``<out stem>.skipped.csv`` listing ``skipped`` (removed when none: a list from an earlier run would not
+    describe this output); returns its path."""
+    path = out.with_name(f"{out.stem}.skipped.csv")
+    if skipped:
+        _write_csv_atomic(path, ["record_id", "path", "reason", "message"],
+                          [[s["record_id"], s["path"], s["reason"], s["message"]] for s in skipped])
+    else:
+        path.unlink(missing_ok=True)
+    return path
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

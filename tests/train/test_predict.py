@@ -20,7 +20,7 @@ from lsemvae.model.config import TaskHeadSpec, get_profile
 from lsemvae.model.lsemvae import build_model
 from lsemvae.train.baselines import ResNet1D
 from lsemvae.train.checkpoint import save_checkpoint
-from lsemvae.train.evaluate import evaluate, load_classifier, load_split
+from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier, load_split
 from lsemvae.train.finetune import predict
 from lsemvae.train.interpret import gate_weights
 from lsemvae.train.predict_command import head_tasks, input_refs, predict_cohort
@@ -234,8 +234,9 @@ def test_cnn_checkpoint_through_the_command_and_user_errors(records100, ckpt_pat
 
 def test_thresholds_from_an_evaluation_report(records100, ckpt_path, cache_dir, labelled, tmp_path, capsys):
     model, ckpt = load_classifier(ckpt_path)
-    evaluate(model, labelled, np.arange(10), val_indices=np.arange(10), leads=LIMB_LEADS, out_dir=tmp_path / "eval",
-             predict_kwargs=CROPS, n_boot=10, interpretability=False, progress=False)
+    evaluate(model, labelled, np.arange(10), EvalConfig(leads=LIMB_LEADS, predict_kwargs=CROPS, n_boot=10,
+                                                         interpretability=False, progress=False),
+             val_indices=np.arange(10), out_dir=tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     thresholds = {c: report["tasks"]["superclass"]["per_class"][c]["threshold"] for c in CLASSES}
 
