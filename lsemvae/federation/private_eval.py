@@ -61,8 +61,8 @@ def task_histogram(y: np.ndarray, scores: np.ndarray, classes: list[str], *, bin
                    min_cell: int) -> TaskHistogram:
     """``y`` ``[N, C]`` (0/1, NaN = unlabelled) and probabilities ``scores`` ``[N, C]`` as a :class:`TaskHistogram`."""
     y, scores = np.asarray(y, np.float64), np.asarray(scores, np.float64)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("the model produced non-finite scores")
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0) or np.any(scores > 1):
+        raise ValueError("the model produced scores that are not probabilities (non-finite or outside [0, 1])")
     pos, neg = [], []
     for c in range(y.shape[1]):
         pos.append(class_counts(scores[y[:, c] == 1, c], bins=bins, min_cell=min_cell))

@@ -158,13 +158,14 @@ def test_fedadam_and_fedyogi_follow_reddi_et_al_step_by_step():
 def test_a_server_step_shares_no_memory_with_its_inputs_and_keeps_their_dtype(kind):
     g = model_like()
     before = {k: v.copy() for k, v in g.items()}
-    averaged = {"fusion.gate.weight": np.ones((4, 8), np.float64)}       # float64, as a caller may hand it
+    averaged = {"fusion.gate.weight": np.ones((4, 8), np.float64),     # float64, as a caller may hand it
+                "encoders.I.conv.weight": np.full((4, 1, 3), 0.5, np.float32)}
     state = ServerOptimizerState(m={"heads.right_heart.weight": np.ones((1, 8))}, v={"heads.right_heart.weight": np.ones((1, 8))}, steps=4)
     new, after = server_step(g, averaged, ServerOptimizer(kind), state)
     for k in g:
         np.testing.assert_array_equal(g[k], before[k])
         assert not np.shares_memory(new[k], g[k]) and new[k].dtype == np.float32
-    assert not np.shares_memory(new["fusion.gate.weight"], averaged["fusion.gate.weight"])
+    assert not any(np.shares_memory(new[k], averaged[k]) for k in averaged)
     assert after.steps == 5 and state.steps == 4
     # moments of a group nobody sent this round are carried over as they were
     np.testing.assert_array_equal(after.m["heads.right_heart.weight"], np.ones((1, 8)))
@@ -172,7 +173,8 @@ def test_a_server_step_shares_no_memory_with_its_inputs_and_keeps_their_dtype(ki
     if kind in ("fedavg", "fedprox"):
         np.testing.assert_array_equal(new["fusion.gate.weight"], np.ones((4, 8), np.float32))
     else:
-        assert set(after.m) == {"heads.right_heart.weight", "fusion.gate.weight"} and "fusion.gate.weight" not in state.m
+        assert set(after.m) == {"heads.right_heart.weight", *averaged} and "fusion.gate.weight" not in state.m
+        assert all(after.m[k].dtype == after.v[k].dtype == np.float64 for k in averaged)   # moments in float64
 
 
 def test_aggregate_round_without_replies_returns_copies():

@@ -41,12 +41,13 @@ def test_a_record_alone_in_a_bin_is_merged_with_its_neighbours():
     assert spread.counts == [10, 11] and spread.edges == [0.0, 0.1, 1.0] and spread.means == [0.05, 0.588]
 
 
-def test_labels_with_fewer_than_k_records_are_withheld_and_scores_must_be_finite():
+def test_labels_with_fewer_than_k_records_are_withheld_and_scores_must_be_probabilities():
     y = np.array([[1.0], [0.0], [0.0], [np.nan]] * 5)
     hist = task_histogram(y, np.full((20, 1), 0.3), ["right_heart"], bins=10, min_cell=6)
     assert hist.pos == [None] and sum(hist.neg[0].counts) == 10   # 5 positives < 6: withheld; unlabelled excluded
-    with pytest.raises(ValueError, match="non-finite"):
-        task_histogram(y, np.full((20, 1), np.nan), ["right_heart"], bins=10, min_cell=6)
+    for bad in (np.nan, -0.1, 1.2):
+        with pytest.raises(ValueError, match=r"^the model produced scores that are not probabilities \(non-finite or outside \[0, 1\]\)$"):
+            task_histogram(y, np.full((20, 1), bad), ["right_heart"], bins=10, min_cell=6)
 
 
 def test_pooled_counts_keep_every_record_and_auroc_stays_close_to_exact():
