@@ -30,8 +30,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from lsemvae.config import StrictModel, describe_validation_error
 from lsemvae.federation import keys as K
 from lsemvae.federation.codec import ArraySpec, CodecError, UpdateDtype, pack, unpack
+from lsemvae.leads import LEAD_GROUPS
 
 M = TypeVar("M", bound=BaseModel)
+LeadGroup = Literal[tuple(LEAD_GROUPS)]     # the HiME groups' names: a gate is never keyed by anything else
 
 MAX_BODY_BYTES = 1_000_000          # the JSON of any message (model config included)
 MAX_ROUNDS = 100_000
@@ -137,7 +139,7 @@ class Evaluation(StrictModel):
 
     num_examples: int = Field(ge=0)
     eval_loss: float
-    gates: dict[str, float] = Field(max_length=16, description="mean HiME gate weight per lead group")
+    gates: dict[LeadGroup, float] = Field(description="mean HiME gate weight per lead group (the groups' names only)")
     histograms: dict[str, TaskHistogram] = Field(max_length=50)
 
 

@@ -241,5 +241,7 @@ def _check_evaluation(evaluation, policy) -> None:
             if counts is not None:
                 assert len(counts.counts) <= policy.bins
                 assert min(counts.counts) >= policy.min_cell, counts.counts
-    assert set(evaluation.gates) <= {"limb", "augmented", "septal", "lateral"}
+    from lsemvae.leads import LEAD_GROUPS
+
+    assert set(evaluation.gates) <= set(LEAD_GROUPS)
     assert evaluation.num_examples >= policy.min_records

@@ -195,7 +195,9 @@ def test_evaluation_sends_only_k_anonymous_counts_on_the_sites_own_bins(world):
     try:
         path.write_text(original.replace("min_cell = 2", "min_cell = 3").replace("[evaluation]", "[evaluation]\nbins = 20")
                         .replace("val_fraction = 0.3", "val_fraction = 0.7"))
-        got, _ = body(call(world, site, K.EVALUATE), EvaluateReply)
+        reply = call(world, site, K.EVALUATE)
+        inspect(world, site, [reply])     # what went out: only the policy's aggregates (gates by lead group)
+        got, _ = body(reply, EvaluateReply)
         for hist in got.evaluation.histograms.values():
             reported = [c for c in [*hist.pos, *hist.neg] if c is not None]
             assert reported and all(min(c.counts) >= 3 and len(c.counts) <= 20 for c in reported)
