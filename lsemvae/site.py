@@ -40,6 +40,9 @@ class DataConfig(StrictModel):
     ptbxl_sites: list[int] | None = Field(None, description="ptbxl only: keep records from these PTB-XL `site` values")
     ptbxl_rate: Literal[100, 500] = 100
     max_records: int | None = Field(None, gt=0, description="use at most this many records (smoke tests)")
+    gain_correction: float = Field(1.0, gt=0, description="multiply every signal by this: the fix for an export "
+                                   "with a wrong gain, which QC reports (wrong-scale, implausible-amplitude) with the "
+                                   "factor to use; a header gain 5x too high reads signals 5x too small: 5")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of patients held out for federated evaluation")
 
     @model_validator(mode="after")

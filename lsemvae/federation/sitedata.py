@@ -54,7 +54,7 @@ def index_site(cfg: SiteConfig) -> list:
     refs = sorted(refs, key=lambda r: r.record_id)
     if d.max_records:
         refs = refs[: d.max_records]
-    return refs
+    return sources.with_gain_correction(refs, d.gain_correction) if d.gain_correction != 1.0 else refs
 
 
 def label_matrix(refs: list, task) -> np.ndarray:
