@@ -291,7 +291,8 @@ def quality_check(record: ECGRecord, cfg: PreprocessConfig, *, leads: Sequence[s
             message += f" ({scale[0]})"
         raise RecordError(where, message, reason=reason)
     if faults:
-        flags.append(f"masked-leads: {describe_faults(faults, cfg)[1]}; the model does not read them here")
+        flags.append(f"masked-leads: {describe_faults(faults, cfg)[1]}; these leads are left out (a model that "
+                     "reads them skips the record)")
     if cfg.identity_action != "off":
         good = [k for k, lead in enumerate(record.leads) if lead not in faults]
         check = check_limb_identities(x[good], [record.leads[k] for k in good], tolerance_mv=cfg.identity_tolerance_mv)

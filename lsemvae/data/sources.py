@@ -446,15 +446,17 @@ def folder_index(folder: str | Path, *, scan: FolderScan | None = None) -> list[
 
 def require_labels(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> None:
     """Refuse a task that no record has a label for, naming where it looked and the columns the records have."""
-    from lsemvae.data.tasks import label_sources
+    from lsemvae.data.tasks import TASKS, label_sources
 
     for name, task in tasks.items():
         if all(np.isnan(task(r.meta)).all() for r in refs):
-            columns = sorted({c for r in refs for c in r.meta.get("label_columns", ())})
+            columns = list(dict.fromkeys(c for r in refs for c in r.meta.get("label_columns", ())))
             have = f"the labels CSV has columns {', '.join(columns)}" if columns else "the records carry no label columns"
+            fix = (f"name your columns like the task's classes or bind them in that order (--tasks {name}="
+                   f"{'+'.join(f'<{c} column>' for c in task.classes)})" if name in TASKS and not task.columns
+                   else "check the column names")
             raise ConfigError(f"task {name!r}: none of the {len(refs)} records has a label. It looks for "
-                              f"{label_sources(task)}; {have}. Name the columns like the task's classes, bind them "
-                              f"(e.g. --tasks {name}={'+'.join(['<column>'] * task.n_outputs)}), or leave the task out")
+                              f"{label_sources(task)}; {have}: {fix}, or leave the task out")
 
 
 def label_counts(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -86,8 +86,8 @@ def run_pretrain(args) -> int:
         tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed)
         held_out = np.array([m.get("strat_fold") in set(args.exclude_folds) for m in cohort.meta], dtype=bool)
         tr, va = tr[~held_out[tr]], va[~held_out[va]]  # PTB-XL's test fold stays out of pretraining
-        train_parts.append(CohortDataset(cohort, tr))
-        val_parts.append(CohortDataset(cohort, va))
+        train_parts.append(CohortDataset(cohort, tr, tasks=[]))  # unlabelled: the caches' labels differ by dataset
+        val_parts.append(CohortDataset(cohort, va, tasks=[]))
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
     if len(val_set) == 0:
         raise ConfigError("the validation split is empty: raise --val-fraction or add data")

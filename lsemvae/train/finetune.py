@@ -76,7 +76,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             continue
         if augmentation is not None:
             x = augment(x, augmentation, generator if generator is not None else torch.Generator(),
-                        sample_mask=batch.get("sample_mask"))
+                        sample_mask=batch.get("sample_mask"), lead_mask=mask)
         logits = model.forward_logits(x, mask)
         losses = {name: task_loss(logits[name], batch["y"][name], _kind(t), pos_weight=class_weights.get(name))
                   for name, t in tasks.items()}

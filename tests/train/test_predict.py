@@ -48,25 +48,6 @@ def records100(ptbxl_root):
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    """A compact LS-EMVAE with a superclass head saved as `lsemvae finetune` saves it (6 leads, crop averaging).
-
-    Its heads start at zero (every probability 0.5): the weights are perturbed so scores differ by record.
-    """
-    torch.manual_seed(0)
-    cfg = get_profile("compact", tasks={"superclass": TaskHeadSpec(kind="multilabel", n_outputs=5)})
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, epoch=1, state={"predict_kwargs": CROPS},
-                    provenance={"leads": list(LIMB_LEADS),
-                                "preprocess_config": cfg.preprocess_config().model_dump(mode="json")})
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
