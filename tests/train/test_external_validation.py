@@ -195,21 +195,25 @@ def test_fine_tuning_on_6_leads_keeps_them_and_warns_about_thin_validation(ptbxl
     assert ckpt["state"]["warnings"] == saved
 
 
-def test_a_6_lead_federated_site_trains_on_them(ptbxl_root, tmp_path):
+def test_a_6_lead_federated_site_trains_on_them_with_its_own_label_columns(ptbxl_root, tmp_path):
     from client.site_runtime import load_site_data
     from lsemvae.site import SiteConfig
 
-    site = hospital(tmp_path / "site", ptbxl_root, range(1, 31), broken=True)
+    columns = ["normal", "infarct", "st_t", "conduction", "hypertrophy"]
+    site = hospital(tmp_path / "site", ptbxl_root, range(1, 31), columns=tuple(columns), broken=True)
     pre = get_profile("compact").preprocess_config().model_dump_json()
     used = {}
     for leads in ("6L", "12L"):
         cfg = SiteConfig.model_validate({
             "name": f"site{leads.lower()}", "leads": leads, "state_dir": str(tmp_path / f"state{leads}"),
             "data": {"format": "manifest", "root": str(site / "records"), "labels": str(site / "labels.csv")},
-            "tasks": [{"name": "superclass"}], "privacy": {"epsilon": 8.0},
+            "tasks": [{"name": "superclass", "columns": columns}], "privacy": {"epsilon": 8.0},
             "connection": {"superlink": "127.0.0.1:8000"}})
         data = load_site_data(cfg, pre)
         used[leads] = {data.cohort.record_ids[i] for i in np.concatenate([data.train_idx, data.eval_idx])}
+        originals = [data.cohort.record_ids.index(f"{n:05d}_lr") for n in range(1, 31)]
+        assert np.array_equal(np.asarray(data.cohort.labels["superclass"])[originals], truth(ptbxl_root, range(1, 31)),
+                              equal_nan=True)  # the site's columns bound to the superclass head
     crafted = {"flat_v_00001_lr", "spike_00002_lr"}
     assert crafted <= used["6L"] and not crafted & used["12L"] and used["6L"] - used["12L"] == crafted
 
