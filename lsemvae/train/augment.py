@@ -67,22 +67,26 @@ _LIMB = [lead_index(n) for n in ("I", "II", "III", "aVR", "aVL", "aVF")]
 def rotate_frontal_axis(x: torch.Tensor, degrees: torch.Tensor, lead_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Limb leads of ``x [B, 12, T]`` (voltages) with the frontal heart vector rotated by ``degrees [B]``.
 
-    Lead I sees the vector's x component, II its projection at 60 degrees; both are rotated and III,
-    aVR, aVL, aVF derived again, so the identities still hold. Records without I and II are unchanged;
-    a derived lead the record lacks stays absent (zero).
+    Lead I sees the vector's x component, II its projection at 60 degrees; the six limb leads of the
+    rotated vector replace those of the original, so what a record's leads carry beyond the vector
+    (the identities' small residuals) stays. Records without I and II are unchanged; a limb lead the
+    record lacks stays absent (zero).
     """
     i, ii = x[:, _LIMB[0]], x[:, _LIMB[1]]
     hx, hy = i, (ii - i / 2) * (2 / math.sqrt(3))  # the frontal vector: I at 0 degrees, aVF direction at 90
     a = torch.deg2rad(degrees)[:, None]
     rx, ry = hx * torch.cos(a) - hy * torch.sin(a), hx * torch.sin(a) + hy * torch.cos(a)
-    new_i, new_ii = rx, rx / 2 + ry * (math.sqrt(3) / 2)
-    limbs = torch.stack([new_i, new_ii, new_ii - new_i, -(new_i + new_ii) / 2, new_i - new_ii / 2,
-                         new_ii - new_i / 2], dim=1)
+    change = _limb_leads(rx, rx / 2 + ry * (math.sqrt(3) / 2)) - _limb_leads(i, ii)
     present = (x[:, _LIMB] != 0).any(-1) if lead_mask is None else lead_mask[:, _LIMB].bool()
-    can = (present[:, 0] & present[:, 1])[:, None, None]
+    can = (present[:, :1] & present[:, 1:2])[:, :, None] & present[:, :, None]
     out = x.clone()
-    out[:, _LIMB] = torch.where(can & present[:, :, None], limbs, x[:, _LIMB])
+    out[:, _LIMB] = x[:, _LIMB] + torch.where(can, change, torch.zeros_like(change))
     return out
+
+
+def _limb_leads(i: torch.Tensor, ii: torch.Tensor) -> torch.Tensor:
+    """I, II, III, aVR, aVL, aVF ``[B, 6, T]`` from I and II (Einthoven/Goldberger)."""
+    return torch.stack([i, ii, ii - i, -(i + ii) / 2, i - ii / 2, ii - i / 2], dim=1)
 
 
 def random_lowpass(x: torch.Tensor, share: float, nyquist: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
