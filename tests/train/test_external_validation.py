@@ -196,7 +196,7 @@ def test_fine_tuning_on_6_leads_keeps_them_and_warns_about_thin_validation(ptbxl
 
 
 def test_a_6_lead_federated_site_trains_on_them_with_its_own_label_columns(ptbxl_root, tmp_path):
-    from client.site_runtime import load_site_data
+    from lsemvae.federation.runtime import load_site_data
     from lsemvae.site import SiteConfig
 
     columns = ["normal", "infarct", "st_t", "conduction", "hypertrophy"]
@@ -206,6 +206,7 @@ def test_a_6_lead_federated_site_trains_on_them_with_its_own_label_columns(ptbxl
     for leads in ("6L", "12L"):
         cfg = SiteConfig.model_validate({
             "name": f"site{leads.lower()}", "leads": leads, "state_dir": str(tmp_path / f"state{leads}"),
+            "anchor_dir": str(tmp_path / "anchors"),
             "data": {"format": "manifest", "root": str(site / "records"), "labels": str(site / "labels.csv")},
             "tasks": [{"name": "superclass", "columns": columns}], "privacy": {"epsilon": 8.0},
             "connection": {"superlink": "127.0.0.1:8000"}})
