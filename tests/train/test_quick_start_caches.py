@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from lsemvae.cli import main
 
@@ -38,7 +37,6 @@ def mini_ludb(src: Path, dest: Path, n: int = 12) -> Path:
     return dest
 
 
-@pytest.mark.e2e
 def test_the_quick_start_builds_each_cache_once(ptbxl_root, ludb_root, tmp_path, capsys):
     ptbxl, ludb = mini_ptbxl(ptbxl_root, tmp_path / "ptb-xl"), mini_ludb(ludb_root, tmp_path / "ludb")
     cache = ["--cache-dir", str(tmp_path / ".cache")]
