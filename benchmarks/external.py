@@ -4,7 +4,8 @@ Sources are the institutions we have: PTB-XL's recording sites with at least ``-
 records (sites 1, 0 and 3; the smaller ones always train) and LUDB (another institution, country and device). For
 each held-out source and seed a compact LS-EMVAE is fine-tuned on the other sources (6 limb leads, the five
 diagnostic superclasses): PTB-XL folds 1-8 and 85% of LUDB's patients train, fold 9 and LUDB's other patients stop
-early. It is scored on
+early; as the README's quick start, the model is first pretrained (``--pretrain-epochs``, here per held-out
+source on the other sources' 12-lead ECGs, PTB-XL fold 10 left out) and then fully fine-tuned. It is scored on
 
 * internal: PTB-XL fold 10 of the training sites (records like the ones it trained on), and
 * external: every record of the held-out source,
@@ -21,26 +22,27 @@ Recipes (fine-tuning augmentation, :class:`lsemvae.train.augment.AugmentConfig`)
 
   baseline        the compact recipe before this benchmark: 5-s crops, per-lead gain x(1 + N(0, 0.1)), noise
   gain            + one gain factor per record exp(N(0, 0.2)): devices calibrate differently
-  axis            + frontal heart-vector rotation N(0, 15 deg), limb leads derived again: electrode placement
+  axis            + frontal heart-vector rotation N(0, 15 deg) (the six limb leads follow it): electrode placement
   lowpass         + half the records low-passed at 15-40 Hz: monitors' and exports' filters
   hospital        gain + axis + lowpass together
 
-The default run is the compact setting, affordable on 2 shared cores: the model starts from random weights (no
-pretraining, which takes ~50 s an epoch here), recipes baseline and hospital, 3 seeds, two worker processes
-(tens of minutes; run it under ``nice``). Bigger settings are one flag away: ``--pretrain-epochs 40`` pretrains per
-held-out source on the other sources' 12-lead ECGs (fold 10 and the held-out source left out), ``--recipes`` any
-of the above. It also measures the scale QC on every shared record (``scale_qc``: false positives on the real
-records, detection of 1000x, 5x and 0.2x gain errors).
+The default run is the compact setting, affordable on 2 shared cores (under half an hour; run it under ``nice``):
+40 pretraining epochs per held-out source, recipes baseline and hospital, 3 seeds, two worker processes, one torch
+thread each. Bigger settings are one flag away: ``--recipes`` (any of the above), ``--seeds``,
+``--pretrain-epochs``, ``--min-site-records 40`` (PTB-XL site 2 held out too); ``--pretrain-epochs 0`` fine-tunes
+from random weights. It also measures the scale QC on every shared record (``scale_qc``: false positives on the
+real records, detection of 1000x, 5x and 0.2x gain errors).
 
 Usage (from the repo root):
     nice .venv/bin/python benchmarks/external.py                          # compact default
-    nice .venv/bin/python benchmarks/external.py --recipes baseline gain axis lowpass hospital --seeds 0
+    nice .venv/bin/python benchmarks/external.py --recipes baseline gain axis lowpass hospital
 Writes benchmarks/results/external.json (or --output).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -391,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning recipes; the first is the reference the others are compared with")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs (early stopping on validation)")
-    p.add_argument("--pretrain-epochs", type=int, default=0,
-                   help="0 (default): fine-tune from random weights; N: pretrain per held-out source for N epochs")
+    p.add_argument("--pretrain-epochs", type=int, default=40,
+                   help="pretrain a model per held-out source for this many epochs on the other sources' 12-lead ECGs "
+                        "(PTB-XL fold 10 left out), as the README's quick start does; 0: fine-tune from random weights")
     p.add_argument("--min-site-records", type=int, default=100, help="PTB-XL sites with fewer records always train")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
@@ -409,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     _, _, sources = load_sources(args.cache_dir, args.min_site_records)
     args.held_out = list(sources)
     checkpoints = {}
-    if args.pretrain_epochs:
-        for held_out in args.held_out:
-            print(f"pretraining without {held_out} ...", flush=True)
-            checkpoints[held_out] = pretrain_for(held_out, args)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        if args.pretrain_epochs:
+            print(f"pretraining {len(args.held_out)} models, each without one source ...", flush=True)
+            checkpoints = dict(zip(args.held_out, pool.map(functools.partial(pretrain_for, args=args), args.held_out)))
     jobs = [{"recipe": r, "held_out": h, "seed": s, "epochs": args.epochs, "cache_dir": str(args.cache_dir),
              "min_site_records": args.min_site_records, "checkpoint": checkpoints.get(h)}
             for s in args.seeds for r in args.recipes for h in args.held_out]
