@@ -8,6 +8,10 @@ preprocessing config, :data:`PIPELINE_VERSION` and the task definitions: change 
 cache is built. Builds go to a temporary directory renamed into place, so a crash never leaves a
 half cache; reloads open every array read-only with ``mmap_mode="r"`` (nothing is copied into
 RAM until a sample is indexed).
+
+One cache serves every lead set: a record with a lead that fails QC is kept with that lead masked
+(``meta["lead_faults"]``); each consumer leaves out the records it cannot use with its own leads
+(:func:`usable_rows`, and the splits' ``leads``), so a 6-lead model keeps what a 12-lead one skips.
 """
 
 from __future__ import annotations
