@@ -492,15 +492,16 @@ def ptbxl_folds(cohort: Cohort, *, leads: str | Sequence[str] = LEADS_12) -> tup
 
 
 def patient_split(cohort: Cohort, val_fraction: float = 0.1, seed: int = 0, *, test_fraction: float = 0.0,
-                  leads: str | Sequence[str] = LEADS_12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  leads: str | Sequence[str] = LEADS_12,
+                  rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random split by patient (no patient in two parts): ``(train, val, test)`` row indices.
 
-    Fractions are of patients; ``test`` is empty when ``test_fraction`` is 0. Only records usable
-    with ``leads`` (:func:`usable_rows`; default: every lead, strict).
+    Fractions are of patients; ``test`` is empty when ``test_fraction`` is 0. Only ``rows``
+    (default all) usable with ``leads`` (:func:`usable_rows`; default: every lead, strict).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must be in [0, 1)")
-    rows = usable_rows(cohort, leads)
+    rows = usable_rows(cohort, leads, rows)
     patients = np.array(sorted({cohort.patient_ids[i] for i in rows}))
     rng = np.random.default_rng(seed)
     rng.shuffle(patients)

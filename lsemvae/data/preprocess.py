@@ -41,7 +41,7 @@ from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
 from lsemvae.leads import check_limb_identities, to_12
 
-PIPELINE_VERSION = "1.1"
+PIPELINE_VERSION = "1.0"
 
 
 class PreprocessConfig(StrictModel):

@@ -83,9 +83,9 @@ def run_pretrain(args) -> int:
     train_parts, val_parts = [], []
     for cohort in cohorts.values():
         report_lead_faults(cohort, LEADS_12, None)
-        tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed)
-        held_out = np.array([m.get("strat_fold") in set(args.exclude_folds) for m in cohort.meta], dtype=bool)
-        tr, va = tr[~held_out[tr]], va[~held_out[va]]  # PTB-XL's test fold stays out of pretraining
+        # PTB-XL's test fold stays out of pretraining: rows chosen from the shared cache, split as if it held no more
+        kept = [i for i, m in enumerate(cohort.meta) if m.get("strat_fold") not in set(args.exclude_folds)]
+        tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed, rows=kept)
         train_parts.append(CohortDataset(cohort, tr, tasks=[]))  # unlabelled: the caches' labels differ by dataset
         val_parts.append(CohortDataset(cohort, va, tasks=[]))
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
