@@ -23,13 +23,15 @@ from lsemvae.leads import LEADS_12, resolve_lead_set
 from lsemvae.model.config import FUSIONS
 
 
-def _provenance(pcfg, cohorts, args) -> dict:
-    """What a pretrained checkpoint saw and what made it (``lsemvae pretrained export`` carries it into the card)."""
+def _provenance(pcfg, cohorts, args, used) -> dict:
+    """What a pretrained checkpoint saw (``used``: each cohort's rows it trained and validated on) and what made it
+    (``lsemvae pretrained export`` carries it into the card)."""
     from lsemvae.data.preprocess import PIPELINE_VERSION
     from lsemvae.provenance import code_state, command_line, environment
     return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
             "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()},
-            "data": {c_name: {"records": len(c), "patients": len(set(c.patient_ids))} for c_name, c in cohorts.items()},
+            "data": {c_name: {"records": len(used[c_name]), "patients": len({c.patient_ids[i] for i in used[c_name]})}
+                     for c_name, c in cohorts.items()},
             "excluded_folds": sorted(args.exclude_folds) if args.ptbxl else [], "val_fraction": args.val_fraction,
             "code": code_state(), "command": command_line(), "environment": environment()}
 
@@ -80,12 +82,13 @@ def run_pretrain(args) -> int:
     mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
     cohorts = load_cohorts(args, pcfg)
-    train_parts, val_parts = [], []
-    for cohort in cohorts.values():
+    train_parts, val_parts, used = [], [], {}
+    for name, cohort in cohorts.items():
         report_lead_faults(cohort, LEADS_12, None)
         # PTB-XL's test fold stays out of pretraining: rows chosen from the shared cache, split as if it held no more
         kept = [i for i, m in enumerate(cohort.meta) if m.get("strat_fold") not in set(args.exclude_folds)]
         tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed, rows=kept)
+        used[name] = np.concatenate([tr, va])
         train_parts.append(CohortDataset(cohort, tr, tasks=[]))  # unlabelled: the caches' labels differ by dataset
         val_parts.append(CohortDataset(cohort, va, tasks=[]))
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
@@ -96,7 +99,8 @@ def run_pretrain(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
     print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
-    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args), resume=args.resume)
+    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args, used),
+                     resume=args.resume)
     best = state["best_metrics"]
     print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
           f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
