@@ -1,4 +1,4 @@
-"""A model that travels: leave-one-source-out on the shared data (issue 18).
+"""A model that travels: leave-one-source-out on the shared data.
 
 Sources are the institutions we have: PTB-XL's recording sites with at least ``--min-site-records`` usable staged
 records (sites 1, 0 and 3; the smaller ones always train) and LUDB (another institution, country and device). For
@@ -16,7 +16,7 @@ sites, early stopping on fold 9, the README's benchmark), with the same seeds; h
 training, so its internal score is the fold-10 result.
 
 LUDB has no superclass labels: its cardiologists' statements are mapped (:func:`ludb_superclasses`; part of any
-external gap is such label mapping, as in the issue's seven outside databases).
+external gap is such label mapping, as it is for any outside database).
 
 Recipes (fine-tuning augmentation, :class:`lsemvae.train.augment.AugmentConfig`):
 

@@ -1,4 +1,4 @@
-"""Records crafted from the real shared ECGs, as hospitals' exports get them wrong (issue 18).
+"""Records crafted from the real shared ECGs, as hospitals' exports get them wrong.
 
 Every copy is a real WFDB record: either the original ``.dat`` with an edited header (a wrong gain)
 or the real signal, edited, written back with ``wfdb.wrsamp`` (flat or spiky leads, a shorter record).

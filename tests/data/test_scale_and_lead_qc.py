@@ -1,4 +1,4 @@
-"""QC that names the true cause (issue 18 items 1-2, issue 17 "implausible scale"), on records crafted from real ones.
+"""QC that names the true cause, on records crafted from real ones.
 
 * A gain error is a scale problem, not a flat line: WFDB copies of real PTB-XL records whose header gain is 1000x,
   5x or 0.2x the real one are rejected as wrong-scale or flagged implausible-amplitude with the measured amplitude

@@ -1,4 +1,4 @@
-"""Packaging: the Flower app bundle builds from pyproject.toml as it is (issue 18 item 8).
+"""Packaging: the Flower app bundle builds from pyproject.toml as it is.
 
 Flower's FAB format 1 accepts only ``license = { file = "LICENSE" }``; setuptools 77+ deprecates that table (the
 warning `make setup` printed), so the build backend is held below 77 until Flower takes the SPDX string.

@@ -1,4 +1,4 @@
-"""Other hospitals' ECGs, through the commands (issue 18 items 2, 3, 5, 7), on records crafted from real PTB-XL ones.
+"""Other hospitals' ECGs, through the commands, on records crafted from real PTB-XL ones.
 
 * QC applies to the leads the model reads: scoring, fine-tuning and a federated site's data keep a record whose
   precordial leads are flat or V2 spikes when the model reads 6 limb leads, and leave it out for 12.

@@ -1,4 +1,4 @@
-"""The README's quick start builds each cache once (issue 18 item 6): `data prepare` builds the PTB-XL cache, and
+"""The README's quick start builds each cache once: `data prepare` builds the PTB-XL cache, and
 `pretrain`, `finetune` and `evaluate` open that very cache (pretraining leaves fold 10 out by choosing rows); LUDB is
 built once by `pretrain --ludb`. Before, pretrain and finetune each built their own PTB-XL cache (three in all).
 
