@@ -383,6 +383,14 @@ def section_memory(r: Results) -> tuple[Table, str]:
     return t, data.get("note", "")
 
 
+def section_external(r: Results) -> tuple[Table, str]:
+    t = Table(r)
+    if not t.summary_rows("external.json"):
+        t.missing("leave-one-source-out gap (external - internal macro AUROC), before and after", "external.json")
+    data = r.get("external.json") or {}
+    return t, data.get("note", "")
+
+
 SECTIONS: list[tuple[str, Callable[[Results], tuple[Table, str]]]] = [
     ("1. Accuracy on real data (PTB-XL subset, 6 limb leads, superclasses, fold 10)", section_accuracy),
     ("2. Federated vs centralised", section_federated),
@@ -392,6 +400,7 @@ SECTIONS: list[tuple[str, Callable[[Results], tuple[Table, str]]]] = [
     ("6. Communication", section_communication),
     ("7. Membership inference", section_membership),
     ("8. Memory over rounds", section_memory),
+    ("9. External validity: leave one source out (PTB-XL sites, LUDB)", section_external),
 ]
 
 
@@ -571,7 +580,7 @@ def render(r: Results, out_dir: Path = BENCH) -> str:
 
 USED_FILES = {"ptbxl_accuracy.json", "federation.json", "privacy_utility.json", "speed.json", "dp_throughput.json",
               "scale.json", "communication.json", "membership_inference.json", "membership_inference_ptbxl.json",
-              "memory_rounds.json"}
+              "memory_rounds.json", "external.json"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,7 +118,8 @@ def _load(site_json: str, preprocess_json: str) -> SiteData:
     os.utime(cfg.cache_dir / f"{cfg.name}-{cohort.key[:16]}")   # most recently used (see _evict_caches)
     if len(cohort) == 0:
         raise ConfigError(f"site {cfg.name}: no usable records after preprocessing ({len(cohort.skipped)} skipped)")
-    train_idx, eval_idx, _ = patient_split(cohort, cfg.data.val_fraction, seed=0)
+    # QC applies to the site's leads: a 6-lead site keeps records whose precordial leads failed (masked in the cache)
+    train_idx, eval_idx, _ = patient_split(cohort, cfg.data.val_fraction, seed=0, leads=cfg.lead_names)
     return SiteData(cohort, tasks, train_idx, eval_idx)
 
 

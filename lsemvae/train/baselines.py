@@ -73,6 +73,8 @@ class ResNet1D(nn.Module):
     ``leads`` (a set name like ``"6L"`` or lead names) are the input channels; other leads of the 12-lead input are ignored.
     """
 
+    reads_any_length = True  # features are a mean over time
+
     def __init__(self, tasks: Mapping[str, object], *, leads: str | Sequence[str] = LIMB_LEADS,
                  widths: Sequence[int] = (32, 64, 96, 112), kernel: int = 7, dropout: float = 0.2):
         super().__init__()

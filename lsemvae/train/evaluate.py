@@ -38,8 +38,10 @@ def _class_names(task: Any, n: int) -> list[str]:
     return classes
 
 
-def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64) -> interpret.LogitsFn:
-    """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated)."""
+def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64, *,
+                   sample_mask: torch.Tensor | None = None) -> interpret.LogitsFn:
+    """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated), inside
+    the real samples of the records scored (``sample_mask [N, T]`` of the ``x`` the function is given)."""
     from lsemvae.train.finetune import crop_averaged_logits
 
     @torch.no_grad()
@@ -47,7 +49,8 @@ def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size
         model.eval()
         out: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(x), batch_size):
-            logits = crop_averaged_logits(model, x[i:i + batch_size], lead_mask[i:i + batch_size],
+            real = None if sample_mask is None else sample_mask[i:i + batch_size]
+            logits = crop_averaged_logits(model, x[i:i + batch_size], lead_mask[i:i + batch_size], sample_mask=real,
                                           crop_samples=crop_samples, n_crops=n_crops)
             for task, v in logits.items():
                 out.setdefault(task, []).append(v.float().numpy())
@@ -233,7 +236,9 @@ def _interpretability(model: nn.Module, cohort, test_indices: Sequence[int], lea
     """``({"gates", "lead_shares", "lead_ablation", "reconstruction"}, per-record gate weights and group
     names)``; gates and gate weights only for a gated model, reconstruction only for one with decoders."""
     x, mask = load_split(cohort, test_indices, lead_names)
-    logits_fn = crop_logits_fn(cfg.predict_kwargs.get("crop_samples"), cfg.predict_kwargs.get("n_crops", 1))
+    real = torch.from_numpy(np.asarray(cohort.sample_mask[np.asarray(test_indices, dtype=np.int64)]))
+    logits_fn = crop_logits_fn(cfg.predict_kwargs.get("crop_samples"), cfg.predict_kwargs.get("n_crops", 1),
+                               sample_mask=real)
     found: dict[str, Any] = {}
     gated = interpret.gate_weights(model, x, mask)
     if gated is not None:

@@ -48,25 +48,6 @@ def records100(ptbxl_root):
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    """A compact LS-EMVAE with a superclass head saved as `lsemvae finetune` saves it (6 leads, crop averaging).
-
-    Its heads start at zero (every probability 0.5): the weights are perturbed so scores differ by record.
-    """
-    torch.manual_seed(0)
-    cfg = get_profile("compact", tasks={"superclass": TaskHeadSpec(kind="multilabel", n_outputs=5)})
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, epoch=1, state={"predict_kwargs": CROPS},
-                    provenance={"leads": list(LIMB_LEADS),
-                                "preprocess_config": cfg.preprocess_config().model_dump(mode="json")})
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
@@ -87,7 +68,7 @@ def test_scores_a_folder_as_evaluation_scores_it(records100, ckpt_path, cache_di
                  "--cache-dir", str(cache_dir), "--no-progress"]) == 0
     assert "scored 10 record(s)" in capsys.readouterr().out
     rows = read_csv(out)
-    assert list(rows[0]) == ["record_id", "path", "leads", *(f"p:superclass:{c}" for c in CLASSES),
+    assert list(rows[0]) == ["record_id", "path", "leads", "qc", *(f"p:superclass:{c}" for c in CLASSES),
                              "gate:limb", "gate:augmented", "gate:septal", "gate:lateral"]
     assert [r["record_id"] for r in rows] == [f"{n:05d}_lr" for n in range(1, 11)]
     assert rows[0]["path"] == str(folder / "00001_lr.hea")
@@ -202,7 +183,7 @@ def test_cnn_checkpoint_through_the_command_and_user_errors(records100, ckpt_pat
                  str(folder / "00002_lr.dat"), str(folder), "--out", str(out), "--leads", "I,II,III", *common]) == 0
     rows = read_csv(out)  # the record named twice (file and folder) is scored once
     assert [r["record_id"] for r in rows] == ["00001_lr", "00002_lr", "ecgs/00003_lr"]
-    assert list(rows[0])[3:] == [f"p:superclass:{c}" for c in CLASSES]  # no gates in a CNN
+    assert list(rows[0])[4:] == [f"p:superclass:{c}" for c in CLASSES]  # no gates in a CNN
     assert {r["leads"] for r in rows} == {"I II III"}
     capsys.readouterr()
 
