@@ -148,7 +148,9 @@ def run(group: str, children: int) -> None:
                 "pytest_add_cli_args": ["-p", "no:warnings", "-q", "-x", "-m", "not e2e"]}
     with open(work / "pyproject.toml", "a") as fh:     # the checkout's, plus this group's [tool.mutmut]
         fh.write("\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
-    env = {**os.environ, "LSEMVAE_SHARED_DATA": str(REPO.parent / "shared" / "data")}
+    # one thread: mutmut forks its test processes from a warm one, and a forked torch thread pool deadlocks
+    env = {**os.environ, "LSEMVAE_SHARED_DATA": str(REPO.parent / "shared" / "data"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
     print(f"mutation: group {group}: {', '.join(modules)} (driven by {len(tests)} test files)", flush=True)
     subprocess.run([str(Path(sys.executable).parent / "mutmut"), "run", "--max-children", str(children)],
                    cwd=work, env=env, check=True)
