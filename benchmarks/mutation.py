@@ -52,8 +52,7 @@ SURVIVING = ("survived", "no tests", "timeout", "suspicious")
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "privacy": (["lsemvae/privacy/ledger.py", "lsemvae/privacy/dp.py", "lsemvae/privacy/randomness.py",
                  "lsemvae/fileio.py"],
-                ["tests/privacy/test_ledger.py", "tests/privacy/test_dp.py", "tests/privacy/test_commands.py",
-                 "tests/privacy/test_per_sample_gradients.py", "tests/test_fileio.py"]),
+                ["tests/privacy", "tests/test_fileio.py"]),
     "server": (["lsemvae/federation/aggregation.py", "lsemvae/federation/state.py",
                 "lsemvae/federation/private_eval.py"],
                ["tests/federation/test_aggregation.py", "tests/reliability/test_aggregation_order.py",
