@@ -186,10 +186,11 @@ def report(groups: list[str]) -> tuple[str, int]:
              "Every survivor is listed with why it is equivalent, from `benchmarks/mutation_equivalent.toml`.", "",
              "| Group | Tests |", "|---|---|",
              *[f"| {g} | {', '.join(f'`{t}`' for t in tests)} |" for g, (_, tests) in GROUPS.items()], "",
-             "| Module | Mutants | Killed | Survived (explained) | No test reaches it | Timeout |", "|---|---|---|---|---|---|"]
+             "| Module | Mutants | Killed | Survived (explained) | No test reaches it | Timeout | Not run yet |",
+             "|---|---|---|---|---|---|---|"]
     for module, c in counts.items():
         lines.append(f"| `{module}` | {sum(c.values())} | {c['killed'] + c['caught by type check']} | "
-                     f"{c['survived']} | {c['no tests']} | {c['timeout']} |")
+                     f"{c['survived']} | {c['no tests']} | {c['timeout']} | {c['not checked']} |")
     lines += ["", "`lsemvae/federation/site_round.py` is not mutated by mutmut: every test of it trains a model (a minute "
               "or more), so its hundreds of mutants would take days on this machine. Its guarantees were each checked by "
               "one mutation made by hand, and each failed the test named:", "",
