@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -113,7 +114,7 @@ def dump_toml(doc: dict[str, Any]) -> str:
 
 def _dump_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
     def key(k: str) -> str:
-        return k if k.replace("-", "").replace("_", "").isalnum() else json.dumps(k)
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)   # TOML's bare keys are ASCII
 
     nested = {k: v for k, v in table.items() if isinstance(v, dict)
               or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))}

@@ -8,7 +8,7 @@ import stat
 import numpy as np
 import pytest
 
-from lsemvae.fileio import atomic_open, atomic_write, atomic_write_json, dump_toml, private_dir
+from lsemvae.fileio import append_private, atomic_open, atomic_write, atomic_write_json, dump_toml, private_dir
 
 
 def test_a_crash_mid_write_leaves_the_old_file_and_no_temp(tmp_path):
@@ -56,7 +56,18 @@ def test_dump_toml_round_trips_a_site_config():
     assert tomllib.loads(dump_toml(doc)) == doc
     assert np.isclose(tomllib.loads(dump_toml({"x": 1e-5}))["x"], 1e-5)
     # keys TOML cannot take bare are quoted, in tables nested two deep too; False stays False
-    odd = {"plain-key_1": False, "a.b": 1, "with space": "v",
+    odd = {"plain-key_1": False, "a.b": 1, "with space": "v", "é": 1, "-": 2,
            "outer": {"in.ner": {"leaf key": 2, "ok": [{"x y": 3}]}}}
     assert tomllib.loads(dump_toml(odd)) == odd
     assert '[outer."in.ner"]' in dump_toml(odd) and "plain-key_1 = false" in dump_toml(odd)
+
+
+def test_append_private_appends_synced_lines_to_a_private_file(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    log = tmp_path / "state" / "outgoing-messages.jsonl"
+    append_private(log, "one\n")
+    append_private(log, "two é\n")
+    assert log.read_text(encoding="utf-8") == "one\ntwo é\n" and len(synced) == 2
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
