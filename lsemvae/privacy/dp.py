@@ -277,7 +277,7 @@ def conv1d_grad_sample(layer: nn.Conv1d, activations: list[torch.Tensor], backpr
     return out
 
 
-def use_fast_conv1d_grad_sampler(enabled: bool = True) -> None:
+def use_fast_conv1d_grad_sampler(enabled: bool) -> None:
     """Register :func:`conv1d_grad_sample` (or Opacus' own back) for nn.Conv1d, process-wide.
 
     Opacus keeps one grad-sampler registry per process; this swaps one entry, nothing else.

@@ -47,7 +47,8 @@ def test_plan_accounts_for_spending_already_on_the_ledger():
     q, spent = 1 / 13, [(1.0, 1 / 13, 13)]
     sigma = plan_noise_multiplier(target_epsilon=6.0, delta=DELTA, sample_rate=q, total_steps=26, already_spent_history=spent)
     assert epsilon_of(spent + [(sigma, q, 26)], delta=DELTA) == pytest.approx(6.0, rel=0.01)
-    with pytest.raises(BudgetExhausted):
+    with pytest.raises(BudgetExhausted, match=r"^already spent epsilon 3.709 >= target 3 \(delta=1e-05\): no noise "
+                       "multiplier can keep further training within the target$"):
         plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=q, total_steps=13,
                               already_spent_history=[(1.0, q, 26)])
 
@@ -293,3 +294,15 @@ def test_make_private_uses_our_conv1d_sampler_and_says_nothing_about_secure_mode
                      max_grad_norm=1.0)
     assert GradSampleModule.GRAD_SAMPLERS[nn.Conv1d] is conv1d_grad_sample
     assert not [w for w in caught if "Secure RNG" in str(w.message)]
+
+
+@pytest.mark.parametrize("bad, message", [({"noise_multiplier": -1.0}, "^noise_multiplier: must be"),
+                                          ({"max_grad_norm": 0.0}, "^max_grad_norm: must be"),
+                                          ({"grad_sample_mode": "fast"}, "^grad_sample_mode: 'fast' is not one of hooks, "
+                                                                         "functorch, ghost$")])
+def test_make_private_refuses_bad_settings_naming_them(bad, message):
+    model = nn.Linear(2, 1)
+    args = {"noise_multiplier": 1.0, "max_grad_norm": 1.0} | bad
+    with pytest.raises(ConfigError, match=message):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                     DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=2), **args)

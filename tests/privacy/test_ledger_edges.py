@@ -4,6 +4,8 @@ reason, where anchors live, what a reset carries over, what a missing ledger's m
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -48,19 +50,27 @@ def test_a_budget_must_be_a_positive_number(paths, bad):
     assert ledger.max_epsilon == 0.5
 
 
-def test_budget_changes_resets_and_re_anchors_are_logged_with_who_and_why(paths, caplog):
-    ledger = new_ledger(paths)
-    user = _user()
-    with caplog.at_level(logging.WARNING, logger="lsemvae.privacy.ledger"):
-        ledger.set_budget(max_epsilon=6.0, reason="DPO lowered the budget")
-        eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
-        PrivacyLedger.reset(paths[0], site="aspire", reason="new extract approved", anchor_dir=paths[1])
-    kept = next(paths[0].parent.glob("privacy-ledger.json.replaced-*"))
-    assert [r.getMessage() for r in caplog.records] == [
-        "site 'aspire': privacy budget changed 8 -> 6 (DPO lowered the budget)",
-        f"site 'aspire': privacy ledger RESET by {user} (new extract approved); previous epsilon {eps}; "
-        f"new ledger {paths[0]}"]
-    assert kept.name.endswith("Z") and kept.name[len("privacy-ledger.json.replaced-"):][8] == "T"
+def test_budget_changes_resets_and_re_anchors_are_logged_with_who_and_why(paths, caplog, monkeypatch):
+    """Under a local time zone 5:30 away from UTC, so that the kept file's UTC name is checked."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")                              # local time 5:30 away from UTC
+    time.tzset()
+    try:
+        ledger = new_ledger(paths)
+        user = _user()
+        with caplog.at_level(logging.WARNING, logger="lsemvae.privacy.ledger"):
+            ledger.set_budget(max_epsilon=6.0, reason="DPO lowered the budget")
+            eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+            PrivacyLedger.reset(paths[0], site="aspire", reason="new extract approved", anchor_dir=paths[1])
+        kept = next(paths[0].parent.glob("privacy-ledger.json.replaced-*"))
+        stamp = datetime.strptime(kept.name.removeprefix("privacy-ledger.json.replaced-"), "%Y%m%dT%H%M%S%fZ")
+        assert abs(stamp.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)) < timedelta(minutes=5)   # UTC
+        assert [r.getMessage() for r in caplog.records] == [
+            "site 'aspire': privacy budget changed 8 -> 6 (DPO lowered the budget)",
+            f"site 'aspire': privacy ledger RESET by {user} (new extract approved); previous epsilon {eps}; "
+            f"new ledger {paths[0]}"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_summary_a_site_reports(paths):
@@ -113,7 +123,8 @@ def test_a_re_anchor_logs_who_why_and_the_epsilon_it_vouched_for(paths, caplog):
     event = unanchored.events[-1]
     assert event["kind"] == "re-anchored" and event["reason"] == "anchor copied to the new volume" and event["user"]
     assert event["epsilon"] == pytest.approx(eps) and event["previous_anchor"] is True
-    assert "re-anchored" in caplog.text and "anchor copied to the new volume" in caplog.text and f"{eps:.4f}" in caplog.text
+    assert caplog.records[-1].getMessage() == (f"site 'aspire': privacy ledger re-anchored by {_user()} "
+                                                f"(anchor copied to the new volume) at epsilon {eps:.4f}")
 
 
 def test_open_unanchored_still_checks_whose_ledger_it_is(paths):
@@ -198,7 +209,8 @@ def test_a_reset_of_an_unreadable_ledger_says_why_and_takes_settings_given(paths
     fresh = PrivacyLedger.reset(paths[0], site="aspire", reason="disk error, custodian approved", anchor_dir=paths[1],
                                 accountant="prv", delta=1e-6)
     previous = fresh.events[0]["previous"]
-    assert "privacy ledger" in previous["unreadable"] and str(paths[0]) in previous["unreadable"]
+    assert previous["unreadable"].startswith(f"{paths[0]}: privacy ledger is not valid JSON (truncated or overwritten?")
+    assert previous["unreadable"].endswith("The site refuses to train. ")
     assert (fresh.accountant, fresh.delta, fresh.max_epsilon) == ("prv", 1e-6, 8.0)   # the budget from the anchor
     with pytest.raises(LedgerError, match="give --delta and --max-epsilon"):
         PrivacyLedger.reset(paths[0].with_name("other.json"), site="nobody", reason="only a delta given",
