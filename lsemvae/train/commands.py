@@ -3,7 +3,7 @@
 Data come from the cohort cache (:mod:`lsemvae.data.cache`): PTB-XL (``--ptbxl``, official
 strat_folds), LUDB (``--ludb``) or any folder of records (``--folder``), preprocessed at the
 model's sampling rate and length; ``finetune --cache`` takes a cohort already prepared
-(``lsemvae data prepare``), split by patient (:func:`~lsemvae.data.cache.cohort_split`).
+(``lsemvae data prepare``), split by patient (:func:`~lsemvae.data.cache.splits.cohort_split`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def report_lead_faults(cohort, leads, rows) -> None:
     """Say which records a command leaves out because a lead it reads failed QC (the cache keeps them masked)."""
     from collections import Counter
 
-    from lsemvae.data.cache import lead_fault_skips
+    from lsemvae.data.cache.splits import lead_fault_skips
     skips = lead_fault_skips(cohort, leads, rows)
     if skips:
         counts = ", ".join(f"{r} {n}" for r, n in Counter(s["reason"] for s in skips).most_common())
@@ -71,7 +71,8 @@ def report_lead_faults(cohort, leads, rows) -> None:
 
 
 def run_pretrain(args) -> int:
-    from lsemvae.data.cache import CohortDataset, patient_split
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import patient_split
     from lsemvae.model.config import get_profile
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
@@ -162,9 +163,9 @@ def _require_both_classes(cohort, tasks, parts: dict) -> None:
 
 
 def run_finetune(args) -> int:
-    from lsemvae.data.cache import (
-        CohortDataset, cohort_split, cohort_tasks, label_fraction, load_cohort, matching_cohort,
-    )
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import cohort_split, label_fraction
+    from lsemvae.data.cache.store import cohort_tasks, load_cohort, matching_cohort
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.train.checkpoint import save_checkpoint

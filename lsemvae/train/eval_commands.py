@@ -21,7 +21,7 @@ SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 
 def _cohort(args, model, ckpt):
-    from lsemvae.data.cache import load_cohort, matching_cohort
+    from lsemvae.data.cache.store import load_cohort, matching_cohort
     from lsemvae.data.commands import dataset_cohort
     from lsemvae.train.checkpoint import preprocess_config
 
@@ -37,7 +37,7 @@ def _cohort(args, model, ckpt):
 def _split(cohort, split: str, recorded: dict | None, leads):
     """``(rows scored, validation rows for thresholds)``: the parts fine-tuning recorded (``recorded``), records
     usable with ``leads`` only (QC applies to the leads the model reads)."""
-    from lsemvae.data.cache import cohort_split, has_ptbxl_folds, usable_rows
+    from lsemvae.data.cache.splits import cohort_split, has_ptbxl_folds, usable_rows
 
     if split == "all":
         return usable_rows(cohort, leads), None
@@ -57,7 +57,7 @@ def _split(cohort, split: str, recorded: dict | None, leads):
 def run_evaluate(args) -> int:
     import torch
 
-    from lsemvae.data.cache import cohort_tasks
+    from lsemvae.data.cache.store import cohort_tasks
     from lsemvae.data.tasks import task_name
     from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier
 

@@ -210,7 +210,7 @@ def _model_tasks(model: nn.Module, cohort, test_indices: Sequence[int], lead_nam
 
 def _predict(model: nn.Module, cohort, indices: Sequence[int], lead_names: Sequence[str], tasks: Mapping[str, Any],
              cfg: EvalConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.cache.dataset import CohortDataset
     from lsemvae.train.finetune import predict
 
     return predict(model, CohortDataset(cohort, indices, leads=lead_names, tasks=list(tasks)), tasks,

@@ -102,7 +102,8 @@ def predict_cohort(model, cohort, tasks: Mapping[str, Any], *, leads: str | Sequ
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from lsemvae.data.cache import CohortDataset, lead_fault_skips, usable_rows
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import lead_fault_skips, usable_rows
     from lsemvae.leads import LEADS_12, resolve_lead_set
     from lsemvae.train.evaluate import _class_names
     from lsemvae.train.finetune import crop_averaged_logits, probabilities
@@ -196,7 +197,8 @@ def _cell(value) -> str:
 
 
 def _cohort(args, model, ckpt):
-    from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
+    from lsemvae.data.cache.build import build_cohort
+    from lsemvae.data.cache.store import load_cohort, matching_cohort
     from lsemvae.errors import RecordError
     from lsemvae.data.sources import with_gain_correction
     from lsemvae.train.checkpoint import preprocess_config
