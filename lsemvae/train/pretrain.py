@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from pydantic import Field
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -79,13 +79,29 @@ class Runtime:
     procs: Processes = Processes()
 
 
+class PretrainObjective(nn.Module):
+    """The model and its pretraining loss as one module. DistributedDataParallel wraps this, so its search for
+    parameters without a gradient starts from the loss: the compact profile's fusion gate is in the model's outputs
+    but not in its loss (uniform bound weights), and a search from the outputs would wait for its gradient forever."""
+
+    def __init__(self, model: LSEMVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, lead_mask, fusion_mask, target, target_mask, *, beta: float, noise=None):
+        out = self.model(x, lead_mask, fusion_mask=fusion_mask, noise=noise)
+        return vae_objective(out, target, beta=beta, objective=self.model.config.objective, target_mask=target_mask)
+
+
 def train_epoch(model, dataset: Dataset, cfg: PretrainConfig, optimizer, epoch: int, *, progress: bool = True,
                 runtime: Runtime = Runtime(), scaler=None) -> dict[str, float]:
-    """One epoch. ``model`` may be wrapped in DistributedDataParallel: ``cfg.batch_size`` records per process, and
-    every process draws the whole batch's randomness (:mod:`lsemvae.train.distributed`)."""
-    core = getattr(model, "module", model)
+    """One epoch. ``model`` is an :class:`LSEMVAE` or, under torchrun, its :class:`PretrainObjective` in
+    DistributedDataParallel: ``cfg.batch_size`` records per process, and every process draws the whole batch's
+    randomness (:mod:`lsemvae.train.distributed`)."""
+    objective = PretrainObjective(model) if isinstance(model, LSEMVAE) else model
+    core = getattr(objective, "module", objective).model
     procs = runtime.procs
-    model.train()
+    objective.train()
     torch.manual_seed(cfg.seed * 7919 + epoch)  # reparameterisation noise
     sampler = EpochBatches(epoch_order(len(dataset), cfg.batch_size * procs.world, epoch_generator(cfg.seed, epoch)),
                            procs)
@@ -106,13 +122,11 @@ def train_epoch(model, dataset: Dataset, cfg: PretrainConfig, optimizer, epoch: 
         batch = to_device(batch, runtime.device)
         noise = _rows_of_noise(share) if procs.world > 1 else None
         with autocast(runtime.device, runtime.precision):
-            out = model(to_device(x, runtime.device), batch["lead_mask"], fusion_mask=to_device(keep, runtime.device),
-                        noise=noise)
-            loss, parts = vae_objective(out, _target(batch, core), beta=beta, objective=core.config.objective,
-                                        target_mask=batch.get("beat_mask"))
+            loss, parts = objective(to_device(x, runtime.device), batch["lead_mask"], to_device(keep, runtime.device),
+                                    _target(batch, core), batch.get("beat_mask"), beta=beta, noise=noise)
         if not math.isfinite(loss.item()):
             raise LSEMVAEError(f"pretraining loss is {loss.item()} at epoch {epoch}: lower --lr or check the data")
-        _step(model, loss if procs.world == 1 else loss * share.weight, optimizer, cfg, scaler)
+        _step(objective, loss if procs.world == 1 else loss * share.weight, optimizer, cfg, scaler)
         b = share.count
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * b
@@ -252,14 +266,15 @@ def pretrain(model: LSEMVAE, train_set: Dataset, val_set: Dataset, cfg: Pretrain
 
 
 def _parallel(model: LSEMVAE, runtime: Runtime):
-    """The model as DistributedDataParallel under torchrun (leads absent from a batch leave their encoder unused,
-    hence ``find_unused_parameters``); the model itself for one process."""
+    """The model's :class:`PretrainObjective` in DistributedDataParallel under torchrun (parameters outside the loss,
+    the fusion gate, and encoders of leads absent from a batch get no gradient, hence ``find_unused_parameters``);
+    the model itself for one process."""
     if runtime.procs.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(PretrainObjective(model), device_ids=ids, find_unused_parameters=True)
 
 
 #: Training settings per model profile; ``faithful`` keeps the paper's code's (AdamW, lr 5e-4, weight decay
