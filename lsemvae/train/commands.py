@@ -21,7 +21,7 @@ from lsemvae.config import validate
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import LEADS_12, resolve_lead_set
 from lsemvae.model.config import FUSIONS
-from lsemvae.train.device import add_device_arguments
+from lsemvae.train.device import add_device_arguments, place
 
 
 def _provenance(pcfg, cohorts, args, used) -> dict:
@@ -212,6 +212,7 @@ def run_finetune(args) -> int:
     torch.manual_seed(args.seed)
     leads = resolve_lead_set(args.leads)
     model, recipe, provenance = _finetune_model(args, tasks, heads)
+    place(model, args.device)
     # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
     pcfg = (model.config if args.model == "lsemvae" else get_profile(args.profile)).preprocess_config()
     cohort = matching_cohort(prepared, pcfg) if prepared else load_cohorts(args, pcfg, tasks=list(args.task))["ptb-xl"]
@@ -324,6 +325,7 @@ def register(subparsers) -> None:
                    help="--cache: share of patients held out for testing (default 0.15; PTB-XL keeps fold 10)")
     p.add_argument("--split-seed", type=int, default=0, help="--cache: seed of the patient split (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=lambda a: run_finetune(_with_default_task(a)))
 
 

@@ -44,6 +44,18 @@ def resolve_device(name: str = "auto", *, local_rank: int | None = None) -> torc
     return torch.device(kind)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for one without any): its inputs are moved there."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def place(model: torch.nn.Module, name: str = "auto") -> torch.nn.Module:
+    """``model`` on the ``--device`` ``name``. Checkpoints load onto the CPU (:func:`~lsemvae.train.checkpoint.
+    load_checkpoint` maps every tensor there), so any checkpoint runs on any device this way."""
+    return model.to(resolve_device(name))
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 

@@ -16,6 +16,7 @@ from lsemvae.argtypes import open_fraction, positive_int
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import resolve_lead_set
 from lsemvae.train.commands import report_lead_faults
+from lsemvae.train.device import add_device_arguments, place
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb-xl"
 
@@ -63,6 +64,7 @@ def run_evaluate(args) -> int:
 
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
+    place(model, args.device)
     heads = list(model.heads)
     task_names = [task_name(t) for t in args.task] if args.task else heads
     missing = [t for t in task_names if t not in heads]
@@ -174,4 +176,5 @@ def register(subparsers) -> None:
     p.add_argument("--ig-per-class", type=positive_int, default=16, help="records per class explained by integrated gradients")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--title", default=None, help="report title")
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=run_evaluate)

@@ -22,6 +22,7 @@ import numpy as np
 
 from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.errors import ConfigError, LSEMVAEError
+from lsemvae.train.device import add_device_arguments, place
 
 SKIP_NO_LEADS = "no-requested-leads"
 FORMATS_HINT = "WFDB .hea + .dat/.mat, DICOM, HL7 aECG, MUSE XML, CardioSoft XML or EDF"
@@ -229,6 +230,7 @@ def run_predict(args) -> int:
     _check_arguments(args)
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
+    place(model, args.device)
     leads = _input_leads(args, model, ckpt)
     tasks = head_tasks(model)
     thresholds = read_thresholds(args.thresholds, tasks) if args.thresholds else {}  # refused before any work
@@ -337,4 +339,5 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="records per forward pass")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=run_predict)
