@@ -272,7 +272,9 @@ def _markdown(rows: list[dict], final: dict, tasks: list[str], summary: dict, fi
              *([f"Started from the pretrained checkpoint {src.get('name', src.get('path', '?'))} (sha256 "
                 f"`{src.get('sha256', '?')}`), pretrained on {src.get('pretrained_on', '?')}.\n"] if src else []),
              "Privacy is each site's cumulative epsilon (its own delta); the federation's is the MAX over sites. "
-             "A round's model is evaluated with the next round's training (the last one at the end).\n",
+             "A round's model is evaluated with the next round's training (the last one at the end). "
+             "Pooled AUROC is estimated from the sites' k-anonymous score cells, not computed from records: with "
+             "small sites it can be off by a few hundredths (README, 'Evaluation is the site's aggregate').\n",
              *([f"**NO PRIVACY GUARANTEE: sites trained without DP: {', '.join(summary['non_dp_sites'])}.**\n"]
                if summary["non_dp_sites"] else []),
              *([f"**A site's epsilon went DOWN (its ledger was rolled back or reset): {summary['epsilon_decreased']}.**\n"]

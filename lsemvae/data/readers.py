@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -22,6 +23,10 @@ import numpy as np
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import LSEMVAEError, RecordError
 from lsemvae.leads import canonical_leads
+
+# wfdb calls pandas with an argument pandas 3 deprecates, on import: a warning for wfdb's authors, which every
+# site console and ClientApp printed to hospital operators as if it were theirs.
+warnings.filterwarnings("ignore", message="The inplace keyword", module=r"wfdb\.")
 
 # Plausible ECG sampling rates. Below 50 Hz the QRS complex is not resolved; above 20 kHz the
 # value is almost certainly a header error (e.g. a counter frequency in the fs field).

@@ -118,7 +118,7 @@ def stop_session(sid: int) -> None:
     it left, orphaned or not) and everything they spawned: SIGTERM, then SIGKILL what is left."""
     def session_of(pid: int) -> int | None:
         try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])   # state ppid pgrp session
         except (OSError, IndexError, ValueError):
             return None
 

@@ -73,10 +73,11 @@ def test_preflight_reads_every_record_and_counts_the_bad_ones_by_reason(site):
     assert cfg.state_dir.stat().st_mode & 0o077 == 0                 # the cache it built is private
 
 
-def test_preflight_fails_when_the_budget_left_cannot_buy_useful_training(site):
+def test_preflight_fails_when_the_budget_left_cannot_buy_useful_training(tmp_path):
     from lsemvae.privacy.ledger import PrivacyLedger
 
-    cfg = load_site_config(site[2])
+    name = write_sites(tmp_path, n_sites=1, records=24)[0]       # its own site: it spends the whole budget
+    cfg = load_site_config(tmp_path / "sites" / f"{name}.toml")
     ledger = PrivacyLedger.open_or_create(cfg.ledger_path, site=cfg.name, delta=cfg.privacy.delta,
                                           max_epsilon=cfg.privacy.epsilon, anchor_dir=cfg.anchor_dir)
     ledger.record_round(round_number=1, run_id="earlier", history=[(0.6, 0.5, 40)])   # almost all of it spent

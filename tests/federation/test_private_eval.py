@@ -100,6 +100,8 @@ def test_a_cell_whose_mean_is_at_or_next_to_an_end_is_spread_exactly():
     centres = (np.arange(GRID) + 0.5) / GRID
     ends = on_grid(ClassCounts(edges=[0.0, 0.5, 1.0], counts=[10, 7], means=[0.0005, 0.9995]))
     assert ends[0] == 10 and ends[-1] == 7 and ends.sum() == 17
+    two_points = on_grid(ClassCounts(edges=[0.0, 0.002, 1.0], counts=[10, 7], means=[0.0015, 0.5]))
+    assert two_points[:2].tolist() == [0, 10]          # a two-bin cell whose mean is its top bin
     for means in ([0.0009, 0.999], [0.0001, 1.0]):
         grid = on_grid(ClassCounts(edges=[0.0, 0.5, 1.0], counts=[10, 7], means=means))
         low, high = grid[:500], grid[500:]

@@ -69,7 +69,7 @@ def test_simulation_three_sites_and_resume(tmp_path):
     assert rows[-1]["eval"][six[0]]["gates"]["septal"] == 0 and set(rows[-1]["gates"]) == {"limb", "augmented",
                                                                                             "septal", "lateral"}
     assert rows[-1]["gates"]["septal"] > 0                            # the 12-lead sites use their chest leads
-    assert "## HiME gate weights (final round)" in (out / "server" / "report" / "report.md").read_text()
+    assert "## HiME gate weights (last model)" in (out / "server" / "report" / "report.md").read_text()
     assert (out / "server" / "report" / "gates.png").is_file()
     # the private simulation SuperLink of the resumed run is gone
     port = resumed.stdout.split("simulation SuperLink on 127.0.0.1:")[1].split(" ")[0]
