@@ -122,6 +122,9 @@ def _pretrain(args, runtime) -> int:
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
     if len(val_set) == 0:
         raise ConfigError("the validation split is empty: raise --val-fraction or add data")
+    if len(val_set) < runtime.procs.world:  # each process validates a share: none may be empty
+        raise ConfigError(f"the validation split has {len(val_set)} record(s), fewer than the {runtime.procs.world} "
+                          "process(es) that validate it: raise --val-fraction, add data or start fewer processes")
     cfg = validate(PretrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                     "seed": args.seed}, source="command line")
     torch.manual_seed(args.seed)
