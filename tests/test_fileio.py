@@ -55,3 +55,8 @@ def test_dump_toml_round_trips_a_site_config():
            "data": {"root": "/x y/\"q\""}, "tasks": [{"name": "t", "column": "c"}, {"name": "u"}]}
     assert tomllib.loads(dump_toml(doc)) == doc
     assert np.isclose(tomllib.loads(dump_toml({"x": 1e-5}))["x"], 1e-5)
+    # keys TOML cannot take bare are quoted, in tables nested two deep too; False stays False
+    odd = {"plain-key_1": False, "a.b": 1, "with space": "v",
+           "outer": {"in.ner": {"leaf key": 2, "ok": [{"x y": 3}]}}}
+    assert tomllib.loads(dump_toml(odd)) == odd
+    assert '[outer."in.ner"]' in dump_toml(odd) and "plain-key_1 = false" in dump_toml(odd)

@@ -10,7 +10,8 @@ import pytest
 
 from lsemvae.privacy import LedgerMismatch, LedgerMissing, PrivacyLedger
 from lsemvae.privacy.dp import epsilon_of
-from lsemvae.privacy.ledger import ANCHOR_DIR_ENV, LedgerError, default_anchor_dir
+from lsemvae.privacy.dp import BudgetExhausted
+from lsemvae.privacy.ledger import ANCHOR_DIR_ENV, LedgerError, _user, default_anchor_dir
 
 DELTA = 1e-5
 Q = 1 / 13
@@ -31,6 +32,47 @@ def test_a_round_that_lands_exactly_on_the_budget_may_train(paths):
     projected = ledger.projected_epsilon(noise_multiplier=1.0, sample_rate=Q, steps=13)
     ledger.set_budget(max_epsilon=projected, reason="budget set to exactly one round")
     assert ledger.check_can_train(noise_multiplier=1.0, sample_rate=Q, steps=13) == projected
+    with pytest.raises(BudgetExhausted) as err:                         # one step more does not fit
+        ledger.check_can_train(noise_multiplier=1.0, sample_rate=Q, steps=14)
+    assert ("This site's data has given what its budget allows: leave it out of further rounds. Only if the data "
+            "custodian approves a larger budget, raise it with `lsemvae privacy set-budget` (logged); fewer local "
+            "steps or a larger noise multiplier make a round cheaper.") in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_budget_must_be_a_positive_number(paths, bad):
+    ledger = new_ledger(paths)
+    with pytest.raises(LedgerError, match=f"max_epsilon must be a positive number \\(got {bad}\\)"):
+        ledger.set_budget(max_epsilon=bad, reason="testing the bounds")
+    ledger.set_budget(max_epsilon=0.5, reason="a small budget is a budget")
+    assert ledger.max_epsilon == 0.5
+
+
+def test_budget_changes_resets_and_re_anchors_are_logged_with_who_and_why(paths, caplog):
+    ledger = new_ledger(paths)
+    user = _user()
+    with caplog.at_level(logging.WARNING, logger="lsemvae.privacy.ledger"):
+        ledger.set_budget(max_epsilon=6.0, reason="DPO lowered the budget")
+        eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+        PrivacyLedger.reset(paths[0], site="aspire", reason="new extract approved", anchor_dir=paths[1])
+    kept = next(paths[0].parent.glob("privacy-ledger.json.replaced-*"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "site 'aspire': privacy budget changed 8 -> 6 (DPO lowered the budget)",
+        f"site 'aspire': privacy ledger RESET by {user} (new extract approved); previous epsilon {eps}; "
+        f"new ledger {paths[0]}"]
+    assert kept.name.endswith("Z") and kept.name[len("privacy-ledger.json.replaced-"):][8] == "T"
+
+
+def test_the_summary_a_site_reports(paths):
+    ledger = new_ledger(paths)
+    eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    ledger.set_budget(max_epsilon=2.0, reason="lowered below what is spent")
+    summary = ledger.summary()
+    assert summary | {"events": None} == {
+        "site": "aspire", "ledger": str(paths[0]), "accountant": "rdp", "delta": DELTA, "max_epsilon": 2.0,
+        "epsilon": eps, "remaining": 0.0, "total_steps": 13, "rounds": 1, "resets": 0,
+        "history": [[1.0, Q, 13]], "events": None}
+    assert [e["kind"] for e in summary["events"]] == ["created", "round", "budget"]
 
 
 def test_projected_epsilon_uses_the_ledgers_own_accountant(paths):
@@ -112,7 +154,52 @@ def test_a_missing_ledger_says_what_was_spent_where_it_was_kept_and_what_to_do(p
         PrivacyLedger.open_or_create(moved, site="aspire", delta=DELTA, max_epsilon=8.0, anchor_dir=paths[1])
     msg = str(err.value)
     assert f"epsilon {eps:.3f} already spent (13 steps)" in msg and str(paths[1] / "aspire.json") in msg
-    assert f"It was last kept at {paths[0]}" in msg and f"lsemvae privacy reset --ledger {moved}" in msg
+    assert f"It was last kept at {paths[0]}" in msg and f"lsemvae privacy reset --ledger {moved} --site aspire" in msg
     with pytest.raises(LedgerMissing) as same:                          # where it was: no "last kept" hint
         PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
-    assert "last kept" not in str(same.value)
+    assert "the site refuses to train. Restore the file" in str(same.value)
+
+
+def test_opening_where_there_is_no_ledger_and_no_anchor(paths, monkeypatch):
+    with pytest.raises(LedgerError, match="no privacy ledger here for site 'aspire'$"):
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    with pytest.raises(LedgerError, match="no privacy ledger here$"):
+        PrivacyLedger.open(paths[0], anchor_dir=paths[1])
+    monkeypatch.setenv(ANCHOR_DIR_ENV, str(paths[1]))                   # no anchor_dir: the default one
+    new_ledger(paths).record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    assert PrivacyLedger.open(paths[0], site="aspire").total_steps == 13
+
+
+def test_a_damaged_anchor_does_not_stop_a_re_anchor_or_a_reset(paths):
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    (paths[1] / "aspire.json").write_text("{not json")
+    unanchored = PrivacyLedger.open_unanchored(paths[0], site="aspire", anchor_dir=paths[1])
+    unanchored.re_anchor(reason="anchor disk was damaged")
+    assert unanchored.events[-1]["previous_anchor"] is False
+    (paths[1] / "aspire.json").write_text("{not json")
+    fresh = PrivacyLedger.reset(paths[0], site="aspire", reason="start again, DPO approved", anchor_dir=paths[1])
+    assert fresh.resets == 1 and fresh.max_epsilon == 8.0                # settings from the readable ledger
+
+
+def test_a_reset_counts_on_from_whichever_record_survives(paths):
+    new_ledger(paths)
+    for _ in range(2):
+        PrivacyLedger.reset(paths[0], site="aspire", reason="reset for the test", anchor_dir=paths[1])
+    (paths[1] / "aspire.json").unlink()                                  # only the ledger remembers 2 resets
+    assert PrivacyLedger.reset(paths[0], site="aspire", reason="reset for the test", anchor_dir=paths[1]).resets == 3
+    paths[0].unlink()                                                    # only the anchor remembers 3
+    assert PrivacyLedger.reset(paths[0], site="aspire", reason="reset for the test", anchor_dir=paths[1]).resets == 4
+
+
+def test_a_reset_of_an_unreadable_ledger_says_why_and_takes_settings_given(paths):
+    new_ledger(paths, accountant="rdp")
+    paths[0].write_text("garbage")
+    fresh = PrivacyLedger.reset(paths[0], site="aspire", reason="disk error, custodian approved", anchor_dir=paths[1],
+                                accountant="prv", delta=1e-6)
+    previous = fresh.events[0]["previous"]
+    assert "privacy ledger" in previous["unreadable"] and str(paths[0]) in previous["unreadable"]
+    assert (fresh.accountant, fresh.delta, fresh.max_epsilon) == ("prv", 1e-6, 8.0)   # the budget from the anchor
+    with pytest.raises(LedgerError, match="give --delta and --max-epsilon"):
+        PrivacyLedger.reset(paths[0].with_name("other.json"), site="nobody", reason="only a delta given",
+                            anchor_dir=paths[1], delta=1e-5)

@@ -44,6 +44,13 @@ def test_poisson_batches_refuse_impossible_settings(args):
         R.PoissonBatches(*args)
 
 
+def test_the_smallest_possible_settings_are_allowed(monkeypatch):
+    assert list(R.PoissonBatches(1, 1.0, 1)) == [[0]]                   # one record, always sampled, one step
+    monkeypatch.setattr(R.os, "urandom", lambda n: b"\x00" * n)
+    (x,) = next(iter(R.poisson_loader(TensorDataset(torch.ones(1, 3)), steps=1)))
+    assert x.shape == (1, 3)                                             # a one-record dataset still loads
+
+
 def test_an_empty_poisson_batch_keeps_the_datasets_structure(monkeypatch):
     monkeypatch.setattr(R.os, "urandom", lambda n: b"\xff" * n)          # every uniform ~1: nobody is sampled
     loader = R.poisson_loader(TensorDataset(torch.ones(6, 3), torch.zeros(6)), steps=2)
