@@ -68,7 +68,7 @@ def dataset_cohort(dataset: str, root: Path, cfg: PreprocessConfig, cache_dir: P
     (a training command chooses rows, e.g. leaves PTB-XL fold 10 out), the dataset's default tasks
     plus ``tasks``. Tasks asked for by name must have labels (:func:`require_labels`).
     """
-    from lsemvae.data.cache import build_cohort
+    from lsemvae.data.cache.build import build_cohort
 
     refs = index_dataset(dataset, root, labels=labels, rate=rate or (100 if cfg.fs <= 100 else 500))
     if limit:

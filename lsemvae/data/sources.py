@@ -38,7 +38,8 @@ class RecordRef:
     ``meta["source"]`` names the dataset or site. ``load()`` returns the :class:`ECGRecord` with
     these ids and the metadata merged over whatever the file itself carries, its signal multiplied
     by ``gain_correction`` (a source whose export has a wrong gain, see :func:`with_gain_correction`).
-    ``format``, when the index already sniffed the file, spares reading it to detect its format again.
+    ``format``, when the index already sniffed the file, spares reading it to detect its format again;
+    ``member`` names the record inside a file that holds many (read by its format's reader, ``format`` required).
     """
 
     record_id: str
@@ -47,9 +48,15 @@ class RecordRef:
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     format: str | None = field(default=None, compare=False)
     gain_correction: float = 1.0
+    member: str | None = None  # a record inside a container file (a CODE-15% HDF5 part holds many exams)
+
+    @property
+    def where(self) -> str:
+        """Where the record is, for messages and the cache's ``paths``: its file, or ``file#member``."""
+        return str(self.path) if self.member is None else f"{self.path}#{self.member}"
 
     def load(self) -> ECGRecord:
-        rec = read_record(self.path, format=self.format)
+        rec = read_record(self.path, format=self.format, member=self.member)
         meta = {**rec.meta, **self.meta}
         signal = rec.signal
         if self.gain_correction != 1.0:
@@ -349,59 +356,19 @@ def _is_binary(value: Any) -> bool:
 def _read_labels_csv(
     path: Path, id_column: str, patient_column: str, label_columns: Sequence[str] | None,
 ) -> list[tuple[int, _ManifestRow]]:
-    if not path.is_file():
-        raise ManifestError(f"{path}: labels CSV not found")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ManifestError(f"{path}: not UTF-8 text (byte offset {err.start}); save the CSV as UTF-8") from None
-    reader = _NumberedReader(text.splitlines(keepends=True))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    if not header:
-        raise ManifestError(f"{path}: empty file, expected a header row with {id_column}, {patient_column}, labels")
-    reader.fieldnames = header
-    if len(set(header)) != len(header):
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        raise ManifestError(f"{path}: duplicate column names {dupes}")
-    missing = [c for c in (id_column, patient_column, *(label_columns or ())) if c not in header]
-    if missing:
-        raise ManifestError(f"{path}: column(s) {missing} missing; found columns: {', '.join(header)}")
+    """The rows of a labels CSV, each with the line it ends on; every problem of the file is reported at once."""
+    reader = _NumberedReader(_csv_text(path).splitlines(keepends=True))
+    header = _csv_header(path, reader, id_column, patient_column, label_columns)
     records = list(reader)
-    if label_columns is not None:
-        labels = list(label_columns)
-    else:
-        # Default: columns named like a task are labels (checked strictly); other columns are labels
-        # when every cell is 0/1/blank, else kept as text metadata (age, sex, notes...).
-        labels = [h for h in header if h not in (id_column, patient_column)
-                  and (h in TASKS or all(_is_binary(r.get(h)) for r in records))]
-    if not labels:
-        raise ManifestError(f"{path}: no label columns (found only {', '.join(header)}); label columns hold 0/1, "
-                            "blank for unknown")
+    labels = _label_columns(path, header, records, (id_column, patient_column), label_columns)
     extra_cols = [h for h in header if h not in (id_column, patient_column, *labels)]
-
     rows: list[tuple[int, _ManifestRow]] = []
     seen: dict[str, int] = {}
     errors: list[str] = []
     for cells in records:
         line = cells.pop(_LINE)
-        if None in cells:
-            errors.append(f"{path}: line {line}: more cells than header columns")
-            continue
-        parsed: dict[str, float] = {}
-        for col in labels:
-            try:
-                parsed[col] = parse_binary(cells.get(col), where=f"{path}: line {line}, column {col!r}")
-            except ConfigError as err:
-                errors.append(str(err))
-        try:
-            row = _ManifestRow(
-                record_id=cells.get(id_column) or "", patient_id=cells.get(patient_column) or "",
-                labels=parsed, extra={c: (cells.get(c) or "").strip() for c in extra_cols},
-            )
-        except ValidationError as err:
-            for e in err.errors():
-                col = id_column if e["loc"][0] == "record_id" else patient_column
-                errors.append(f"{path}: line {line}, column {col!r}: {e['msg']}")
+        row = _manifest_row(path, line, cells, (id_column, patient_column), labels, extra_cols, errors)
+        if row is None:
             continue
         if row.record_id in seen:
             errors.append(f"{path}: line {line}, column {id_column!r}: record {row.record_id!r} already on line "
@@ -415,6 +382,68 @@ def _read_labels_csv(
     if not rows:
         raise ManifestError(f"{path}: header only, no rows")
     return rows
+
+
+def _csv_text(path: Path) -> str:
+    if not path.is_file():
+        raise ManifestError(f"{path}: labels CSV not found")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte offset {err.start}); save the CSV as UTF-8") from None
+
+
+def _csv_header(path: Path, reader: _NumberedReader, id_column: str, patient_column: str,
+                label_columns: Sequence[str] | None) -> list[str]:
+    """The stripped header (set on ``reader``): present, without duplicates, holding the columns asked for."""
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise ManifestError(f"{path}: empty file, expected a header row with {id_column}, {patient_column}, labels")
+    reader.fieldnames = header
+    if len(set(header)) != len(header):
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        raise ManifestError(f"{path}: duplicate column names {dupes}")
+    missing = [c for c in (id_column, patient_column, *(label_columns or ())) if c not in header]
+    if missing:
+        raise ManifestError(f"{path}: column(s) {missing} missing; found columns: {', '.join(header)}")
+    return header
+
+
+def _label_columns(path: Path, header: list[str], records: list[dict], ids: tuple[str, str],
+                   label_columns: Sequence[str] | None) -> list[str]:
+    """``label_columns`` if given; else the columns named like a task (checked strictly) and the columns whose
+    every cell is 0/1/blank (other columns are kept as text metadata: age, sex, notes...)."""
+    if label_columns is not None:
+        labels = list(label_columns)
+    else:
+        labels = [h for h in header if h not in ids and (h in TASKS or all(_is_binary(r.get(h)) for r in records))]
+    if not labels:
+        raise ManifestError(f"{path}: no label columns (found only {', '.join(header)}); label columns hold 0/1, "
+                            "blank for unknown")
+    return labels
+
+
+def _manifest_row(path: Path, line: int, cells: dict, ids: tuple[str, str], labels: list[str], extra_cols: list[str],
+                  errors: list[str]) -> _ManifestRow | None:
+    """One row, or None with its problems appended to ``errors`` (file, line and column named)."""
+    id_column, patient_column = ids
+    if None in cells:
+        errors.append(f"{path}: line {line}: more cells than header columns")
+        return None
+    parsed: dict[str, float] = {}
+    for col in labels:
+        try:
+            parsed[col] = parse_binary(cells.get(col), where=f"{path}: line {line}, column {col!r}")
+        except ConfigError as err:
+            errors.append(str(err))
+    try:
+        return _ManifestRow(record_id=cells.get(id_column) or "", patient_id=cells.get(patient_column) or "",
+                            labels=parsed, extra={c: (cells.get(c) or "").strip() for c in extra_cols})
+    except ValidationError as err:
+        for e in err.errors():
+            col = id_column if e["loc"][0] == "record_id" else patient_column
+            errors.append(f"{path}: line {line}, column {col!r}: {e['msg']}")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,9 +50,11 @@ class GaussianMixture:
         second = (w * (self.logvar.exp() + self.mu**2)).sum(0)
         return torch.log((second - self.mean() ** 2).clamp_min(1e-8))
 
-    def rsample(self) -> Tensor:
-        """One reparameterised sample from **every** component, ``[K, B, D]`` (stratified sampling)."""
-        return self.mu + torch.exp(0.5 * self.logvar) * torch.randn_like(self.mu)
+    def rsample(self, noise: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """One reparameterised sample from **every** component, ``[K, B, D]`` (stratified sampling); ``noise(mu)``
+        draws the standard normal noise instead of ``randn_like(mu)`` (several processes share one batch's draws)."""
+        eps = torch.randn_like(self.mu) if noise is None else noise(self.mu)
+        return self.mu + torch.exp(0.5 * self.logvar) * eps
 
 
 def poe(mu: Tensor, logvar: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

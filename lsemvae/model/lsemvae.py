@@ -9,6 +9,7 @@ mask; each lead reaches the encoder of its own name, absent leads contribute not
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -96,12 +97,14 @@ class LSEMVAE(nn.Module):
         fusion_mask: Tensor | None = None,
         decode: bool = True,
         sample: bool | None = None,
+        noise: Callable[[Tensor], Tensor] | None = None,
     ) -> ModelOutput:
         """Encode, fuse, predict and (``decode=True``) reconstruct all 12 leads.
 
         ``fusion_mask`` (a subset of ``lead_mask``) hides experts from the fusion, e.g. expert
         dropout; the decoders still reconstruct every lead. ``sample`` defaults to
-        ``self.training``; in eval the component means are decoded (deterministic).
+        ``self.training``; in eval the component means are decoded (deterministic). ``noise`` replaces the
+        sampling noise's draw (:meth:`GaussianMixture.rsample`).
         """
         lead_mask = lead_mask.bool()
         fmask = lead_mask if fusion_mask is None else fusion_mask.bool() & lead_mask
@@ -110,7 +113,7 @@ class LSEMVAE(nn.Module):
         mu = mixture.mean()
         z = recon_components = recon = None
         if decode:
-            z = mixture.rsample() if (self.training if sample is None else sample) else mixture.mu
+            z = mixture.rsample(noise) if (self.training if sample is None else sample) else mixture.mu
             k, b, d = z.shape
             recon_components = decode_all(self.decoders, z.reshape(k * b, d)).reshape(k, b, len(LEADS_12), -1)
             recon = (mixture.weights[..., None, None] * recon_components).sum(0)

@@ -57,8 +57,8 @@ def save_checkpoint(path: str | Path, *, model: LSEMVAE, epoch: int, optimizer: 
     payload = {
         "format_version": FORMAT_VERSION,
         "model_config": model.config.model_dump(mode="json"),
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "model_state": on_cpu(model.state_dict()),
+        "optimizer_state": on_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "epoch": int(epoch),
         "rng": capture_rng(),
         "provenance": provenance or {},
@@ -71,6 +71,18 @@ def save_checkpoint(path: str | Path, *, model: LSEMVAE, epoch: int, optimizer: 
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def on_cpu(state: Any) -> Any:
+    """A state (tensors in dicts and lists) with every tensor on the CPU: a checkpoint written on a GPU loads on any
+    machine (CPU tensors are kept as they are, so a CPU checkpoint is unchanged)."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(v) for v in state)
+    return state
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

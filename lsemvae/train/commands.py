@@ -3,7 +3,7 @@
 Data come from the cohort cache (:mod:`lsemvae.data.cache`): PTB-XL (``--ptbxl``, official
 strat_folds), LUDB (``--ludb``) or any folder of records (``--folder``), preprocessed at the
 model's sampling rate and length; ``finetune --cache`` takes a cohort already prepared
-(``lsemvae data prepare``), split by patient (:func:`~lsemvae.data.cache.cohort_split`).
+(``lsemvae data prepare``), split by patient (:func:`~lsemvae.data.cache.splits.cohort_split`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lsemvae.config import validate
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import LEADS_12, resolve_lead_set
 from lsemvae.model.config import FUSIONS
+from lsemvae.train.device import add_device_arguments, place
 
 
 def _provenance(pcfg, cohorts, args, used) -> dict:
@@ -43,7 +44,7 @@ def _datasets(args) -> dict[str, tuple[str, Path]]:
     return given
 
 
-def load_cohorts(args, pcfg, tasks=()) -> dict:
+def load_cohorts(args, pcfg, tasks=(), *, say=print) -> dict:
     """The cached cohorts named on the command line, the very caches `lsemvae data prepare` builds (built here once
     if it has not): a command chooses its rows from them (pretraining leaves PTB-XL's test fold out)."""
     from lsemvae.data.commands import dataset_cohort
@@ -53,38 +54,65 @@ def load_cohorts(args, pcfg, tasks=()) -> dict:
         raise ConfigError("no data given: pass --ptbxl, --ludb or --folder")
     cohorts = {}
     for key, (kind, root) in datasets.items():
-        cohorts[key] = dataset_cohort(kind, Path(root), pcfg, Path(args.cache_dir), tasks=list(tasks))
-        print(f"data: {cohorts[key].path} ({len(cohorts[key])} records)")
+        cohorts[key] = dataset_cohort(kind, Path(root), pcfg, Path(args.cache_dir), tasks=list(tasks),
+                                      progress=say is print)
+        say(f"data: {cohorts[key].path} ({len(cohorts[key])} records)")
     return cohorts
 
 
-def report_lead_faults(cohort, leads, rows) -> None:
+def report_lead_faults(cohort, leads, rows, *, say=print) -> None:
     """Say which records a command leaves out because a lead it reads failed QC (the cache keeps them masked)."""
     from collections import Counter
 
-    from lsemvae.data.cache import lead_fault_skips
+    from lsemvae.data.cache.splits import lead_fault_skips
     skips = lead_fault_skips(cohort, leads, rows)
     if skips:
         counts = ", ".join(f"{r} {n}" for r, n in Counter(s["reason"] for s in skips).most_common())
-        print(f"left out {len(skips)} record(s) of {cohort.path.name} with a failed QC check in a lead read ({counts}; "
+        say(f"left out {len(skips)} record(s) of {cohort.path.name} with a failed QC check in a lead read ({counts}; "
               f"e.g. {skips[0]['record']}: {skips[0]['message']})")
 
 
 def run_pretrain(args) -> int:
-    from lsemvae.data.cache import CohortDataset, patient_split
+    """One process, or one of torchrun's (then every process prepares the same data and model; rank 0 reports)."""
+    from lsemvae.train import distributed
+
+    procs = distributed.from_environment()
+    runtime = _pretrain_runtime(args, procs)
+    distributed.start(procs, runtime.device)
+    try:
+        return _pretrain(args, runtime)
+    finally:
+        distributed.stop()
+
+
+def _pretrain_runtime(args, procs):
+    from lsemvae.train.device import check_precision, resolve_device
+    from lsemvae.train.pretrain import Runtime
+
+    device = resolve_device(args.device, local_rank=procs.local_rank if procs.world > 1 else None)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Runtime(device=device, precision=check_precision(args.precision, device),
+                   loader_workers=args.loader_workers, procs=procs)
+
+
+def _pretrain(args, runtime) -> int:
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import patient_split
     from lsemvae.model.config import get_profile
     from lsemvae.model.lsemvae import build_model
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
+    say = print if runtime.procs.main else (lambda *a, **k: None)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("fusion", args.fusion), ("amplitude", args.amplitude)) if v}
     mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
-    cohorts = load_cohorts(args, pcfg)
+    cohorts = load_cohorts(args, pcfg, say=say)
     train_parts, val_parts, used = [], [], {}
     for name, cohort in cohorts.items():
-        report_lead_faults(cohort, LEADS_12, None)
+        report_lead_faults(cohort, LEADS_12, None, say=say)
         # PTB-XL's test fold stays out of pretraining: rows chosen from the shared cache, split as if it held no more
         kept = [i for i, m in enumerate(cohort.meta) if m.get("strat_fold") not in set(args.exclude_folds)]
         tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed, rows=kept)
@@ -94,15 +122,22 @@ def run_pretrain(args) -> int:
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
     if len(val_set) == 0:
         raise ConfigError("the validation split is empty: raise --val-fraction or add data")
+    if len(val_set) < runtime.procs.world:  # each process validates a share: none may be empty
+        raise ConfigError(f"the validation split has {len(val_set)} record(s), fewer than the {runtime.procs.world} "
+                          "process(es) that validate it: raise --val-fraction, add data or start fewer processes")
     cfg = validate(PretrainConfig, {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                     "seed": args.seed}, source="command line")
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
-    print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
+    procs = runtime.procs
+    where = (f" on {procs.world} processes x {args.batch_size} records per batch" if procs.world > 1 else "") + \
+        (f", {runtime.device.type} {runtime.precision}" if (runtime.device.type, runtime.precision) != ("cpu", "fp32")
+         else "")
+    say(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}{where}")
     state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args, used),
-                     resume=args.resume)
+                     resume=args.resume, progress=procs.main, runtime=runtime)
     best = state["best_metrics"]
-    print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
+    say(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
           f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
     return 0
 
@@ -162,9 +197,9 @@ def _require_both_classes(cohort, tasks, parts: dict) -> None:
 
 
 def run_finetune(args) -> int:
-    from lsemvae.data.cache import (
-        CohortDataset, cohort_split, cohort_tasks, label_fraction, load_cohort, matching_cohort,
-    )
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import cohort_split, label_fraction
+    from lsemvae.data.cache.store import cohort_tasks, load_cohort, matching_cohort
     from lsemvae.data.tasks import resolve_tasks
     from lsemvae.model.config import TaskHeadSpec, get_profile
     from lsemvae.train.checkpoint import save_checkpoint
@@ -180,6 +215,7 @@ def run_finetune(args) -> int:
     torch.manual_seed(args.seed)
     leads = resolve_lead_set(args.leads)
     model, recipe, provenance = _finetune_model(args, tasks, heads)
+    place(model, args.device)
     # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
     pcfg = (model.config if args.model == "lsemvae" else get_profile(args.profile)).preprocess_config()
     cohort = matching_cohort(prepared, pcfg) if prepared else load_cohorts(args, pcfg, tasks=list(args.task))["ptb-xl"]
@@ -225,7 +261,10 @@ def register(subparsers) -> None:
         "pretrain", help="pretrain LS-EMVAE on unlabeled 12-lead ECGs",
         description="Self-supervised pretraining (reconstruct every lead's median beat from the leads present, with "
         "expert dropout). Validation is a patient-level split; every epoch writes OUT/last.pt (resumable), "
-        "OUT/metrics.jsonl (loss terms, R2 per lead, active latent dimensions) and, when validation improves, OUT/best.pt.")
+        "OUT/metrics.jsonl (loss terms, R2 per lead, active latent dimensions) and, when validation improves, OUT/best.pt. "
+        "Several GPUs or machines: `torchrun --nproc-per-node N -m lsemvae pretrain ...` (DistributedDataParallel; "
+        "--batch-size is per process, N processes x B train as one process x N*B; rank 0 writes OUT). Prepare the "
+        "cache first (`lsemvae data prepare --workers K`), see README \"Pretraining at scale\".")
     _data_args(p)
     p.add_argument("--ludb", type=Path, help="LUDB root (adds its 200 records)")
     p.add_argument("--folder", type=Path, action="append", help="any folder of records (repeatable)")
@@ -247,6 +286,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice); recorded, since CPU results depend on it: the "
                         "same seed and thread count on the same machine give the same weights")
+    add_device_arguments(p)
     p.set_defaults(func=run_pretrain)
 
     p = subparsers.add_parser(
@@ -288,6 +328,7 @@ def register(subparsers) -> None:
                    help="--cache: share of patients held out for testing (default 0.15; PTB-XL keeps fold 10)")
     p.add_argument("--split-seed", type=int, default=0, help="--cache: seed of the patient split (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/finetune"))
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=lambda a: run_finetune(_with_default_task(a)))
 
 

@@ -16,12 +16,13 @@ from lsemvae.argtypes import open_fraction, positive_int
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.leads import resolve_lead_set
 from lsemvae.train.commands import report_lead_faults
+from lsemvae.train.device import add_device_arguments, place
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb-xl"
 
 
 def _cohort(args, model, ckpt):
-    from lsemvae.data.cache import load_cohort, matching_cohort
+    from lsemvae.data.cache.store import load_cohort, matching_cohort
     from lsemvae.data.commands import dataset_cohort
     from lsemvae.train.checkpoint import preprocess_config
 
@@ -37,7 +38,7 @@ def _cohort(args, model, ckpt):
 def _split(cohort, split: str, recorded: dict | None, leads):
     """``(rows scored, validation rows for thresholds)``: the parts fine-tuning recorded (``recorded``), records
     usable with ``leads`` only (QC applies to the leads the model reads)."""
-    from lsemvae.data.cache import cohort_split, has_ptbxl_folds, usable_rows
+    from lsemvae.data.cache.splits import cohort_split, has_ptbxl_folds, usable_rows
 
     if split == "all":
         return usable_rows(cohort, leads), None
@@ -57,12 +58,13 @@ def _split(cohort, split: str, recorded: dict | None, leads):
 def run_evaluate(args) -> int:
     import torch
 
-    from lsemvae.data.cache import cohort_tasks
+    from lsemvae.data.cache.store import cohort_tasks
     from lsemvae.data.tasks import task_name
     from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier
 
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
+    place(model, args.device)
     heads = list(model.heads)
     task_names = [task_name(t) for t in args.task] if args.task else heads
     missing = [t for t in task_names if t not in heads]
@@ -174,4 +176,5 @@ def register(subparsers) -> None:
     p.add_argument("--ig-per-class", type=positive_int, default=16, help="records per class explained by integrated gradients")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--title", default=None, help="report title")
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=run_evaluate)

@@ -24,6 +24,7 @@ from lsemvae.errors import ConfigError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 from lsemvae.provenance import code_commit
 from lsemvae.train import interpret, metrics
+from lsemvae.train.device import model_device, to_device
 from lsemvae.train.report import format_ci, write_report
 
 
@@ -128,8 +129,9 @@ def reconstruction_quality(model: nn.Module, x: torch.Tensor, lead_mask: torch.T
     if "decode" not in inspect.signature(model.forward).parameters:
         return None
     model.eval()
-    recon = torch.cat([model(x[i:i + batch_size], lead_mask[i:i + batch_size], decode=True).recon
-                       for i in range(0, len(x), batch_size)])
+    device = model_device(model)
+    recon = torch.cat([model(*to_device((x[i:i + batch_size], lead_mask[i:i + batch_size]), device),
+                             decode=True).recon.cpu() for i in range(0, len(x), batch_size)])
     r2 = reconstruction_r2(recon, target, target_mask)
     out = {}
     for lead in leads:
@@ -204,13 +206,13 @@ def _model_tasks(model: nn.Module, cohort, test_indices: Sequence[int], lead_nam
     """The cohort's tasks the model has heads for (its heads probed on one record)."""
     probe_x, probe_m = load_split(cohort, [int(test_indices[0])], lead_names)
     with torch.no_grad():
-        heads = set(model.forward_logits(probe_x, probe_m))
+        heads = set(model.forward_logits(*to_device((probe_x, probe_m), model_device(model))))
     return {n: t for n, t in cohort.tasks.items() if n in heads}
 
 
 def _predict(model: nn.Module, cohort, indices: Sequence[int], lead_names: Sequence[str], tasks: Mapping[str, Any],
              cfg: EvalConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.cache.dataset import CohortDataset
     from lsemvae.train.finetune import predict
 
     return predict(model, CohortDataset(cohort, indices, leads=lead_names, tasks=list(tasks)), tasks,

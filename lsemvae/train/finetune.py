@@ -29,6 +29,7 @@ from lsemvae.errors import LSEMVAEError
 from lsemvae.model.losses import positive_weights, task_loss
 from lsemvae.model.lsemvae import LSEMVAE
 from lsemvae.train.augment import AugmentConfig, augment
+from lsemvae.train.device import model_device, to_device
 from lsemvae.train.metrics import auroc
 
 logger = logging.getLogger(__name__)
@@ -67,18 +68,20 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     ``max_grad_norm`` clips the batch gradient (leave None under Opacus, which clips per sample).
     """
     model.train()
-    class_weights = class_weights or {}
+    device = model_device(model)
+    class_weights = to_device(dict(class_weights or {}), device)
     totals = {name: 0.0 for name in tasks}
     total, n = 0.0, 0
     for batch in tqdm(loader, desc="train", leave=False, disable=not progress):
         x, mask = batch["x"], batch["lead_mask"]
         if x.shape[0] == 0:  # Opacus' Poisson sampling can draw an empty batch
             continue
-        if augmentation is not None:
+        if augmentation is not None:  # on the CPU, where its generator draws
             x = augment(x, augmentation, generator if generator is not None else torch.Generator(),
                         sample_mask=batch.get("sample_mask"), lead_mask=mask)
+        x, mask, y = to_device((x, mask, batch["y"]), device)
         logits = model.forward_logits(x, mask)
-        losses = {name: task_loss(logits[name], batch["y"][name], _kind(t), pos_weight=class_weights.get(name))
+        losses = {name: task_loss(logits[name], y[name], _kind(t), pos_weight=class_weights.get(name))
                   for name, t in tasks.items()}
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
@@ -124,10 +127,11 @@ def crop_averaged_logits(model: nn.Module, x: torch.Tensor, lead_mask: torch.Ten
     real = sample_mask.sum(-1) if sample_mask is not None else torch.full((len(x),), length)
     full = torch.nonzero(real == length).flatten().tolist()
     rows: dict[int, dict[str, torch.Tensor]] = {}
+    device = model_device(model)  # the logits come back to the CPU
 
     def averaged(xx: torch.Tensor, mm: torch.Tensor, windows: list[slice]) -> dict[str, torch.Tensor]:
-        outs = [model.forward_logits(xx[..., w], mm) for w in windows]
-        return {name: torch.stack([o[name] for o in outs]).mean(0) for name in outs[0]}
+        outs = [model.forward_logits(*to_device((xx[..., w], mm), device)) for w in windows]
+        return {name: torch.stack([o[name] for o in outs]).mean(0).cpu() for name in outs[0]}
 
     if full:
         batch = averaged(x[full], lead_mask[full], crop_windows(length, crop_samples, n_crops))
@@ -195,8 +199,8 @@ class _CachedPosteriors(Dataset):
         self.items = []
         with torch.no_grad():
             for batch in DataLoader(dataset, batch_size=batch_size):
-                mu, logvar = model.encode(batch["x"], batch["lead_mask"])
-                feats = torch.cat([mu, logvar], -1)
+                mu, logvar = model.encode(*to_device((batch["x"], batch["lead_mask"]), model_device(model)))
+                feats = torch.cat([mu, logvar], -1).cpu()
                 for i in range(feats.shape[0]):
                     self.items.append({"x": feats[i], "lead_mask": batch["lead_mask"][i],
                                        "y": {t: v[i] for t, v in batch["y"].items()}})

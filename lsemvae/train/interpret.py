@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from lsemvae.leads import LEADS_12, lead_index
 from lsemvae.train import metrics
+from lsemvae.train.device import model_device, to_device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,9 +50,11 @@ def to_probabilities(logits: Tensor | np.ndarray, kind: str) -> np.ndarray:
 def batched_logits(model: nn.Module, x: Tensor, lead_mask: Tensor, *, batch_size: int = 64) -> dict[str, np.ndarray]:
     """``forward_logits`` over ``x`` in chunks, model in eval mode: ``{task: [N, n_out]}``."""
     model.eval()
+    device = model_device(model)
     out: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(x), batch_size):
-        for task, v in model.forward_logits(x[i:i + batch_size], lead_mask[i:i + batch_size]).items():
+        for task, v in model.forward_logits(*to_device((x[i:i + batch_size], lead_mask[i:i + batch_size]),
+                                                       device)).items():
             out.setdefault(task, []).append(v.float().cpu().numpy())
     return {task: np.concatenate(v) for task, v in out.items()}
 
@@ -75,9 +78,10 @@ def gate_weights(model: nn.Module, x: Tensor, lead_mask: Tensor, *, batch_size: 
     """Per-record gate weights ``[N, G]`` and component names, or None if the model has no gates."""
     kwargs = {"decode": False} if "decode" in inspect.signature(model.forward).parameters else {}
     model.eval()
+    device = model_device(model)
     chunks, names = [], None
     for i in range(0, len(x), batch_size):
-        out = model(x[i:i + batch_size], lead_mask[i:i + batch_size], **kwargs)
+        out = model(*to_device((x[i:i + batch_size], lead_mask[i:i + batch_size]), device), **kwargs)
         gates = getattr(out, "gates", None)
         if gates is None:
             return None
@@ -118,9 +122,10 @@ def integrated_gradients(model: nn.Module, x: Tensor, lead_mask: Tensor, task: s
 
     The check gives, per record, ``sum(attr)`` and ``f(x) - f(baseline)`` and their difference.
     Records are independent in the model's forward (per-sample normalisation), so the gradient of
-    the batch sum is each record's own gradient.
+    the batch sum is each record's own gradient. Computed where the model is; returned on the CPU.
     """
     model.eval()
+    x, lead_mask, baseline = to_device((x, lead_mask, baseline), model_device(model))
     base = torch.zeros_like(x) if baseline is None else baseline
     diff = x - base
     total = torch.zeros_like(x)
@@ -134,9 +139,9 @@ def integrated_gradients(model: nn.Module, x: Tensor, lead_mask: Tensor, task: s
     with torch.no_grad():
         delta = (model.forward_logits(x, lead_mask)[task][:, output]
                  - model.forward_logits(base, lead_mask)[task][:, output])
-    summed = attr.sum(dim=(1, 2))
+    summed, delta = attr.sum(dim=(1, 2)).cpu(), delta.cpu()
     check = {"sum_attr": summed.numpy(), "delta_f": delta.numpy(), "error": (summed - delta).abs().numpy()}
-    return attr, check
+    return attr.cpu(), check
 
 
 def lead_shares(attr: Tensor | np.ndarray) -> np.ndarray:

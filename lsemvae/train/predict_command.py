@@ -22,6 +22,7 @@ import numpy as np
 
 from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.errors import ConfigError, LSEMVAEError
+from lsemvae.train.device import add_device_arguments, place
 
 SKIP_NO_LEADS = "no-requested-leads"
 FORMATS_HINT = "WFDB .hea + .dat/.mat, DICOM, HL7 aECG, MUSE XML, CardioSoft XML or EDF"
@@ -102,7 +103,8 @@ def predict_cohort(model, cohort, tasks: Mapping[str, Any], *, leads: str | Sequ
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from lsemvae.data.cache import CohortDataset, lead_fault_skips, usable_rows
+    from lsemvae.data.cache.dataset import CohortDataset
+    from lsemvae.data.cache.splits import lead_fault_skips, usable_rows
     from lsemvae.leads import LEADS_12, resolve_lead_set
     from lsemvae.train.evaluate import _class_names
     from lsemvae.train.finetune import crop_averaged_logits, probabilities
@@ -196,7 +198,8 @@ def _cell(value) -> str:
 
 
 def _cohort(args, model, ckpt):
-    from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
+    from lsemvae.data.cache.build import build_cohort
+    from lsemvae.data.cache.store import load_cohort, matching_cohort
     from lsemvae.errors import RecordError
     from lsemvae.data.sources import with_gain_correction
     from lsemvae.train.checkpoint import preprocess_config
@@ -227,6 +230,7 @@ def run_predict(args) -> int:
     _check_arguments(args)
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
+    place(model, args.device)
     leads = _input_leads(args, model, ckpt)
     tasks = head_tasks(model)
     thresholds = read_thresholds(args.thresholds, tasks) if args.thresholds else {}  # refused before any work
@@ -335,4 +339,5 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="records per forward pass")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(p, precision=False, loader=False)
     p.set_defaults(func=run_predict)

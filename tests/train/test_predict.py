@@ -241,3 +241,16 @@ def test_thresholds_from_an_evaluation_report(records100, ckpt_path, cache_dir, 
     assert main([*args, str(tmp_path / "partial.json")]) == 2
     err = capsys.readouterr().err
     assert "partial.json" in err and "'HYP'" in err
+
+
+def test_device_cpu_scores_as_the_default_and_a_missing_device_is_named(records100, ckpt_path, cache_dir, tmp_path,
+                                                                        capsys):
+    folder = copy_records(records100, tmp_path / "ecgs", range(1, 4))
+    common = ["--checkpoint", str(ckpt_path), str(folder), "--cache-dir", str(cache_dir), "--no-progress"]
+    assert main(["predict", *common, "--out", str(tmp_path / "default.csv")]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "cpu.csv"), "--device", "cpu"]) == 0
+    assert (tmp_path / "cpu.csv").read_bytes() == (tmp_path / "default.csv").read_bytes()
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(["predict", *common, "--out", str(tmp_path / "gpu.csv"), "--device", "cuda"]) == 2
+        assert "--device cuda: this machine" in capsys.readouterr().err and not (tmp_path / "gpu.csv").exists()
