@@ -103,7 +103,7 @@ def loader_options(device: torch.device, workers: int) -> dict:
 def add_device_arguments(p: argparse.ArgumentParser, *, precision: bool = True, loader: bool = True) -> None:
     """``--device`` (and ``--precision``, ``--loader-workers``) for a command that runs a model."""
     p.add_argument("--device", default="auto", metavar="|".join(DEVICES),
-                   help="where the model runs: auto (default: CUDA if this machine has it, else MPS, else CPU), "
+                   help="where the model runs: auto picks CUDA if this machine has it, else MPS, else the CPU; "
                         "cpu, cuda (cuda:N for one GPU) or mps")
     if precision:
         p.add_argument("--precision", choices=PRECISIONS, default="fp32",
