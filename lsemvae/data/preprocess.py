@@ -218,7 +218,23 @@ def check_scale(record: ECGRecord, faults: LeadFaults, cfg: PreprocessConfig) ->
     is flagged ``implausible-amplitude`` (real low- or high-voltage ECGs exist there too). Either
     message gives the measured amplitude, the plausible range and the fix (a gain correction).
     """
-    # values of NaN-filled or clipped leads cannot say how large the signal is; flat leads can when every lead is
+    rows, flat = _measurable_rows(record, faults)
+    if not rows:
+        return ()
+    scale = measure_scale(record.signal[rows].astype(np.float64), record.fs, [record.leads[k] for k in rows], cfg)
+    if scale is None or scale.contrast < cfg.min_qrs_contrast:
+        return ()  # not shaped like an ECG: the flat-line, amplitude and no-beats checks say what is wrong
+    lo, hi = cfg.qrs_amplitude_mv
+    if scale.median_mv <= 0 or lo <= scale.median_mv <= hi:
+        return ()
+    return _scale_problem(record.source or record.record_id, scale, flat=flat, cfg=cfg)
+
+
+def _measurable_rows(record: ECGRecord, faults: LeadFaults) -> tuple[list[int], bool]:
+    """The rows whose values can say how large the signal is, and whether they are flat-line leads.
+
+    Values of NaN-filled or clipped leads cannot; flat leads can when every lead is flat.
+    """
     reason = {lead: faults.get(lead, ("",))[0] for lead in record.leads}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -226,17 +242,13 @@ def check_scale(record: ECGRecord, faults: LeadFaults, cfg: PreprocessConfig) ->
     trusted = [k for k, lead in enumerate(record.leads)
                if reason[lead] not in ("nan-share", "saturation") and not constant[k]]
     rows = [k for k in trusted if reason[record.leads[k]] != "flat-line"] or trusted
-    if not rows:
-        return ()
-    flat = reason[record.leads[rows[0]]] == "flat-line"
-    scale = measure_scale(record.signal[rows].astype(np.float64), record.fs, [record.leads[k] for k in rows], cfg)
-    if scale is None or scale.contrast < cfg.min_qrs_contrast:
-        return ()  # not shaped like an ECG: the flat-line, amplitude and no-beats checks say what is wrong
-    where = record.source or record.record_id
+    return rows, bool(rows) and reason[record.leads[rows[0]]] == "flat-line"
+
+
+def _scale_problem(where: str, scale: Scale, *, flat: bool, cfg: PreprocessConfig) -> tuple[str, ...]:
+    """A QRS amplitude outside the plausible range: :class:`RecordError` (wrong scale) or a flag."""
     lo, hi = cfg.qrs_amplitude_mv
     m = scale.median_mv
-    if m <= 0 or lo <= m <= hi:
-        return ()
     small = m < lo
     outside = lo / m if small else m / hi  # how far outside the plausible range
     times = np.sqrt(lo * hi) / m if small else m / np.sqrt(lo * hi)  # against the range's middle (log scale)
