@@ -30,9 +30,9 @@
     concurrent object transfers (``--object-concurrency``) to test whether per-object latency is the cost.
     The SuperLink keeps its state in memory by default (``--superlink-db file`` for SQLite).
 
-    python benchmarks/scale.py --workers 2         # ~40 min on 2 shared cores (the 50k cache build dominates)
-    python benchmarks/scale.py --quick             # < 3 min: 1k records, 2 sites, 2 rounds, no deployment
-    python benchmarks/scale.py --records 1000 10000 --sites 2 5 --no-deployment
+    python -m benchmarks.scale --workers 2         # ~40 min on 2 shared cores (the 50k cache build dominates)
+    python -m benchmarks.scale --quick             # < 3 min: 1k records, 2 sites, 2 rounds, no deployment
+    python -m benchmarks.scale --records 1000 10000 --sites 2 5 --no-deployment
 
 Writes benchmarks/results/scale.json (or --out).
 """
@@ -44,25 +44,18 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark (a site-packages "benchmarks" shadows ours)
-from memory_rounds import descendants, sample  # noqa: E402  (process roles and RSS from /proc)
-
+REPO = H.REPO
 RESULTS = REPO / "benchmarks" / "results"
 BATCH = 32
 OVERHEAD_DEFINITION = (
@@ -152,9 +145,9 @@ PHASES = {"synth": phase_synth, "cache": phase_cache, "epoch": phase_epoch}
 
 def run_phase(phase: str, n: int, work: Path, extra: list[str]) -> dict:
     """Run one phase in a fresh process; its JSON line is the result (with that process' peak RSS)."""
-    cmd = [sys.executable, __file__, "--phase", phase, str(n), str(work), *extra]
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--phase", phase, str(n), str(work), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"phase {phase} {n} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -288,7 +281,7 @@ class RoundWatcher:
     def _run(self) -> None:
         done = 0
         while not self._stop.is_set():
-            snap = sample(self.root)
+            snap = H.rss_by_role(self.root)
             for role, rows in snap.items():
                 if rows:
                     self.peak[role] = max(self.peak.get(role, 0.0), sum(rows.values()))
@@ -301,24 +294,6 @@ class RoundWatcher:
                 self.per_round.append({"round": rounds, "load": load(),
                                        **{f"{role}_rss_mb": round(sum(v.values()), 1) for role, v in snap.items()}})
             self._stop.wait(0.25)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Stop a process group we started (and any descendants that left it)."""
-    if proc.poll() is not None:
-        return
-    spawned = descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    for pid in spawned:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def sites_point(n_sites: int, work: Path, args, *, dp: bool) -> dict:
@@ -338,7 +313,7 @@ def sites_point(n_sites: int, work: Path, args, *, dp: bool) -> dict:
             except subprocess.TimeoutExpired:
                 rc = None
             finally:
-                kill_tree(proc)
+                H.stop(proc, grace=30)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "server" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if rc != 0 or len(rows) < args.rounds:
@@ -364,16 +339,17 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
     ``object_concurrency`` sets Flower's (private, undocumented) limits on concurrent object pushes and pulls
     (default 2) in every process: a probe of whether per-object transfer latency is what the overhead is made of.
     """
-    from tests.federation.helpers import (
-        BIN, QUIET_ENV, free_port, read_jsonl, run_config_arg, start, stop_all, wait_healthy, write_sites,
-    )
+    from lsemvae.data.synthetic import default_cohort, spec_with_overrides
+    from simulation.run import run_config_arg
 
     tmp = work / ("deployment" if object_concurrency is None else f"deployment-objects{object_concurrency}")
     tmp.mkdir(parents=True, exist_ok=True)
-    names = write_sites(tmp, n_sites=2, records=args.site_records, epsilon=50.0)
-    port, node_ports = free_port(), [free_port(), free_port()]
-    env = {"PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]), "FLWR_HOME": str(tmp / "flwr-home"),
-           "LSEMVAE_LEDGER_ANCHOR_DIR": str(tmp / "anchors")}
+    spec = spec_with_overrides(default_cohort(), sites=2, records=args.site_records, seed=7)
+    paths = H.synthetic_sites(spec, tmp, val_fraction=0.3, epsilon=50.0, evaluation={"min_cell": 2, "min_records": 4})
+    names = [p.stem for p in paths]
+    port, node_ports = H.free_port(), [H.free_port(), H.free_port()]
+    bindir = Path(sys.executable).parent
+    env = {"PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]), "FLWR_HOME": str(tmp / "flwr-home")}
     if object_concurrency:
         env |= {"FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES": str(object_concurrency),
                 "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": str(object_concurrency)}
@@ -385,34 +361,30 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
     t0 = time.perf_counter()
     try:
         database = ["--database", str(tmp / "state.db")] if args.superlink_db == "file" else []
-        link = start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+        link = H.start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                       *database, "--disable-runtime-dependency-installation"], tmp / "superlink.log", env=env, cwd=tmp)
         procs.append(link)
-        wait_healthy(port, link)
+        H.wait_healthy(port, link)
         for name, node_port in zip(names, node_ports):
-            procs.append(start([sys.executable, str(REPO / "client" / "run.py"), "--site", name, "--sites-dir",
-                                str(tmp / "sites"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+            procs.append(H.start([sys.executable, str(REPO / "client" / "run.py"), "--site", name, "--sites-dir",
+                                  str(tmp / "sites"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
                                 str(node_port), "--max-retries", "20"], tmp / f"{name}.log", env=env, cwd=tmp))
         run_cfg = {"num-server-rounds": args.deployment_rounds, "min-sites": 2, "round-timeout": 600.0, "batch-size": BATCH,
                    "checkpoint": str(args.checkpoint), "out-dir": str(out), "dp": False}
-        res = subprocess.run([str(BIN / "flwr"), "run", str(REPO), "bench", "--stream", "--run-config",
+        res = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "bench", "--stream", "--run-config",
                               run_config_arg(run_cfg)], capture_output=True, text=True, timeout=args.timeout,
-                             cwd=tmp, env={**os.environ, **QUIET_ENV, **env})
+                             cwd=tmp, env={**os.environ, **H.QUIET_ENV, **env})
         (tmp / "flwr-run.log").write_text(res.stdout + res.stderr)
     finally:
-        # flwr-serverapp / flwr-clientapp run in sessions of their own: stopping our process groups can orphan them
-        spawned = [pid for proc in procs for pid in descendants(proc.pid)]
-        stop_all(procs)
-        for pid in spawned:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        H.stop(*procs)   # also the flwr-serverapp / flwr-clientapp processes, which run in sessions of their own
     wall = time.perf_counter() - t0
-    rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    rows = ([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            if (out / "metrics.jsonl").is_file() else [])
     if res.returncode != 0 or len(rows) < args.deployment_rounds:
         raise RuntimeError(f"deployment run failed (exit {res.returncode}, {len(rows)} rounds; logs in {tmp}): "
                            f"{res.stdout[-1500:]}{res.stderr[-1500:]}")
     per_round = [round_overhead(r, workers=2) for r in rows]
-    latencies = message_latencies(rows, sorted((tmp / "state").glob("*/outgoing-messages.jsonl")))
+    latencies = message_latencies(rows, sorted((tmp / "site-state").glob("*/outgoing-messages.jsonl")))
     result = {"sites": 2, "dp": False, "records_per_site": args.site_records, "rounds": args.deployment_rounds,
               "superlink_db": args.superlink_db, "flower_object_concurrency": object_concurrency or 2,
               "process_seconds": round(wall, 1), "workers_P": 2, "per_round": per_round, **summarise_rounds(per_round),
@@ -423,14 +395,6 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
 
 
 # ----------------------------------------------------------------------------- main
-
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "note": "2 cores shared with other users' jobs: absolute timings are noisy; load average recorded per step"}
-
 
 def summary(res: dict) -> dict:
     s: dict = {}
@@ -459,7 +423,8 @@ def summary(res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1k records, 2 sites, 2 rounds, no DP point or deployment")
     p.add_argument("--records", type=int, nargs="*", default=None, help="record counts (default 1000 10000 50000)")
     p.add_argument("--sites", type=int, nargs="*", default=None, help="site counts (default 2 5 10 20)")
@@ -500,16 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     def write(partial: bool) -> dict:
         """The results so far (after every section, so a later failure keeps the finished parts)."""
         res["summary"] = summary(res)
-        result = {
-            "benchmark": "scale", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine(), "quick": args.quick, "partial": partial, "overhead_definition": OVERHEAD_DEFINITION,
-            "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
-                          "extrapolated linearly to the whole cohort",
-            "seconds": round(time.monotonic() - started, 1), "load_at_end": load(), **res,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        result = {"quick": args.quick, "partial": partial, "overhead_definition": OVERHEAD_DEFINITION,
+                  "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
+                                "extrapolated linearly to the whole cohort",
+                  "load_at_end": load(), **res}
+        return H.write_results(args.out, H.meta("scale", argv, started), result)
         return result
 
     with contextlib.ExitStack() as stack:
