@@ -157,14 +157,17 @@ def run_config(cohort: Cohort, arm: Arm, *, rounds: int, local_epochs: int, seed
     return rc
 
 
-def run_arm(cohort: Cohort, arm: Arm, args, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """The arm's final model scored on the cohort's held-out records; cached by everything that defines the run."""
+def run_arm(cohort: Cohort, arm: Arm, args, seed: int, *, cached_only: bool = False) -> dict | None:
+    """The arm's final model scored on the cohort's held-out records (``{task: {"y", "p", "site"}, "_meta": ...}``);
+    cached by everything that defines the run. ``cached_only``: None instead of running it."""
     key = arm.key(cohort, args.rounds, args.local_epochs, seed)
     cache = args.work / "runs" / f"{key}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return {t: {k: z[f"{t}/{k}"] for k in ("y", "p", "site")} for t in meta["tasks"]} | {"_meta": meta}
+    if cached_only:
+        return None
     started = time.monotonic()
     rc = run_config(cohort, arm, rounds=args.rounds, local_epochs=args.local_epochs, seed=seed)
     meta: dict[str, Any] = {"kind": arm.kind, "run_config": rc, "seed": seed}
@@ -260,13 +263,20 @@ POOLED = Arm("pooled")
 
 @dataclass(frozen=True)
 class Comparison:
-    """``a`` minus ``b`` on a cohort; ``label`` names the row; ``seeds``: only these of ``--seeds`` (a sweep)."""
+    """``a`` minus ``b`` on a cohort; ``label`` names the row; ``seeds``: only these of ``--seeds`` (a sweep).
+
+    ``factor``: the suspect this comparison isolates, for the decomposition: how far the synthetic gap (FedAvg on
+    the natural sites minus pooled) moves when the factor is removed or changed (this gap minus that one); with
+    ``effect`` the comparison itself is the factor's effect on pooled training (e.g. the sites' own weights).
+    """
 
     label: str
     cohort: str
     a: Arm
     b: Arm = POOLED
     seeds: tuple[int, ...] | None = None
+    factor: str | None = None
+    effect: bool = False
 
 
 #: experiment -> (question, comparisons). Cohort names: synthetic, synthetic-12L, iid, real.
@@ -275,36 +285,45 @@ EXPERIMENTS: dict[str, tuple[str, list[Comparison]]] = {
         Comparison("synthetic: FedAvg - pooled", "synthetic", FED),
         Comparison("real: FedAvg - pooled", "real", FED)]),
     "iid": ("Site heterogeneity: the same training records re-split IID over 5 sites", [
-        Comparison("synthetic, IID re-split: FedAvg - pooled", "iid", FED)]),
+        Comparison("synthetic, IID re-split: FedAvg - pooled", "iid", FED,
+                   factor="site heterogeneity: the natural sites re-split IID")]),
     "leads": ("Mixed 6/12-lead sites (masks, per-group weighting) vs every site 12-lead", [
-        Comparison("synthetic, every site 12-lead: FedAvg - pooled", "synthetic-12L", FED)]),
+        Comparison("synthetic, every site 12-lead: FedAvg - pooled", "synthetic-12L", FED,
+                   factor="mixed 6/12-lead sites: every site 12-lead")]),
     "weights": ("Each site's own prevalence in the positive weights (pooled training with each record's own "
                 "site's weights: the federated objective in expectation)", [
-        Comparison("synthetic: pooled with site weights - pooled", "synthetic", Arm("pooled", pos_weights="site"))]),
+        Comparison("synthetic: pooled with site weights - pooled", "synthetic", Arm("pooled", pos_weights="site"),
+                   factor="each site's own positive weights (their effect on pooled training)", effect=True)]),
     "local-steps": ("Local steps per round at the same budget: 1 round x all epochs", [
         Comparison("synthetic: FedAvg 1 round x R epochs - pooled", "synthetic",
-                   Arm("federated", {"num-server-rounds": 1, "local-epochs": "ALL"}))]),
+                   Arm("federated", {"num-server-rounds": 1, "local-epochs": "ALL"}),
+                   factor="local steps per round: all of them in 1 round")]),
     "drift": ("Client drift: FedProx, FedAdam", [
-        Comparison("synthetic: FedProx mu 0.1 - pooled", "synthetic", Arm("federated", {"strategy": "fedprox",
-                                                                                         "proximal-mu": 0.1})),
+        Comparison("synthetic: FedProx mu 0.1 - pooled", "synthetic",
+                   Arm("federated", {"strategy": "fedprox", "proximal-mu": 0.1}), factor="client drift: FedProx mu 0.1"),
         Comparison("synthetic: FedAdam server lr 0.01 - pooled", "synthetic",
-                   Arm("federated", {"strategy": "fedadam", "server-lr": 0.01}))]),
+                   Arm("federated", {"strategy": "fedadam", "server-lr": 0.01}),
+                   factor="server optimiser: FedAdam, server lr 0.01")]),
     "tune": ("One seed each: FedAdam's server learning rate, FedProx's mu", [
         *(Comparison(f"synthetic: FedAdam server lr {lr:g} - pooled (seed 0)", "synthetic",
-                     Arm("federated", {"strategy": "fedadam", "server-lr": lr}), seeds=(0,))
+                     Arm("federated", {"strategy": "fedadam", "server-lr": lr}), seeds=(0,),
+                     factor=f"server optimiser: FedAdam, server lr {lr:g} (seed 0)")
           for lr in (0.001, 0.003, 0.03, 0.1)),
         *(Comparison(f"synthetic: FedProx mu {mu:g} - pooled (seed 0)", "synthetic",
-                     Arm("federated", {"strategy": "fedprox", "proximal-mu": mu}), seeds=(0,)) for mu in (0.01, 1.0))]),
+                     Arm("federated", {"strategy": "fedprox", "proximal-mu": mu}), seeds=(0,),
+                     factor=f"client drift: FedProx mu {mu:g} (seed 0)") for mu in (0.01, 1.0))]),
     "budget": ("Not the same budget, a diagnostic: is FedAvg only slower? 3x the rounds", [
         Comparison("synthetic: FedAvg 3R rounds - pooled R epochs (seed 0)", "synthetic",
-                   Arm("federated", {"num-server-rounds": "3R"}), seeds=(0,))]),
+                   Arm("federated", {"num-server-rounds": "3R"}), seeds=(0,),
+                   factor="3x the rounds, pooled unchanged: NOT the same budget (seed 0)")]),
     "dp": ("Under DP (run-config defaults: sites train fusion + heads): the federation vs centralised DP-SGD at the "
            "same epsilon (every record protected at epsilon either way)", [
         *(Comparison(f"synthetic, epsilon {eps:g}: FedAvg with DP - pooled DP-SGD", "synthetic",
                      Arm("federated", epsilon=eps), Arm("pooled-dp", epsilon=eps)) for eps in (8.0, 1.0))]),
     "probe": ("Federated probe (encoders frozen) vs encoders trained", [
         Comparison("synthetic: FedAvg probe - pooled probe", "synthetic",
-                   Arm("federated", {"train-encoders": False}), Arm("pooled", mode="probe"))]),
+                   Arm("federated", {"train-encoders": False}), Arm("pooled", mode="probe"),
+                   factor="encoders frozen in both arms (probe)")]),
 }
 
 
@@ -353,6 +372,37 @@ def compare(c: Comparison, args, built: dict) -> dict:
         out["tasks"][t] = d
     out["runs"] = {"a": [r["_meta"] for r in a], "b": [r["_meta"] for r in b]}
     return out
+
+
+def decomposition(args, built: dict, experiments: dict) -> list[dict]:
+    """For every comparison with a ``factor`` among the experiments run: how far it moves the synthetic gap
+    (its gap minus FedAvg-on-natural-sites' gap, a difference of paired differences with a bootstrap CI over
+    records and seeds), or with ``effect`` the comparison itself. From the cached runs only."""
+    base = EXPERIMENTS["main"][1][0]
+    rows = []
+    for name, (_, comparisons) in EXPERIMENTS.items():
+        for c in comparisons:
+            if c.factor is None or name not in experiments:
+                continue
+            seeds = [s for s in args.seeds if c.seeds is None or s in c.seeds]
+            cohort, natural = cohort_of(c.cohort, args, built), cohort_of(base.cohort, args, built)
+            arms = [[run_arm(coh, resolve(arm, args), args, s, cached_only=True) for s in seeds]
+                    for coh, arm in ((cohort, c.a), (cohort, c.b), (natural, base.a), (natural, base.b))]
+            if any(r is None for arm in arms for r in arm):
+                continue
+            a, b, fed, pooled = arms
+            plus, minus = ([a], [b]) if c.effect else ([a, pooled], [b, fed])
+            row = {"factor": c.factor, "comparison": c.label, "effect": c.effect, "seeds": seeds, "tasks": {}}
+            for t in cohort.tasks:
+                y = fed[0][t]["y"]
+                row["tasks"][t] = {
+                    "gap": H.contrast(y, [[r[t]["p"] for r in a]], [[r[t]["p"] for r in b]], n_boot=args.boot)["diff"],
+                    "natural_gap": H.contrast(y, [[r[t]["p"] for r in fed]], [[r[t]["p"] for r in pooled]],
+                                              n_boot=args.boot)["diff"],
+                    "change": H.contrast(y, [[r[t]["p"] for r in arm] for arm in plus],
+                                         [[r[t]["p"] for r in arm] for arm in minus], n_boot=args.boot)}
+            rows.append(row)
+    return rows
 
 
 def describe(arm: Arm) -> str:
@@ -413,14 +463,25 @@ def main(argv: list[str] | None = None) -> int:
     results = H.read_results(RESULT)
     experiments = results.get("experiments", {})
     built: dict[str, Cohort] = {}
+
+    def write(decompose: bool) -> dict:
+        body = {"summary": summarise({"experiments": experiments}), "experiments": experiments}
+        if decompose:
+            body["decomposition"] = decomposition(args, built, experiments)
+        # the file holds the experiments of several commands: every one of them, in order
+        command = " ; then ".join(dict.fromkeys(e.get("command") or H.command_line("federation", ["--only", n])
+                                                for n, e in experiments.items()))
+        return H.write_results(H.RESULTS / RESULT, H.meta("federation", argv, started, command=command or None), body)
+
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         question, comparisons = EXPERIMENTS[name]
         print(f"== {name}: {question}", flush=True)
         experiments[name] = {"question": question, "rounds": args.rounds, "local_epochs": args.local_epochs,
-                             "records_per_site": args.records, "comparisons": [compare(c, args, built) for c in comparisons]}
-        body = {"summary": summarise({"experiments": experiments}), "experiments": experiments}
-        H.write_results(H.RESULTS / RESULT, H.meta("federation", argv, started), body)
-    print(json.dumps(summarise({"experiments": experiments}), indent=1))
+                             "records_per_site": args.records, "command": H.command_line("federation", argv),
+                             "comparisons": [compare(c, args, built) for c in comparisons]}
+        write(decompose=False)
+    body = write(decompose=True)
+    print(json.dumps(body["summary"], indent=1))
     return 0
 
 

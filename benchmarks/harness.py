@@ -380,23 +380,33 @@ def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list
     return out
 
 
-def paired_difference(y: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], *, n_boot: int = 1000,
-                      seed: int = 0) -> dict:
-    """Arm ``a`` minus arm ``b`` in macro AUROC on the same records, runs paired by seed (``a[i]`` with ``b[i]``).
+def contrast(y: np.ndarray, plus: list[list[np.ndarray]], minus: list[list[np.ndarray]], *, n_boot: int = 1000,
+             seed: int = 0) -> dict:
+    """The arms in ``plus`` minus the arms in ``minus`` (summed), in macro AUROC on the same records, runs
+    paired by seed (run ``i`` of every arm has the same seed): a paired difference of two arms, or a
+    difference of two differences.
 
-    The CI resamples both sources of noise: the records (stratified, the same resample for both arms) and
-    the seed pairs (with replacement, per resample). Also every pair's own difference.
+    The CI resamples both sources of noise: the records (stratified, the same resample for every arm) and
+    the seeds (with replacement, per resample). Also each seed's own value.
     """
-    if len(a) != len(b):
-        raise ValueError(f"paired arms need as many runs each ({len(a)} vs {len(b)})")
-    per_seed = [macro_auroc(y, p) - macro_auroc(y, q) for p, q in zip(a, b)]
-    d = bootstrap_auroc(y, a, n_boot=n_boot, seed=seed) - bootstrap_auroc(y, b, n_boot=n_boot, seed=seed)
-    pick = np.random.default_rng(seed + 1).integers(0, len(a), size=(d.shape[1], len(a)))
+    arms = plus + minus
+    if len({len(a) for a in arms}) != 1:
+        raise ValueError(f"paired arms need as many runs each ({[len(a) for a in arms]})")
+    sign = [1.0] * len(plus) + [-1.0] * len(minus)
+    per_seed = [sum(w * macro_auroc(y, arm[i]) for w, arm in zip(sign, arms)) for i in range(len(arms[0]))]
+    d = sum(w * bootstrap_auroc(y, arm, n_boot=n_boot, seed=seed) for w, arm in zip(sign, arms))
+    pick = np.random.default_rng(seed + 1).integers(0, d.shape[0], size=(d.shape[1], d.shape[0]))
     dist = d[pick, np.arange(d.shape[1])[:, None]].mean(1)
     dist = dist[np.isfinite(dist)]
     return {"diff": float(np.mean(per_seed)), "ci95": [float(np.percentile(dist, 2.5)), float(np.percentile(dist, 97.5))],
-            "per_seed": [round(x, 4) for x in per_seed], "a": float(np.mean([macro_auroc(y, p) for p in a])),
-            "b": float(np.mean([macro_auroc(y, q) for q in b])), "runs": len(a), "n_boot": n_boot}
+            "per_seed": [round(x, 4) for x in per_seed], "runs": len(arms[0]), "n_boot": n_boot}
+
+
+def paired_difference(y: np.ndarray, a: list[np.ndarray], b: list[np.ndarray], *, n_boot: int = 1000,
+                      seed: int = 0) -> dict:
+    """Arm ``a`` minus arm ``b`` (:func:`contrast`), with each arm's seed-mean macro AUROC."""
+    return {**contrast(y, [a], [b], n_boot=n_boot, seed=seed),
+            "a": float(np.mean([macro_auroc(y, p) for p in a])), "b": float(np.mean([macro_auroc(y, q) for q in b]))}
 
 
 # ----------------------------------------------------------------------------- federated runs and scoring

@@ -4,19 +4,13 @@ client-compute makespan, framework overhead per round and message latencies from
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import scale  # noqa: E402
-import speed  # noqa: E402
+from benchmarks import scale, speed
 
 
 class SlowItems(Dataset):
