@@ -73,7 +73,8 @@ class Results:
 def current(command: str | None) -> str | None:
     """A recorded ``python benchmarks/<name>.py ...`` as it runs today (``python -m benchmarks.<name> ...``: the
     same module and arguments; the benchmarks became a package)."""
-    return command and re.sub(r"python (?:\S*/)?benchmarks/(\w+)\.py", r"python -m benchmarks.\1", command).strip()
+    return command and re.sub(r"(^|; then )python (?:\S*/)?benchmarks/(\w+)\.py", r"\1python -m benchmarks.\2",
+                              command.strip())
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -123,6 +124,7 @@ class Section:
     lines: list[str] = field(default_factory=list)
     targets: list[tuple[str, str, str, bool | None]] = field(default_factory=list)  # what, value, target, met
     commands: list[str] = field(default_factory=list)
+    command_per_row: bool = False     # the grid names each row's command: no section-wide line
 
     def target(self, what: str, value: str, target: str, met: bool | None) -> None:
         self.targets.append((what, value, target, met))
@@ -454,6 +456,11 @@ def section_answered(r: Results, s: Section) -> None:
                 parts.append(f"{arm}: " + ", ".join(f"{t} {a:.3f}" for t, a in au[1.0].items()) + " at ε 1")
         rows.append(("Millimetres or standardised leads, under DP? (real cohort, 3 seeds)", "; ".join(parts),
                      "privacy_utility_amplitude.json"))
+    fa = r.get("federation_amplitude.json")
+    if fa:
+        rows.append(("Millimetres or standardised leads in a synthetic federation? (5 sites x 400, no DP, one "
+                     "federated run)", "; ".join(f"{k}: {v}" for k, v in fa.get("summary", {}).items()),
+                     "federation_amplitude.json"))
     fh = r.get("federation_leads_fused_heads.json")
     if fh:
         nodp, dp8 = fh.get("federated_no_dp", {}).get("auroc", {}), fh.get("federated_dp_eps8", {}).get("auroc", {})
@@ -472,7 +479,10 @@ def section_answered(r: Results, s: Section) -> None:
         rows.append(("Are the synthetic labels learnable from ECG features? (logistic regression, 5-fold)", fmt(sep),
                      "synthetic_generator.json"))
     if rows:
-        s.lines += grid("question", ["answer", "evidence"], [(q, [a, f"`results/{f}`"]) for q, a, f in rows])
+        s.command_per_row = True
+        s.lines += grid("question", ["answer", "evidence", "made by"],
+                        [(q, [a, f"`results/{f}`", f"`{r.command(f)}`" if r.command(f) else "not recorded"])
+                         for q, a, f in rows])
     else:
         s.lines.append(f"Exploratory experiments: {NOT_YET}.\n")
 
@@ -491,7 +501,7 @@ SECTIONS: list[tuple[str, list[str], Callable[[Results, Section], None]]] = [
     ("Memory over rounds", ["memory_rounds.json"], section_memory),
     ("Reading hospital formats", ["formats.json"], section_formats),
     ("Answered questions (exploratory experiments, kept as evidence)",
-     ["model_variants.json", "pretraining_variants.json", "privacy_utility_amplitude.json",
+     ["model_variants.json", "pretraining_variants.json", "privacy_utility_amplitude.json", "federation_amplitude.json",
       "federation_leads_fused_heads.json", "pretrained_simulation.json", "synthetic_generator.json"], section_answered),
 ]
 
@@ -606,7 +616,7 @@ def render(r: Results, out_dir: Path = BENCH) -> str:
     for i, s in enumerate(sections, 1):
         out += [f"## {i}. {s.title}", ""]
         commands = [current(c) for c in s.commands] or [c for f in s.sources if f in r.files if (c := r.command(f))]
-        if commands:
+        if commands and not s.command_per_row:
             out += ["Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), ""]
         stale = [f"`results/{f}`: {STALE[f]}" for f in s.sources if f in STALE and f in r.files]
         if stale:
