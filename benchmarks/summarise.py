@@ -264,7 +264,10 @@ def section_private_evaluation(r: Results, s: Section) -> None:
     s.lines.append("The same federated model scored exactly on every held-out record and from the histograms the sites "
                    "would send (bins on [0, 1], adjacent bins merged to at least k records per cell, cells placed at "
                    "their mean). Cells: private value (private - exact). ECE over "
-                   f"{data.get('calibration_bins', 10)} bins. The first policy is the sites' default.\n")
+                   f"{data.get('calibration_bins', 10)} bins. The first policy is the sites' default; \"a class "
+                   "withheld whole\" and \"cells spread\" are candidate changes measured here, not what sites and server do: "
+                   "where a site withholds a class's positives (fewer than k) the server also drops its negatives of "
+                   "that class; every cell spread evenly over its width instead of placed at its mean.\n")
     rows = []
     for m in data.get("models", []):
         for task, t in m["tasks"].items():
@@ -275,7 +278,10 @@ def section_private_evaluation(r: Results, s: Section) -> None:
             cells += [f"{t['exact']['ece']:.3f}", "–" if d["ece"] is None else f"{d['ece']:.3f} ({d['ece_difference']:+.3f})"]
             n = sum(v["records"] for v in t["sites"].values())
             rows.append((f"{m['model']}: {task} ({n} records, {len(t['sites'])} sites)", cells))
-    s.lines += grid("model: task", ["exact AUROC"] + [f"AUROC, bins {p['bins']}, k {p['min_cell']}" for p in policies]
+    s.lines += grid("model: task", ["exact AUROC"] + [f"AUROC, bins {p['bins']}, k {p['min_cell']}"
+                                                      + (", a class withheld whole" if p.get("whole_class") else "")
+                                                      + (", cells spread over their width" if p.get("spread_cells") else "")
+                                                      for p in policies]
                     + ["exact ECE", f"ECE, bins {policies[0]['bins']}, k {policies[0]['min_cell']}" if policies else "ECE"],
                     rows)
 
