@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -140,10 +141,12 @@ class Arm:
     run_config: dict = field(default_factory=dict)
     mode: str = "full"                  # pooled: "full" (all but decoders) or "probe" (encoders frozen)
     pos_weights: str = "pooled"         # pooled: "pooled" or "site" (each record its own site's weights)
+    fresh_optimizer: bool = False       # pooled: a new Adam every epoch (as every site starts every round)
     epsilon: float | None = None        # federated / pooled-dp under DP: every site's budget
 
     def key(self, cohort: Cohort, rounds: int, local_epochs: int, seed: int) -> str:
         text = json.dumps([self.kind, sorted(self.run_config.items()), self.mode, self.pos_weights, self.epsilon,
+                           *([True] if self.fresh_optimizer else []),
                            cohort.name, [s.name for s in cohort.sites], str(cohort.checkpoint), rounds, local_epochs,
                            seed], default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -172,7 +175,7 @@ def run_arm(cohort: Cohort, arm: Arm, args, seed: int, *, cached_only: bool = Fa
     rc = run_config(cohort, arm, rounds=args.rounds, local_epochs=args.local_epochs, seed=seed)
     meta: dict[str, Any] = {"kind": arm.kind, "run_config": rc, "seed": seed}
     if arm.kind == "pooled":
-        model = pooled(cohort, rc, mode=arm.mode, pos_weights=arm.pos_weights)
+        model = pooled(cohort, rc, mode=arm.mode, pos_weights=arm.pos_weights, fresh_optimizer=arm.fresh_optimizer)
     else:
         sites = [pooled_site(cohort, args)] if arm.kind == "pooled-dp" else cohort.sites
         state = H.federate(sites, rc, args.work / "run-state" / key,
@@ -215,11 +218,12 @@ class _PooledItems:
         return item
 
 
-def pooled(cohort: Cohort, rc: dict, *, mode: str, pos_weights: str):
+def pooled(cohort: Cohort, rc: dict, *, mode: str, pos_weights: str, fresh_optimizer: bool = False):
     """Central fine-tuning on the union of the sites' training splits: the federation's starting model
     (:func:`~lsemvae.federation.server_round.initial_state` for the same run config), its objective
     (:func:`lsemvae.model.losses.per_record_loss`, batch mean), Adam at the same lr and batch size, for
-    ``num-server-rounds x local-epochs`` epochs; ``mode`` "probe" freezes the encoders."""
+    ``num-server-rounds x local-epochs`` epochs; ``mode`` "probe" freezes the encoders; ``fresh_optimizer``:
+    a new Adam every epoch."""
     import torch
     from torch.utils.data import ConcatDataset, DataLoader
 
@@ -243,10 +247,13 @@ def pooled(cohort: Cohort, rc: dict, *, mode: str, pos_weights: str):
         parts.append(_PooledItems(data.dataset(data.train_idx, site.lead_names), tasks,
                                   own if pos_weights == "site" else pooled_w))
     kinds = {t: task.kind for t, task in tasks.items()}
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=fed.lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=fed.lr)
     gen = torch.Generator().manual_seed(fed.seed)
     model.train()
     for _ in range(fed.num_server_rounds * fed.local_epochs):
+        if fresh_optimizer:
+            opt = torch.optim.Adam(trainable, lr=fed.lr)
         for batch in DataLoader(ConcatDataset(parts), batch_size=fed.batch_size, shuffle=True, generator=gen):
             opt.zero_grad()
             out = model(batch["x"], batch["lead_mask"], decode=False)
@@ -294,6 +301,10 @@ EXPERIMENTS: dict[str, tuple[str, list[Comparison]]] = {
                 "site's weights: the federated objective in expectation)", [
         Comparison("synthetic: pooled with site weights - pooled", "synthetic", Arm("pooled", pos_weights="site"),
                    factor="each site's own positive weights (their effect on pooled training)", effect=True)]),
+    "optimizer-reset": ("The sites' fresh Adam every round: pooled training with a new Adam every epoch", [
+        Comparison("synthetic: pooled with a new Adam every epoch - pooled", "synthetic",
+                   Arm("pooled", fresh_optimizer=True),
+                   factor="a fresh Adam every round (its effect on pooled training)", effect=True)]),
     "local-steps": ("Local steps per round at the same budget: 1 round x all epochs", [
         Comparison("synthetic: FedAvg 1 round x R epochs - pooled", "synthetic",
                    Arm("federated", {"num-server-rounds": 1, "local-epochs": "ALL"}),
@@ -304,6 +315,19 @@ EXPERIMENTS: dict[str, tuple[str, list[Comparison]]] = {
         Comparison("synthetic: FedAdam server lr 0.01 - pooled", "synthetic",
                    Arm("federated", {"strategy": "fedadam", "server-lr": 0.01}),
                    factor="server optimiser: FedAdam, server lr 0.01")]),
+    "momentum": ("Server momentum: FedAvgM", [
+        Comparison("synthetic: FedAvgM momentum 0.9 - pooled", "synthetic",
+                   Arm("federated", {"strategy": "fedavgm", "server-beta1": 0.9}),
+                   factor="server step: FedAvgM, momentum 0.9"),
+        Comparison("synthetic: FedAvgM momentum 0.7 - pooled (seed 0)", "synthetic",
+                   Arm("federated", {"strategy": "fedavgm", "server-beta1": 0.7}), seeds=(0,),
+                   factor="server step: FedAvgM, momentum 0.7 (seed 0)")]),
+    "local-lr": ("One seed each: the sites' learning rate (pooled stays at the run-config default)", [
+        *(Comparison(f"synthetic: FedAvg lr {lr:g} - pooled (seed 0)", "synthetic", Arm("federated", {"lr": lr}),
+                     seeds=(0,), factor=f"local step size: FedAvg, lr {lr:g} (seed 0)") for lr in (3e-3, 1e-2))]),
+    "pooled-curve": ("Pooled training's own learning curve: where FedAvg after R rounds stands (seed 0)", [
+        *(Comparison(f"synthetic: pooled {n} epoch(s) - pooled R epochs (seed 0)", "synthetic",
+                     Arm("pooled", {"num-server-rounds": n}), seeds=(0,)) for n in (1, 2))]),
     "tune": ("One seed each: FedAdam's server learning rate, FedProx's mu", [
         *(Comparison(f"synthetic: FedAdam server lr {lr:g} - pooled (seed 0)", "synthetic",
                      Arm("federated", {"strategy": "fedadam", "server-lr": lr}), seeds=(0,),
@@ -350,7 +374,7 @@ def resolve(arm: Arm, args) -> Arm:
         rc["local-epochs"] = args.rounds * args.local_epochs
     if rc.get("num-server-rounds") == "3R":
         rc["num-server-rounds"] = 3 * args.rounds
-    return Arm(arm.kind, rc, arm.mode, arm.pos_weights, arm.epsilon)
+    return dataclasses.replace(arm, run_config=rc)
 
 
 def compare(c: Comparison, args, built: dict) -> dict:
@@ -409,6 +433,7 @@ def describe(arm: Arm) -> str:
     parts = [arm.kind] + [f"{k} {v}" for k, v in arm.run_config.items()]
     if arm.kind == "pooled":
         parts += [f"mode {arm.mode}", f"{arm.pos_weights} positive weights"]
+        parts += ["a new Adam every epoch"] if arm.fresh_optimizer else []
     if arm.epsilon is not None:
         parts.append(f"epsilon {arm.epsilon:g}")
     return ", ".join(parts)
