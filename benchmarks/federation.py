@@ -325,6 +325,9 @@ EXPERIMENTS: dict[str, tuple[str, list[Comparison]]] = {
     "local-lr": ("One seed each: the sites' learning rate (pooled stays at the run-config default)", [
         *(Comparison(f"synthetic: FedAvg lr {lr:g} - pooled (seed 0)", "synthetic", Arm("federated", {"lr": lr}),
                      seeds=(0,), factor=f"local step size: FedAvg, lr {lr:g} (seed 0)") for lr in (3e-3, 1e-2))]),
+    "local-batch": ("More sequential local steps at the same budget: smaller batches at the sites (pooled stays at 32)", [
+        *(Comparison(f"synthetic: FedAvg batch {b} - pooled (seed 0)", "synthetic", Arm("federated", {"batch-size": b}),
+                     seeds=(0,), factor=f"local steps per round: FedAvg, batch {b} (seed 0)") for b in (8, 16))]),
     "pooled-curve": ("Pooled training's own learning curve: where FedAvg after R rounds stands (seed 0)", [
         *(Comparison(f"synthetic: pooled {n} epoch(s) - pooled R epochs (seed 0)", "synthetic",
                      Arm("pooled", {"num-server-rounds": n}), seeds=(0,)) for n in (1, 2))]),
