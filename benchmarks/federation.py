@@ -496,10 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         body = {"summary": summarise({"experiments": experiments}), "experiments": experiments}
         if decompose:
             body["decomposition"] = decomposition(args, built, experiments)
-        # the file holds the experiments of several commands: every one of them, in order
-        command = " ; then ".join(dict.fromkeys(e.get("command") or H.command_line("federation", ["--only", n])
-                                                for n, e in experiments.items()))
-        return H.write_results(H.RESULTS / RESULT, H.meta("federation", argv, started, command=command or None), body)
+        command = H.joined_commands(e.get("command") or H.command_line("federation", ["--only", n])
+                                    for n, e in experiments.items())
+        return H.write_results(H.RESULTS / RESULT, H.meta("federation", argv, started, command=command), body)
 
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         question, comparisons = EXPERIMENTS[name]

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -87,6 +87,11 @@ def command_line(benchmark: str, argv: list[str] | None) -> str:
 
     args = sys.argv[1:] if argv is None else argv
     return " ".join(["python", "-m", f"benchmarks.{benchmark}", *map(shlex.quote, map(str, args))])
+
+
+def joined_commands(commands: Iterable[str | None]) -> str | None:
+    """The ``command`` of a results file that holds the parts of several runs: each command once, in order."""
+    return " ; then ".join(dict.fromkeys(c for c in commands if c)) or None
 
 
 def meta(benchmark: str, argv: list[str] | None, started: float, *, command: str | None = None) -> ResultMeta:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{t} {e['private_auroc'].get(t, float('nan')):.3f} / {e['exact_auroc'][t]:.3f}" for t in e["exact_auroc"])
         for label, e in entries.items()}
     commands = {**old.get("commands", {}), args.label: H.command_line("make_run", argv)}
-    H.write_results(H.RESULTS / RESULT, H.meta("make_run", argv, started, command=" ; then ".join(commands.values())),
+    H.write_results(H.RESULTS / RESULT, H.meta("make_run", argv, started, command=H.joined_commands(commands.values())),
                     {"summary": summary, "entries": entries, "commands": commands})
     print(json.dumps(summary, indent=1))
     return 0

@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                                                        r.get("train_encoders", True) is True)  # auto: a probe under DP
             results[key] = r | {"seconds": round(time.monotonic() - begun, 1), "machine": H.machine(),
                                 "command": H.command_line("privacy_utility", argv)}
-        H.write_results(H.RESULTS / "privacy_utility.json", H.meta("privacy_utility", argv, started),
+        command = H.joined_commands(r.get("command") for r in results.values())
+        H.write_results(H.RESULTS / "privacy_utility.json", H.meta("privacy_utility", argv, started, command=command),
                         {"summary": summarise(results), **results})
         plot(results, H.RESULTS / "privacy_utility.png")
         write_markdown(results, H.RESULTS / "privacy_utility.md")

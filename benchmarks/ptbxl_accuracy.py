@@ -255,8 +255,8 @@ def write_results(runs: list[dict], checkpoint: str, args, t0: float) -> int:
     from lsemvae.train.checkpoint import load_checkpoint
     pretrain_metrics = load_checkpoint(checkpoint)["state"].get("best_metrics", {}) if checkpoint else {}
     result = summarise(runs, pretrain_metrics, args, time.monotonic() - t0)
-    # every command whose runs the file holds, in order (a --methods/--fractions rerun keeps the others)
-    command = " ; then ".join(dict.fromkeys(r.get("command", command_line(args)) for r in runs))
+    # a --methods/--fractions rerun keeps the others' runs, and their commands
+    command = H.joined_commands(r.get("command", command_line(args)) for r in runs)
     H.write_results(args.output, H.meta("ptbxl_accuracy", None, t0, command=command), result)
     for row in result["results"]:
         d = row["diff_vs_cnn"]

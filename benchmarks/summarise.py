@@ -7,13 +7,14 @@ the headers); the targets of the issues are gathered at the top with their verdi
 one line. A missing results file gives a "not yet measured" line, an unreadable one a line saying so
 (never an error): a file in a schema its reader predates costs only its own section.
 
-Files follow :class:`benchmarks.harness.ResultMeta` (``command``, ``machine``, ...); a file with a
-``summary`` ``{label: value}`` and no reader here is shown as a two-column grid. Results that an
-accepted change in the code has made out of date are listed in :data:`STALE` and flagged where shown.
+Files follow :class:`benchmarks.harness.ResultMeta` (``command``, ``machine``, ...); a file no section
+reads is named at the end. Results that an accepted change in the code has made out of date are listed
+in :data:`STALE` and flagged where shown, with the command that refreshes them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -38,6 +39,18 @@ STALE = {
     "memory_rounds.json": "ran before the round moved into lsemvae/federation and before sites refused evaluation "
                           "below evaluation.min_records (its tiny sites now evaluate with --eval-min-cell 1); rerun "
                           "`python -m benchmarks.memory_rounds`",
+    "privacy_utility.json": "ran on the benchmark's own copy of the federated round, before it drove the library's "
+                            "(lsemvae/federation run_rounds over in-process sites); rerun `python -m "
+                            "benchmarks.privacy_utility --only synthetic,synthetic-probe` and `--only real,real-full` "
+                            "(hours on 2 cores)",
+    "membership_inference.json": "ran before the compact profile read millimetres and before a site's training moved "
+                                 "into lsemvae/federation/site_round; rerun `python -m benchmarks.membership_inference` "
+                                 "(~8 min here)",
+    "membership_inference_ptbxl.json": "ran before the compact profile read millimetres and before a site's training "
+                                       "moved into lsemvae/federation/site_round; rerun "
+                                       "`python -m benchmarks.membership_inference --site-config "
+                                       "configs/sites/ptbxl-site1.toml --records 240 --out "
+                                       "benchmarks/results/membership_inference_ptbxl.json` (~2 min here)",
 }
 
 
@@ -64,6 +77,10 @@ class Results:
         if name in self.files:
             self.used.add(name)
         return self.files.get(name)
+
+    def matching(self, patterns: list[str]) -> list[str]:
+        """The files present that the patterns (file names or globs, in order) name."""
+        return list(dict.fromkeys(n for pat in patterns for n in sorted(fnmatch.filter(self.files, pat))))
 
     def command(self, name: str) -> str | None:
         """The command that reproduces a file, as it is run now (None: the file does not say)."""
@@ -116,8 +133,8 @@ def grid(corner: str, columns: list[str], rows: list[tuple[str, list[Any]]]) -> 
 
 @dataclass
 class Section:
-    """One question: the results files it reads, its grids and notes (``lines``), target verdicts and, where the
-    files' own ``command`` is not the whole story, the commands behind it."""
+    """One question: the results files present that it reads, its grids and notes (``lines``), target verdicts and,
+    where the files' own ``command`` is not the whole story, the commands behind it."""
 
     title: str
     sources: list[str]
@@ -216,10 +233,12 @@ def section_federated(r: Results, s: Section) -> None:
                         [(f"{row['label']} ({name})",
                           [f"{ci(row['tasks'][t])} ({row['tasks'][t]['a']:.3f} / {row['tasks'][t]['b']:.3f})"
                            for t in tasks]) for name, row in rows])
-    exp = next(iter(data["experiments"].values()))
-    s.lines.append(f"Synthetic cohort: {exp.get('records_per_site', '?')} records per site; {exp.get('rounds', '?')} "
-                   f"rounds x {exp.get('local_epochs', '?')} local epoch(s). Per-seed values, runs and the cohorts' "
-                   "descriptions are in the results file.\n")
+    sizes: dict[str, list[str]] = {}
+    for name, exp in data["experiments"].items():
+        sizes.setdefault(f"{exp.get('records_per_site', '?')} synthetic records per site, {exp.get('rounds', '?')} "
+                         f"rounds x {exp.get('local_epochs', '?')} local epoch(s)", []).append(name)
+    s.lines.append("Sizes: " + "; ".join(f"{size} ({', '.join(names)})" for size, names in sizes.items())
+                   + ". Per-seed values, runs and the cohorts' descriptions are in the results file.\n")
     rows = data.get("decomposition") or []
     if rows:
         tasks = list(dict.fromkeys(t for row in rows for t in row["tasks"]))
@@ -256,9 +275,11 @@ def section_privacy(r: Results, s: Section) -> None:
 
 
 def section_private_evaluation(r: Results, s: Section) -> None:
+    make_run(r, s)
     data = r.get("private_evaluation.json")
     if not data:
-        s.lines.append(f"Pooled AUROC and calibration from the sites' k-anonymous histograms vs exact: {NOT_YET}.\n")
+        s.lines.append(f"Pooled AUROC and calibration from the sites' k-anonymous histograms vs exact, per histogram "
+                       f"policy: {NOT_YET}.\n")
         return
     policies = data.get("policies", [])
     s.lines.append("The same federated model scored exactly on every held-out record and from the histograms the sites "
@@ -284,6 +305,23 @@ def section_private_evaluation(r: Results, s: Section) -> None:
                                                       for p in policies]
                     + ["exact ECE", f"ECE, bins {policies[0]['bins']}, k {policies[0]['min_cell']}" if policies else "ECE"],
                     rows)
+
+
+def make_run(r: Results, s: Section) -> None:
+    """`make run`'s report (the pooled AUROC the server reads from k-anonymous histograms) beside the exact AUROC of
+    the same final model on the same records."""
+    data = r.get("make_run.json")
+    if not data:
+        return
+    entries = data.get("entries", {})
+    tasks = list(dict.fromkeys(t for e in entries.values() for t in e.get("exact_auroc", {})))
+    s.lines.append("`make run` (simulation/run.py, the real ServerApp and ClientApps): the pooled AUROC its report "
+                   "gives (private: from the sites' k-anonymous histograms) and the exact AUROC of the same final model "
+                   "on the same records. Cells: private / exact.\n")
+    s.lines += grid("run (simulation/run.py options)", [f"{t}: private / exact" for t in tasks] + ["max site epsilon"],
+                    [(f"{label} ({' '.join(e.get('simulation_args') or []) or 'defaults'})",
+                      [f"{fmt(e['private_auroc'].get(t))} / {fmt(e['exact_auroc'].get(t))}" for t in tasks]
+                      + [e.get("epsilon_max")]) for label, e in entries.items()])
 
 
 def section_speed(r: Results, s: Section) -> None:
@@ -391,10 +429,8 @@ def section_communication(r: Results, s: Section) -> None:
 
 
 def section_membership(r: Results, s: Section) -> None:
-    names = sorted(n for n in r.files if n.startswith("membership_inference"))
-    s.sources += names
     rows_attack, rows_utility, settings = [], [], []
-    for name in names:
+    for name in s.sources:
         data = r.get(name)
         row_a, row_u = {}, {}
         for st in data.get("settings", []):
@@ -406,7 +442,7 @@ def section_membership(r: Results, s: Section) -> None:
             row_u[st["setting"]] = fmt(st.get("held_out_auroc"), 2)
         rows_attack.append((data.get("data", name), row_a))
         rows_utility.append((data.get("data", name), row_u))
-    if not names:
+    if not s.sources:
         s.lines.append(f"Attack AUROC without and with DP: {NOT_YET}.\n")
         return
     s.lines.append("Attack AUROC [95% CI] (0.5 is chance; DP bounds TPR ≤ e^ε·FPR + δ):\n")
@@ -493,17 +529,19 @@ def section_answered(r: Results, s: Section) -> None:
         s.lines.append(f"Exploratory experiments: {NOT_YET}.\n")
 
 
-#: (title, results files read, reader) in the README's order
+#: (title, results files read (names or globs), reader) in the README's order
 SECTIONS: list[tuple[str, list[str], Callable[[Results, Section], None]]] = [
     ("Accuracy on real data (PTB-XL subset, 6 limb leads, 5 superclasses, fold 10)",
      ["ptbxl_accuracy.json", "pretrained_card.json"], section_accuracy),
     ("Federated vs pooled training (issue 20)", ["federation.json"], section_federated),
     ("Privacy-utility (federated, FedAvg)", ["privacy_utility.json"], section_privacy),
-    ("What private evaluation costs (issue 14)", ["private_evaluation.json"], section_private_evaluation),
+    ("What private evaluation costs (issue 14)", ["make_run.json", "private_evaluation.json"],
+     section_private_evaluation),
     ("Speed on this machine", ["speed.json", "dp_throughput.json"], section_speed),
     ("Scale", ["scale.json"], section_scale),
     ("Communication", ["communication.json"], section_communication),
-    ("Membership inference (loss-threshold attack on one site's fine-tuned model)", [], section_membership),
+    ("Membership inference (loss-threshold attack on one site's fine-tuned model)", ["membership_inference*.json"],
+     section_membership),
     ("Memory over rounds", ["memory_rounds.json"], section_memory),
     ("Reading hospital formats", ["formats.json"], section_formats),
     ("Answered questions (exploratory experiments, kept as evidence)",
@@ -601,7 +639,7 @@ def machine_line(r: Results) -> str:
 def render(r: Results, out_dir: Path = BENCH) -> str:
     sections = []
     for title, sources, reader in SECTIONS:
-        s = Section(title, list(sources))
+        s = Section(title, r.matching(sources))
         try:
             reader(r, s)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:   # a schema its reader predates
@@ -621,10 +659,10 @@ def render(r: Results, out_dir: Path = BENCH) -> str:
     out += grid("measurement", ["value", "target", "met?", "section"], rows)
     for i, s in enumerate(sections, 1):
         out += [f"## {i}. {s.title}", ""]
-        commands = [current(c) for c in s.commands] or [c for f in s.sources if f in r.files if (c := r.command(f))]
+        commands = [current(c) for c in s.commands] or [c for f in s.sources if (c := r.command(f))]
         if commands and not s.command_per_row:
             out += ["Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), ""]
-        stale = [f"`results/{f}`: {STALE[f]}" for f in s.sources if f in STALE and f in r.files]
+        stale = [f"`results/{f}`: {STALE[f]}" for f in s.sources if f in STALE]
         if stale:
             out += ["**Stale**: " + "; ".join(stale) + ".", ""]
         out += s.lines

@@ -128,3 +128,27 @@ def test_paired_contrasts_resample_records_and_seeds():
     # a difference of differences: (good - bad) - (good - bad) is exactly 0; (good - bad) - (bad - bad) is d
     assert abs(harness.contrast(y, [good, bad], [bad, good], n_boot=50)["diff"]) < 1e-12
     assert abs(harness.contrast(y, [good, bad], [bad, bad], n_boot=200)["diff"] - d["diff"]) < 1e-12
+
+
+def test_membership_files_found_by_pattern_flagged_stale_and_make_run_beside_exact(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    attack = {"auroc": 0.78, "auroc_ci95": [0.72, 0.84]}
+    for name, data in (("membership_inference.json", "synthetic site"), ("membership_inference_ptbxl.json", "ptbxl")):
+        (res / name).write_text(json.dumps({
+            "data": data, "command": f"python benchmarks/membership_inference.py --out {name}",
+            "settings": [{"setting": "no DP", "attack": attack, "held_out_auroc": {"right_heart": 0.8}}]}))
+    (res / "make_run.json").write_text(json.dumps({"command": "python -m benchmarks.make_run --label d", "entries": {
+        "d": {"simulation_args": [], "private_auroc": {"right_heart": 0.974}, "exact_auroc": {"right_heart": 0.877},
+              "epsilon_max": 7.99}}}))
+    summarise.main(["--results", str(res), "--out", str(tmp_path)])
+    readme = (tmp_path / "README.md").read_text()
+    mia = _section(readme, ". Membership inference")
+    attacks = _rows(mia.split("Held-out AUROC")[0])
+    assert "0.780 [0.720, 0.840]" in attacks["synthetic site"] and "ptbxl" in attacks
+    assert "`python -m benchmarks.membership_inference --out membership_inference_ptbxl.json`" in mia
+    assert "`results/membership_inference.json`: ran before" in mia.split("**Stale**")[1]   # with what refreshes it
+    assert "`results/membership_inference_ptbxl.json`: ran before" in mia
+    private = _section(readme, ". What private evaluation costs")
+    assert "| 0.974 / 0.877 | 7.990 |" in _rows(private)["d (defaults)"]
+    assert "Other results files" not in readme                       # every file has its section
