@@ -15,12 +15,14 @@
     server process' RSS after each round.
 
     Framework overhead (simulation): the engine runs P = (cores Ray sees) / (CPUs per site) = 2
-    ClientApp actors at once. For each stage (train, evaluate) the client compute is the makespan
-    of the sites' handler times on P workers (longest first, no dispatch cost): the best any
-    scheduler could do with that work. overhead = round wall - (train makespan + evaluate
-    makespan); it contains message passing, Ray dispatch, serialisation, the server's
-    aggregation/metrics and idle polling. Rounds after the first are summarised (round 1 also
-    builds each site's data cache and starts the actors).
+    ClientApp actors at once. A round is one exchange: each site's train handler also evaluates the
+    previous round's model and sends the result with its update. The client compute is the makespan of
+    the sites' handler times on P workers (longest first, no dispatch cost): the best any scheduler
+    could do with that work. overhead = round wall - client compute; it contains message passing, Ray
+    dispatch, serialisation, the server's aggregation and idle polling. Rounds after the first are
+    summarised (round 1 also builds each site's data cache, starts the actors and has no model to
+    evaluate yet). The last model's evaluation, one evaluate message after the last round, is reported
+    apart (``final_evaluate_s``).
 
 (c) Deployment: flower-superlink and 2 flower-supernode processes (``client/run.py``) on
     127.0.0.1, same model and per-site data, ``flwr run``: the same overhead with P = 2 nodes, and per
@@ -60,12 +62,13 @@ RESULTS = REPO / "benchmarks" / "results"
 BATCH = 32
 OVERHEAD_DEFINITION = (
     "overhead = round wall time (server, run_round start to end) - client compute, where client compute = "
-    "makespan_P(train site-seconds) + makespan_P(evaluate site-seconds), makespan_P = longest-first greedy "
-    "schedule of the sites' handler wall times on P parallel workers with zero dispatch cost; P = 2 ClientApp "
-    "actors in simulation (2 cores / 1 CPU per site), P = 2 SuperNodes in deployment (one site each). "
-    "site-seconds = wall time of the ClientApp handler from its first statement after its own imports to the "
-    "reply (read message, load data, build model, DP accounting, train or evaluate; lazy imports inside the data "
-    "layer included). Summaries use rounds 2..R (round 1 also builds site caches and starts workers).")
+    "makespan_P(train site-seconds), makespan_P = longest-first greedy schedule of the sites' handler wall times "
+    "on P parallel workers with zero dispatch cost; P = 2 ClientApp actors in simulation (2 cores / 1 CPU per "
+    "site), P = 2 SuperNodes in deployment (one site each). site-seconds = wall time of the ClientApp handler from "
+    "its first statement after its own imports to the reply (read message, load data, build model, DP accounting, "
+    "evaluate the previous round's model, train; lazy imports inside the data layer included). Summaries use "
+    "rounds 2..R (round 1 also builds site caches, starts workers and evaluates nothing); the last model's "
+    "evaluation (one evaluate message after the last round) is outside every round's wall time.")
 
 
 def load() -> list[float]:
@@ -182,30 +185,34 @@ def makespan(times: list[float], workers: int) -> float:
 
 
 def round_overhead(row: dict, workers: int) -> dict:
+    """A round's wall time against its sites' handler times (train, with the previous model's evaluation)."""
     train = [t["site_seconds"] for t in row["train"].values()]
-    evals = [e["site_seconds"] for e in row["eval"].values()]
-    if any(v is None for v in train + evals):
+    if any(v is None for v in train):
         raise RuntimeError("a site reported no site-seconds: the ClientApp predates the timing metric")
     wall = row["seconds"]
-    compute = makespan(train, workers) + makespan(evals, workers)
+    compute = makespan(train, workers)
     st = row.get("stage_seconds", {})
-    return {
+    out = {
         "round": row["round"], "wall_s": round(wall, 3),
         "client_compute_parallel_s": round(compute, 3),
-        "client_compute_sum_s": round(sum(train) + sum(evals), 3),
+        "client_compute_sum_s": round(sum(train), 3),
         "train_round_sum_s": round(sum(t["train_seconds"] for t in row["train"].values()), 3),
         "overhead_s": round(wall - compute, 3), "overhead_share": round((wall - compute) / wall, 4),
         "stage_s": {k: round(v, 3) for k, v in st.items()},
-        "train_stage_overhead_s": round(st.get("train", math.nan) - makespan(train, workers), 3),
-        "evaluate_stage_overhead_s": round(st.get("evaluate", math.nan) - makespan(evals, workers), 3),
-        "site_train_s": [round(v, 3) for v in train], "site_eval_s": [round(v, 3) for v in evals],
+        "train_stage_overhead_s": round(st.get("train", math.nan) - compute, 3),
+        "site_train_s": [round(v, 3) for v in train],
     }
+    if "evaluate" in st:   # the last row: its model's evaluation came after the round
+        out["final_evaluate_s"] = round(st["evaluate"], 3)
+    return out
 
 
 def message_latencies(rows: list[dict], audit_logs: list[Path]) -> list[dict]:
     """Per round and site: seconds from the server sending a message to the site's handler starting (pre), and
     from the handler's reply being logged at the site to the server's stage ending (post). From the server's
-    stage times and each site's outgoing-message log (same machine, same clock)."""
+    stage times and each site's outgoing-message log (same machine, same clock). The final evaluate message (the
+    last row's ``evaluate`` stage) is sent when the round's row is stamped, so its pre also holds the server's
+    checkpoint of that round."""
     replies: dict[tuple[str, int, str], dict] = {}
     for path in audit_logs:
         for line in path.read_text().splitlines():
@@ -217,13 +224,14 @@ def message_latencies(rows: list[dict], audit_logs: list[Path]) -> list[dict]:
     out = []
     for row in rows:
         st = row["stage_seconds"]
-        train_send = row["time"] - row["seconds"] + st["wait_nodes"]
-        eval_send = train_send + st["train"] + st["aggregate"]
-        ends = {"train": train_send + st["train"], "evaluate": eval_send + st["evaluate"]}
-        sends = {"train": train_send, "evaluate": eval_send}
+        sends = {"train": row["time"] - row["seconds"] + st["wait_nodes"]}
+        ends = {"train": sends["train"] + st["train"]}
+        if "evaluate" in st:
+            sends["evaluate"] = row["time"]
+            ends["evaluate"] = row["time"] + st["evaluate"]
         for site in row["train"]:
             entry = {"round": row["round"], "site": site}
-            for kind in ("train", "evaluate"):
+            for kind in sends:
                 rep = replies.get((site, row["round"], kind))
                 if rep:
                     entry[f"{kind}_pre_s"] = round(rep["end"] - rep["seconds"] - sends[kind], 2)
@@ -241,9 +249,8 @@ def summarise_rounds(per_round: list[dict]) -> dict:
             "client_compute_sum_s": mean("client_compute_sum_s"), "overhead_s": mean("overhead_s"),
             "overhead_share": round(sum(r["overhead_s"] for r in steady) / wall, 4),
             "train_stage_overhead_s": mean("train_stage_overhead_s"),
-            "evaluate_stage_overhead_s": mean("evaluate_stage_overhead_s"),
-            "server_aggregate_plus_metrics_s": round(sum(r["stage_s"].get("aggregate", 0) + r["stage_s"].get("metrics", 0)
-                                                         for r in steady) / len(steady), 3)}
+            "server_aggregate_s": round(sum(r["stage_s"].get("aggregate", 0) for r in steady) / len(steady), 3),
+            "final_evaluate_s": next((r["final_evaluate_s"] for r in per_round if "final_evaluate_s" in r), None)}
 
 
 def compact_checkpoint(path: Path) -> Path:

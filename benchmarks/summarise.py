@@ -32,8 +32,9 @@ NOT_YET = "not yet measured"
 #: results whose code path changed after they were measured: file -> what is out of date and why
 STALE = {
     "scale.json": "the sites and deployment rows ran before the federated round moved into lsemvae/federation "
-                  "(server_round, site_round) and the wire format became one packed buffer; rerun "
-                  "`python -m benchmarks.scale` (the records rows are unaffected)",
+                  "(server_round, site_round), the wire format became one packed buffer and evaluation rode on the "
+                  "train replies (one exchange per round; their overhead counted a separate evaluate stage); rerun "
+                  "`python -m benchmarks.scale` (~40 min; the records rows are unaffected)",
     "speed.json": "the site-round rows ran before the round moved into lsemvae/federation/site_round (same "
                   "train_round underneath); rerun `python -m benchmarks.speed`",
     "memory_rounds.json": "ran before the round moved into lsemvae/federation and before sites refused evaluation "
