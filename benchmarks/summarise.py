@@ -476,6 +476,43 @@ def section_formats(r: Results, s: Section) -> None:
                                       f"{row['leads']} x {row['samples']}"]) for row in data.get("speed", [])])
 
 
+def section_external(r: Results, s: Section) -> None:
+    if not s.sources:
+        s.lines.append(f"Leave one source out (external - internal macro AUROC), per recipe: {NOT_YET}.\n")
+        return
+    s.lines.append("Macro AUROC of the model trained without the held-out source on that source (external) and on fold "
+                   "10 of the training sites (internal), seed mean [95% CI]; gap = external - internal. Recipe minus "
+                   "recipe columns are paired on the same records.\n")
+    for name in s.sources:
+        data = r.get(name)
+        results, comparisons = data.get("results", {}), data.get("comparison", {})
+        sources = list(dict.fromkeys(src for res in results.values() for src in res.get("folds", {})))
+        rows = [(f"held out {src}", [_external_fold(res["folds"].get(src)) for res in results.values()]
+                 + [ci(c.get(src)) for c in comparisons.values()]) for src in sources]
+        rows.append(("mean over held-out sources: external, gap",
+                     [f"{fmt(res.get('mean_external'))}, {ci({'diff': res['mean_gap']}) if 'mean_gap' in res else '–'}"
+                      for res in results.values()] + ["–"] * len(comparisons)))
+        rows.append(("PTB-XL fold 10 (every source trained)", [ci(res.get("fold10"), key="macro_auroc", signed=False)
+                                                               for res in results.values()]
+                     + [ci(c.get("ptb-xl fold 10")) for c in comparisons.values()]))
+        s.lines.append(f"`results/{name}`: {data.get('protocol', '')}\n")
+        s.lines += grid("source", [f"{recipe}: external / internal, gap" for recipe in results] + list(comparisons), rows)
+        qc = data.get("scale_qc")
+        if qc:
+            s.lines.append(f"Scale QC on {qc['records']:,} real records: {qc['false_positive_rate_real']:.1%} flagged; "
+                           "copies with a wrong gain caught: "
+                           + ", ".join(f"{k} {v:.1%}" for k, v in qc.get("caught", {}).items()) + ".\n")
+        if data.get("note"):
+            s.lines.append(data["note"] + "\n")
+
+
+def _external_fold(f: dict | None) -> str:
+    if not f:
+        return "–"
+    return (f"{ci(f['external'], key='macro_auroc', signed=False)} / {f['internal']['macro_auroc']:.3f}, "
+            f"gap {ci(f['gap'], key='mean')}")
+
+
 def section_answered(r: Results, s: Section) -> None:
     """Exploratory experiments whose question is answered: one row each, the evidence kept in its file."""
     rows = []
@@ -545,6 +582,8 @@ SECTIONS: list[tuple[str, list[str], Callable[[Results, Section], None]]] = [
      section_membership),
     ("Memory over rounds", ["memory_rounds.json"], section_memory),
     ("Reading hospital formats", ["formats.json"], section_formats),
+    ("External validity: leave one source out (PTB-XL sites, LUDB)", ["external.json", "external_*.json"],
+     section_external),
     ("Answered questions (exploratory experiments, kept as evidence)",
      ["model_variants.json", "pretraining_variants.json", "privacy_utility_amplitude.json", "federation_amplitude.json",
       "federation_leads_fused_heads.json", "pretrained_simulation.json", "synthetic_generator.json"], section_answered),

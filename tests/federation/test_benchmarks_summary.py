@@ -152,3 +152,22 @@ def test_membership_files_found_by_pattern_flagged_stale_and_make_run_beside_exa
     private = _section(readme, ". What private evaluation costs")
     assert "| 0.974 / 0.877 | 7.990 |" in _rows(private)["d (defaults)"]
     assert "Other results files" not in readme                       # every file has its section
+
+
+def test_external_validity_grid_per_file_with_paired_recipe_columns(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    fold = {"internal": {"macro_auroc": 0.809}, "external": {"macro_auroc": 0.8, "ci": [0.78, 0.821]},
+            "gap": {"mean": -0.009, "ci": [-0.065, 0.058]}}
+    recipe = {"folds": {"ludb": fold}, "mean_external": 0.8, "mean_gap": -0.009,
+              "fold10": {"macro_auroc": 0.882, "ci": [0.851, 0.91]}}
+    for name in ("external.json", "external_recipes_seed0.json"):
+        (res / name).write_text(json.dumps({
+            "command": f"python benchmarks/external.py --out {name}", "protocol": "leave one source out",
+            "results": {"baseline": recipe, "hospital": recipe},
+            "comparison": {"hospital - baseline": {"ludb": {"diff": -0.003, "ci": [-0.009, 0.004]}}}}))
+    summarise.main(["--results", str(res), "--out", str(tmp_path)])
+    ext = _section((tmp_path / "README.md").read_text(), ". External validity")
+    assert ext.count("| held out ludb | 0.800 [0.780, 0.821] / 0.809, gap -0.009 [-0.065, +0.058] | 0.800") == 2
+    assert "| -0.003 [-0.009, +0.004] |" in _rows(ext)["held out ludb"]
+    assert "`python -m benchmarks.external --out external_recipes_seed0.json`" in ext
