@@ -12,9 +12,10 @@ Writes benchmarks/results/communication.json:
   groups a site trained (its leads' encoders, fusion, its task heads); ``up_probe`` = what it sends
   under DP by default (run config ``train-encoders = "auto"``: fusion and heads); ``down_probe`` = what
   the server sends it per round under the probe once it holds the frozen encoders (they travel once:
-  fusion and heads, train + evaluate); down = every federated
-  group, sent twice per round (train message, then the evaluation broadcast of the aggregated
-  model). Counted as the codec packs them (:func:`lsemvae.federation.codec.pack`: every array's values end
+  fusion and heads); down = every federated group, in the round's one message (the train instruction: the
+  site evaluates the model it receives before training it, and sends the result with its update). The
+  last model's evaluation broadcast, once per job after the last round, is ``down_evaluate``. Counted as
+  the codec packs them (:func:`lsemvae.federation.codec.pack`: every array's values end
   to end in one buffer per message); the message body (instruction or reply, with the buffer's layout)
   adds a few kB.
 * ``float16_rounding``: the float16 round trip of the pretrained compact checkpoint's federated
@@ -82,14 +83,14 @@ def computed_bytes() -> dict:
                 size = lambda arrays: sum(wire_bytes(tuple(v.shape), dtype) for v in arrays.values())  # noqa: E731
                 down = size(sent)
                 slim = size({k: v for k, v in sent.items() if not k.startswith("encoders.")})
-                row[f"{leads_name}/{dtype}"] = {"up": size(up), "up_probe": size(up_probe), "down_train": down,
-                                                "down_evaluate": down, "down": 2 * down, "down_probe": 2 * slim}
+                row[f"{leads_name}/{dtype}"] = {"up": size(up), "up_probe": size(up_probe), "down": down,
+                                                "down_probe": slim, "down_evaluate": down}
         out[profile] = row
     # the shape-based count is what the codec really packs (checked on the small compact model)
     real = {k: v.numpy() for k, v in federated(build_model(get_profile("compact", **heads)).state_dict()).items()}
     for dtype in DTYPES:
         packed = pack(real, dtype)[0].nbytes
-        assert packed == out["compact"][f"12L/{dtype}"]["down_train"], (dtype, packed)
+        assert packed == out["compact"][f"12L/{dtype}"]["down"], (dtype, packed)
     return out
 
 
@@ -163,7 +164,7 @@ def summary(results: dict) -> dict:
                 s[f"{profile} {key} up MB"] = round(b["up"] / 1e6, 3)
                 s[f"{profile} {key} up under DP (probe, the default) MB"] = round(b["up_probe"] / 1e6, 4)
                 s[f"{profile} {key} down under DP after the first message (probe) MB"] = round(b["down_probe"] / 1e6, 4)
-                s[f"{profile} {key} down MB (train + evaluate)"] = round(b["down"] / 1e6, 3)
+                s[f"{profile} {key} down MB"] = round(b["down"] / 1e6, 3)
     for pair in results.get("runs", []):
         for task, d in pair["auroc_difference"].items():
             s[f"float16 - float32 AUROC {task} ({pair['label']})"] = round(d, 4)

@@ -414,7 +414,8 @@ def section_communication(r: Results, s: Section) -> None:
             if profile == "compact" and b:
                 s.target(f"compact model, {leads} site, float32: MB sent per round", f"{b['up'] / 1e6:.2f}",
                          "< 5 MB sent per site", b["up"] < 5e6)
-    s.lines.append("MB per site per round, up / down (down: the train message and the evaluation broadcast). Encoders "
+    s.lines.append("MB per site per round, up / down (down: the round's one message, the train instruction; the last "
+                   "model's evaluation broadcast adds one more down, once per job). Encoders "
                    "trained: every group the site trains (the default without DP); probe: fusion + heads only (the "
                    "default under DP), the frozen encoders sent once.\n")
     s.lines += grid("model, site", ["float32, encoders trained", "float32, probe", "float16, encoders trained",
