@@ -20,8 +20,10 @@ import numpy as np
 from lsemvae.errors import LSEMVAEError
 from lsemvae.site import SiteConfig
 
-RECORDS_TO_OPEN = 5      # leads are checked on a few records; training reports every bad one
 CONNECT_TIMEOUT_S = 3.0
+# The job the budget check assumes (a site learns a job's real length only when it starts): the shipped
+# configs/federation.toml's rounds, one local epoch, batch 32.
+ASSUMED_JOB = {"rounds": 10, "local_epochs": 1, "batch_size": 32}
 CERT_WARN_DAYS = 14
 
 
@@ -63,24 +65,7 @@ def check_data(cfg: SiteConfig) -> tuple[list[Check], list]:
                       "check data.root and data.format; records must be WFDB .hea/.dat or a registered format")], []
     checks = [Check("data", True, f"{len(refs)} records indexed under {d.root}")]
 
-    missing_leads: list[str] = []
-    opened = 0
-    for ref in refs[:RECORDS_TO_OPEN]:
-        try:
-            rec = ref.load()
-        except LSEMVAEError as err:
-            checks.append(_fail("records", f"cannot read {ref.record_id}: {err}", "repair or remove that record"))
-            continue
-        opened += 1
-        absent = [lead for lead in cfg.lead_names if lead not in rec.leads]
-        if absent:
-            missing_leads.append(f"{ref.record_id} lacks {', '.join(absent)}")
-    if missing_leads:
-        checks.append(_fail("leads", "; ".join(missing_leads),
-                            f"set `leads` to what the records contain (now {list(cfg.lead_names)}), e.g. \"6L\""))
-    elif opened:
-        checks.append(Check("leads", True, f"{', '.join(cfg.lead_names)} present in the {opened} records opened"))
-
+    checks += check_records(cfg, refs)
     try:
         tasks = site_tasks(cfg)
     except LSEMVAEError as err:
@@ -100,6 +85,77 @@ def check_data(cfg: SiteConfig) -> tuple[list[Check], list]:
             checks.append(Check(f"labels {name}", True,
                                 f"{int(pos.min())}+ positives and {int(neg.min())}+ negatives per class"))
     return checks, refs
+
+
+def check_records(cfg: SiteConfig, refs: list) -> list[Check]:
+    """Every record read and preprocessed as training will (the site's cache is built, or reused when fresh):
+    how many are usable, how many skipped and why, and whether they hold the site's leads."""
+    from lsemvae.data.cache import build_cohort
+    from lsemvae.federation.sitedata import site_tasks
+    from lsemvae.fileio import private_dir
+    from lsemvae.leads import lead_index
+    from lsemvae.model.config import get_profile
+
+    try:
+        private_dir(cfg.state_dir)   # the cache holds the site's ECGs: never readable by other users
+        cohort = build_cohort(refs, site_tasks(cfg), get_profile("compact").preprocess_config(), cfg.cache_dir,
+                              name=cfg.name, progress=True)
+    except LSEMVAEError as err:
+        return [_fail("records", str(err), "repair the records or the labels named above")]
+    skipped = cohort.skipped_by_reason()
+    detail = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    if len(cohort) == 0:
+        return [_fail("records", f"none of the {len(refs)} records is usable ({detail})",
+                      f"see the reasons per record with `lsemvae data inspect {cfg.data.root}`")]
+    checks = [Check("records", True, f"{len(cohort)} of {len(refs)} records usable"
+                    + (f"; {sum(skipped.values())} skipped: {detail} (`lsemvae data inspect {cfg.data.root}` "
+                       "names each)" if skipped else ""), warning=bool(skipped))]
+    mask = np.asarray(cohort.lead_mask)
+    lacking = {lead: int((~mask[:, lead_index(lead)]).sum()) for lead in cfg.lead_names}
+    lacking = {lead: n for lead, n in lacking.items() if n}
+    if lacking and max(lacking.values()) == len(cohort):
+        checks.append(_fail("leads", f"no usable record has {', '.join(l for l, n in lacking.items() if n == len(cohort))}",
+                            f"set `leads` to what the records contain (now {list(cfg.lead_names)}), e.g. \"6L\""))
+    elif lacking:
+        checks.append(Check("leads", True, "some records lack leads (they train the others): "
+                            + ", ".join(f"{lead} {n}" for lead, n in lacking.items()), warning=True))
+    else:
+        checks.append(Check("leads", True, f"{', '.join(cfg.lead_names)} present in all {len(cohort)} usable records"))
+    checks.append(check_useful_budget(cfg, cohort))
+    return checks
+
+
+def check_useful_budget(cfg: SiteConfig, cohort) -> Check:
+    """Whether what is left of the budget buys a job that is more than noise (the site's noise ceiling)."""
+    import math
+
+    from lsemvae.data.cache import patient_split
+    from lsemvae.privacy.dp import BudgetExhausted, plan_noise_multiplier
+    from lsemvae.privacy.ledger import LedgerError, PrivacyLedger
+
+    name = "budget for a job"
+    try:
+        ledger = PrivacyLedger.open(cfg.ledger_path, site=cfg.name, anchor_dir=cfg.anchor_dir)
+        spent, history = ledger.epsilon(), ledger.history
+    except LedgerError:
+        spent, history = 0.0, []   # check_budget reports a missing or broken ledger
+    n_train = len(patient_split(cohort, cfg.data.val_fraction, seed=0)[0])
+    steps = ASSUMED_JOB["local_epochs"] * math.ceil(n_train / min(ASSUMED_JOB["batch_size"], max(n_train, 1)))
+    target = min(cfg.privacy.epsilon, spent + cfg.privacy.job_epsilon)
+    job = f"a {ASSUMED_JOB['rounds']}-round job of {steps} steps per round on {n_train} training records"
+    try:
+        sigma = plan_noise_multiplier(target_epsilon=target, delta=cfg.privacy.delta, sample_rate=1 / steps,
+                                      total_steps=ASSUMED_JOB["rounds"] * steps, accountant=cfg.privacy.accountant,
+                                      already_spent_history=history)
+    except BudgetExhausted:
+        sigma = math.inf
+    if sigma > cfg.privacy.max_noise_multiplier:
+        return _fail(name, f"with epsilon {spent:.3f} of {cfg.privacy.epsilon:g} spent, {job} would need noise multiplier "
+                           f"{sigma:.2f}, above this site's ceiling {cfg.privacy.max_noise_multiplier:g}: it would train on "
+                           "noise", "this dataset's budget cannot buy useful training any more; leave it out of further "
+                           "jobs (or, with the data custodian, `lsemvae privacy set-budget`)")
+    return Check(name, True, f"this job's share (epsilon up to {target:.3f}) buys {job} at noise multiplier {sigma:.2f} "
+                             f"(ceiling {cfg.privacy.max_noise_multiplier:g})")
 
 
 def check_budget(cfg: SiteConfig) -> Check:

@@ -32,7 +32,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from client.preflight import run_preflight  # noqa: E402
 from lsemvae.config import validate  # noqa: E402
 from lsemvae.errors import LSEMVAEError  # noqa: E402
-from lsemvae.fileio import private_dir  # noqa: E402
+from lsemvae.cli import PRIVATE_UMASK  # noqa: E402
+from lsemvae.fileio import atomic_write, private_dir, toml_value  # noqa: E402
 from lsemvae.site import SiteConfig, load_site_config, site_config_path  # noqa: E402
 
 INSECURE_BANNER = (
@@ -41,7 +42,8 @@ INSECURE_BANNER = (
     "Use this only on a loopback test federation, never with patient data."
 )
 
-# Safe defaults for a hospital machine (flower-opacus-notes §8): no phoning home, no installs at run time.
+# Safe defaults for a hospital machine: no phoning home (Flower's telemetry and update check are on by default),
+# no installs at run time.
 SUPERNODE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -56,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--app-hash", nargs="?", const=str(REPO), metavar="APP_DIR",
                    help="print the sha256 of the app bundle built from APP_DIR (default: this checkout), the value "
                         "to put in connection.approved_apps once you have reviewed that code, and exit")
+    p.add_argument("--approve-app", nargs="?", const=str(REPO), metavar="APP_DIR",
+                   help="add the sha256 of the app in APP_DIR (default: this checkout, which you have reviewed) to the "
+                        "site config's connection.approved_apps, and exit")
     p.add_argument("--sites-dir", default=str(REPO / "configs" / "sites"), help="folder of site configs (default: configs/sites)")
     p.add_argument("--config", help="explicit site config file (instead of <sites-dir>/<site>.toml)")
     p.add_argument("--check", action="store_true", help="run the preflight only, then exit (0 = ready to join)")
@@ -166,43 +171,79 @@ def app_hash(app_dir: Path) -> str:
         return hashlib.sha256(fabs[0].read_bytes()).hexdigest()
 
 
+def approve_app(config_path: Path, digest: str) -> bool:
+    """Add ``digest`` to ``connection.approved_apps`` in the site's TOML, keeping the file's comments.
+    False if it was approved already."""
+    import re
+    import tomllib
+
+    text = config_path.read_text(encoding="utf-8")
+    approved = tomllib.loads(text).get("connection", {}).get("approved_apps", [])
+    if digest in approved:
+        return False
+    line = f"approved_apps = {toml_value([*approved, digest])}"
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip() == "[connection]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    existing = [i for i in range(start + 1, end) if re.match(r"\s*approved_apps\s*=", lines[i])]
+    if existing:
+        lines[existing[0]] = line
+    else:
+        lines.insert(start + 1, line)
+    atomic_write(config_path, "\n".join(lines) + "\n", private=False)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.app_hash:
-        try:
-            print(app_hash(Path(args.app_hash)))
-        except LSEMVAEError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    if not args.site:
-        print("error: --site is required (or --app-hash)", file=sys.stderr)
-        return 2
     try:
-        config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
-        cfg = apply_overrides(load_site_config(config_path), args)
-        if cfg.name != args.site:
-            raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
-        if args.insecure:
-            check_insecure(cfg)
-            banner = "!" * 100
-            print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
-        print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
-        checks = run_preflight(cfg, insecure=args.insecure, superlink=None, check_network=not args.skip_network_check)
-        failed = [c for c in checks if not c.ok]
-        if failed:
-            print(f"{len(failed)} check(s) failed: the site cannot join until they are fixed.", file=sys.stderr)
-            return 1
-        if args.check:
-            print("Preflight passed: the site is ready to join.")
+        if args.app_hash:
+            print(app_hash(Path(args.app_hash)))
             return 0
-        private_dir(cfg.flwr_home)
-        cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
+        if not args.site:
+            raise LSEMVAEError("--site is required (or --app-hash)")
+        config_path = Path(args.config) if args.config else site_config_path(args.site, args.sites_dir)
+        if args.approve_app:
+            return _approve(args.site, config_path, Path(args.approve_app))
+        return _join(args, config_path)
     except LSEMVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _approve(site: str, config_path: Path, app_dir: Path) -> int:
+    load_site_config(config_path)   # a broken config is reported before anything is written to it
+    digest = app_hash(app_dir)
+    added = approve_app(config_path, digest)
+    print(f"{'approved' if added else 'already approved'}: app {digest} for site {site} ({config_path})")
+    return 0
+
+
+def _join(args: argparse.Namespace, config_path: Path) -> int:
+    """Preflight, then replace this process with the SuperNode (unless --check or --dry-run)."""
+    cfg = apply_overrides(load_site_config(config_path), args)
+    if cfg.name != args.site:
+        raise LSEMVAEError(f"{config_path}: name = {cfg.name!r} but --site {args.site!r}; they must match")
+    if args.insecure:
+        check_insecure(cfg)
+        banner = "!" * 100
+        print(f"{banner}\n{INSECURE_BANNER}\n{banner}", file=sys.stderr, flush=True)
+    print(f"Preflight for site '{cfg.name}' ({config_path.resolve()})", flush=True)
+    checks = run_preflight(cfg, insecure=args.insecure, superlink=None, check_network=not args.skip_network_check)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"{len(failed)} check(s) failed: the site cannot join until they are fixed.", file=sys.stderr)
+        return 1
+    if args.check:
+        print("Preflight passed: the site is ready to join.")
+        return 0
+    private_dir(cfg.flwr_home)
+    cmd = supernode_command(cfg, config_path.resolve(), insecure=args.insecure, max_retries=args.max_retries)
     env = supernode_env(cfg)
+    os.umask(PRIVATE_UMASK)   # everything the SuperNode and its ClientApps write at the site is private
     print("Starting: " + " ".join(cmd), flush=True)
+    print("Environment: " + " ".join(f"{k}={env[k]}" for k in sorted(env) if os.environ.get(k) != env[k]
+                                     or k in SUPERNODE_ENV), flush=True)
     if args.dry_run:
         return 0
     os.execve(cmd[0], cmd, env)

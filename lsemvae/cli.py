@@ -2,16 +2,21 @@
 
 Each area owns its sub-commands in a module with ``register(subparsers)``; this file only
 assembles them and turns user errors (:class:`LSEMVAEError`) into one clear line, no traceback.
+What the commands write (caches, converted records with patient ids in their headers, scores,
+reports) is private to the user who runs them: the umask is 077 (:data:`PRIVATE_UMASK`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lsemvae import __version__
 from lsemvae.errors import LSEMVAEError
+
+PRIVATE_UMASK = 0o077   # new files 0600, new folders 0700: patient-derived outputs are not for other users
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -40,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)
     try:
         return int(args.func(args) or 0)
     except LSEMVAEError as err:

@@ -40,6 +40,9 @@ class DataConfig(StrictModel):
     ptbxl_sites: list[int] | None = Field(None, description="ptbxl only: keep records from these PTB-XL `site` values")
     ptbxl_rate: Literal[100, 500] = 100
     max_records: int | None = Field(None, gt=0, description="use at most this many records (smoke tests)")
+    gain_correction: float = Field(1.0, gt=0, description="multiply every signal by this: the fix for an export "
+                                   "with a wrong gain, which QC reports (wrong-scale, implausible-amplitude) with the "
+                                   "factor to use; a header gain 5x too high reads signals 5x too small: 5")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of patients held out for federated evaluation")
 
     @model_validator(mode="after")
@@ -54,10 +57,19 @@ class DataConfig(StrictModel):
 
 
 class TaskBinding(StrictModel):
-    """A task the site trains: the model head ``name``, from a label ``column`` or the task's own rule."""
+    """A task the site trains: the model head ``name``, from a label ``column``, a built-in multi-label task's
+    ``columns`` (one per class, in its class order) or the task's own rule."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     column: str | None = Field(None, description="manifest label column (0/1) for this task; omit for a built-in task rule")
+    columns: list[str] | None = Field(None, description="a built-in multi-label task's label columns, one per class in "
+                                      "its order (superclass: NORM, MI, STTC, CD, HYP); omit when named so")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TaskBinding":
+        if self.column and self.columns:
+            raise ValueError("give `column` (a binary task) or `columns` (a multi-label one), not both")
+        return self
 
 
 RUN_SHARE = 4   # default policy: one job may spend at most a quarter of the lifetime budget
@@ -276,7 +288,8 @@ class FederationConfig(StrictModel):
     server_beta2: float = Field(0.99, ge=0, lt=1)
     server_tau: float = Field(1e-3, gt=0)
     dp: bool = Field(True, description="ask sites to train with DP-SGD (a site may still refuse non-DP)")
-    checkpoint: str = Field("", description="pretrained LS-EMVAE checkpoint (absolute path on the coordinator)")
+    checkpoint: str = Field("compact-ptbxl-ludb", description="pretrained LS-EMVAE checkpoint: a shipped name "
+                            "(`lsemvae pretrained list`), or a checkpoint folder or .pt (absolute path on the coordinator)")
     out_dir: str = Field("", description="absolute output directory (server state, metrics, report)")
     resume: bool = Field(False, description="continue from the server state in out-dir")
     seed: int = 0

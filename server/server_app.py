@@ -27,7 +27,7 @@ from lsemvae.errors import LSEMVAEError
 from lsemvae.federation.messages import REPLY_MODELS, MessageError, from_content, packed_bytes
 from lsemvae.federation.server_round import Outgoing, Received, initial_state, outgoing_content, run_rounds
 from lsemvae.federation.state import ServerState, load_state, save_state
-from lsemvae.fileio import atomic_write_json
+from lsemvae.fileio import atomic_write, atomic_write_json
 from lsemvae.site import FederationConfig, federation_config
 
 log = logging.getLogger("flwr.lsemvae.server")
@@ -122,20 +122,21 @@ def run(transport, fed: FederationConfig, out: Path) -> ServerState:
         state = load_state(out)
         log.info("resuming from %s after round %d", out / "server-state.pt", state.round)
         # metrics.jsonl may hold a row written after the last checkpoint: rewrite it from the state
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in state.metrics))
+        atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in state.metrics), private=False)
     else:
         state = initial_state(fed)
-        metrics_path.write_text("")
-        (out / "run-config.json").write_text(json.dumps(state.run_config, indent=2) + "\n")
+        atomic_write(metrics_path, "", private=False)
+        atomic_write_json(out / "run-config.json", state.run_config, private=False, indent=2)
     state.site_epsilon = {**_registry(fed), **state.site_epsilon}
     log.info("federated fine-tuning: strategy %s, %d rounds, min %d sites, timeout %g s, DP %s, output %s",
              fed.strategy, fed.num_server_rounds, fed.min_sites, fed.round_timeout, "on" if fed.dp else "OFF", out)
 
     def after_round(state: ServerState, row: dict) -> None:
+        # a round's row gains its evaluation a round later: the file is rewritten from the state each time
+        rows = state.metrics + ([row] if "stopped" in row else [])
         if "stopped" not in row:
             save_state(out, state)
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in rows), private=False)
         if fed.epsilon_registry:
             atomic_write_json(fed.epsilon_registry, state.site_epsilon, private=False)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+# ../shared beside the checkout; LSEMVAE_SHARED_DATA when the tests run from a copy elsewhere (`make mutation`)
+SHARED_DATA = Path(os.environ.get("LSEMVAE_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 @pytest.fixture(scope="session")

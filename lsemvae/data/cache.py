@@ -8,6 +8,10 @@ preprocessing config, :data:`PIPELINE_VERSION` and the task definitions: change 
 cache is built. Builds go to a temporary directory renamed into place, so a crash never leaves a
 half cache; reloads open every array read-only with ``mmap_mode="r"`` (nothing is copied into
 RAM until a sample is indexed).
+
+One cache serves every lead set: a record with a lead that fails QC is kept with that lead masked
+(``meta["lead_faults"]``); each consumer leaves out the records it cannot use with its own leads
+(:func:`usable_rows`, and the splits' ``leads``), so a 6-lead model keeps what a 12-lead one skips.
 """
 
 from __future__ import annotations
@@ -28,15 +32,15 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lsemvae.data.preprocess import PIPELINE_VERSION, Preprocessed, PreprocessConfig, preprocess
+from lsemvae.data.preprocess import PIPELINE_VERSION, Preprocessed, PreprocessConfig, describe_faults, preprocess
 from lsemvae.data.readers import record_files
 from lsemvae.data.sources import RecordRef
-from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks, task_name
+from lsemvae.data.tasks import TASKS, Task, column_task, get_task, resolve_tasks, task_name
 from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 
 INDEX_FILE = "index.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: records with failed leads are kept with those leads masked (meta "lead_faults")
 
 
 class CacheError(LSEMVAEError):
@@ -101,6 +105,8 @@ def _task_spec(task: Task) -> dict:
     """How to get the task back when the cache is opened by path alone."""
     if TASKS.get(task.name) is task:
         spec = task.name
+    elif task.columns is not None:
+        spec = f"{task.name}={'+'.join(task.columns)}"
     elif task.column is not None:
         spec = f"column:{task.column}"
     else:
@@ -123,8 +129,8 @@ def cohort_key(refs: Sequence[RecordRef], tasks: dict[str, Task], cfg: Preproces
                 files.append((f.name, st.st_size, st.st_mtime_ns))
             except OSError:
                 files.append((f.name, None, None))
-        h.update(json.dumps([ref.record_id, ref.patient_id, files, _json_safe(ref.meta)], sort_keys=True,
-                            default=str).encode())
+        h.update(json.dumps([ref.record_id, ref.patient_id, files, _json_safe(ref.meta), ref.gain_correction],
+                            sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -135,8 +141,8 @@ def cohort_key(refs: Sequence[RecordRef], tasks: dict[str, Task], cfg: Preproces
 
 def _process(args: tuple[RecordRef, PreprocessConfig]) -> Preprocessed | dict:
     ref, cfg = args
-    try:
-        return preprocess(ref.load(), cfg)
+    try:  # no lead required: a lead that fails QC is left out and noted, each consumer then applies its own leads
+        return preprocess(ref.load(), cfg, leads=())
     except RecordError as err:
         return {"record": ref.record_id, "path": str(ref.path), "reason": err.reason, "message": err.detail}
 
@@ -248,7 +254,7 @@ def build_cohort(
                 arrays["beats"][i] = res.beat
                 kept.append(ref)
                 extra_meta.append({"n_beats": res.n_beats, "heart_rate_bpm": res.heart_rate_bpm,
-                                   "qc_flags": list(res.flags)})
+                                   "qc_flags": list(res.flags), "lead_faults": dict(res.lead_faults)})
                 flags.update(f.split(":", 1)[0] for f in res.flags)
         bar.close()
         elapsed = time.perf_counter() - start
@@ -277,7 +283,8 @@ def build_cohort(
             "leads": list(LEADS_12),
             "record_ids": [r.record_id for r in kept], "patient_ids": [r.patient_id for r in kept],
             "paths": [str(r.path) for r in kept],
-            "meta": [_json_safe({**r.meta, **m}) for r, m in zip(kept, extra_meta)],
+            "meta": [_json_safe({**r.meta, **({"gain_correction": r.gain_correction} if r.gain_correction != 1 else {}),
+                                 **m}) for r, m in zip(kept, extra_meta)],
             "skipped": skipped,
             "stats": {"records_in": n_cap, "records_kept": n, "records_skipped": len(skipped),
                       "build_seconds": round(elapsed, 3), "records_per_second": round(n_cap / max(elapsed, 1e-9), 1),
@@ -329,6 +336,8 @@ def load_cohort(path: str | Path, *, tasks: Iterable[Task] | None = None) -> Coh
             task_map[nm] = TASKS[nm]
         elif spec["spec"].startswith("column:"):
             task_map[nm] = dataclasses.replace(column_task(spec["spec"][len("column:"):]), name=nm)
+        elif "=" in spec["spec"]:
+            task_map[nm] = get_task(spec["spec"])
         else:
             raise CacheError(f"{path}: task {nm!r} is a custom rule; pass it: load_cohort(path, tasks=[...])")
 
@@ -372,9 +381,13 @@ def cohort_tasks(cohort: Cohort, names: Iterable[str] | None = None) -> dict[str
     wanted = list(dict.fromkeys(task_name(n) for n in names)) if names else list(cohort.tasks)
     absent = [n for n in wanted if n not in cohort.tasks]
     if absent or not wanted:
+        how = [f"`--tasks {n}` (labels from columns {', '.join(TASKS[n].classes)}, one 0/1 column per class, or "
+               f"bound to yours: `--tasks {n}={'+'.join(c.lower() for c in TASKS[n].classes)}`)"
+               if n in TASKS and TASKS[n].kind != "binary" else f"`--tasks {n}` (column {n!r})" if n in TASKS
+               else f"`--tasks column:{n}`" for n in absent]
         raise ConfigError(f"cohort {cohort.path} has no labels for {absent or 'any task'} (it has "
-                          f"{list(cohort.tasks)}): prepare it with `lsemvae data prepare ... --tasks "
-                          "column:<label column>` (comma-separated) to add a label column")
+                          f"{list(cohort.tasks)}): prepare it again with `lsemvae data prepare ...` and "
+                          + (", ".join(how) if how else "`--tasks column:<label column>` (comma-separated)"))
     return {n: cohort.tasks[n] for n in wanted}
 
 
@@ -429,35 +442,74 @@ class CohortDataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# Records a model can use: QC applies to the leads it reads
+# ---------------------------------------------------------------------------------------------
+
+
+def _faults_among(cohort: Cohort, i: int, wanted: set[str]) -> dict[str, tuple[str, str]]:
+    return {lead: tuple(f) for lead, f in (cohort.meta[i].get("lead_faults") or {}).items() if lead in wanted}
+
+
+def lead_fault_skips(cohort: Cohort, leads: str | Sequence[str] = LEADS_12,
+                     rows: Sequence[int] | np.ndarray | None = None) -> list[dict]:
+    """Records (among ``rows``, default all) with a lead that failed QC among ``leads``, as ``cohort.skipped``
+    lists them (``record``, ``path``, ``reason``, ``message``). A failed lead outside ``leads`` is not a reason:
+    the cache keeps the record with that lead masked, so a 6-lead model is not refused for a flat V1."""
+    names = resolve_lead_set(leads)
+    out = []
+    for i in range(len(cohort)) if rows is None else map(int, rows):
+        faults = _faults_among(cohort, i, set(names))
+        if faults:
+            reason, message = describe_faults(faults, cohort.config)
+            out.append({"record": cohort.record_ids[i], "path": cohort.paths[i], "reason": reason,
+                        "message": f"{message} (leads read: {' '.join(names)})"})
+    return out
+
+
+def usable_rows(cohort: Cohort, leads: str | Sequence[str] = LEADS_12,
+                rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """``rows`` (default all) without the records that have a lead failing QC among ``leads``."""
+    rows = np.arange(len(cohort)) if rows is None else np.asarray(rows, dtype=np.int64)
+    wanted = set(resolve_lead_set(leads))
+    return rows[[not _faults_among(cohort, int(i), wanted) for i in rows]] if rows.size else rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Splits
 # ---------------------------------------------------------------------------------------------
 
 
-def ptbxl_folds(cohort: Cohort) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Official PTB-XL patient-disjoint split: ``strat_fold`` 1-8 train, 9 validation, 10 test."""
+def ptbxl_folds(cohort: Cohort, *, leads: str | Sequence[str] = LEADS_12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Official PTB-XL patient-disjoint split: ``strat_fold`` 1-8 train, 9 validation, 10 test.
+
+    Only records usable with ``leads`` (:func:`usable_rows`; default: every lead, strict)."""
     folds = np.array([m.get("strat_fold") or 0 for m in cohort.meta])
     if (folds == 0).any():
         missing = [cohort.record_ids[i] for i in np.flatnonzero(folds == 0)[:5]]
         raise ConfigError(f"records without strat_fold (not PTB-XL?): {missing}; use patient_split")
-    return np.flatnonzero(folds <= 8), np.flatnonzero(folds == 9), np.flatnonzero(folds == 10)
+    rows = usable_rows(cohort, leads)
+    return rows[folds[rows] <= 8], rows[folds[rows] == 9], rows[folds[rows] == 10]
 
 
-def patient_split(cohort: Cohort, val_fraction: float = 0.1, seed: int = 0, *,
-                  test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def patient_split(cohort: Cohort, val_fraction: float = 0.1, seed: int = 0, *, test_fraction: float = 0.0,
+                  leads: str | Sequence[str] = LEADS_12,
+                  rows: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random split by patient (no patient in two parts): ``(train, val, test)`` row indices.
 
-    Fractions are of patients; ``test`` is empty when ``test_fraction`` is 0.
+    Fractions are of patients; ``test`` is empty when ``test_fraction`` is 0. Only ``rows``
+    (default all) usable with ``leads`` (:func:`usable_rows`; default: every lead, strict).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must be in [0, 1)")
-    patients = np.array(sorted(set(cohort.patient_ids)))
+    rows = usable_rows(cohort, leads, rows)
+    patients = np.array(sorted({cohort.patient_ids[i] for i in rows}))
     rng = np.random.default_rng(seed)
     rng.shuffle(patients)
     n_val = int(round(val_fraction * len(patients)))
     n_test = int(round(test_fraction * len(patients)))
     part = {p: 1 for p in patients[:n_val]} | {p: 2 for p in patients[n_val:n_val + n_test]}
-    which = np.array([part.get(p, 0) for p in cohort.patient_ids])
-    return np.flatnonzero(which == 0), np.flatnonzero(which == 1), np.flatnonzero(which == 2)
+    which = np.array([part.get(cohort.patient_ids[i], 0) for i in rows], dtype=int)
+    return rows[which == 0], rows[which == 1], rows[which == 2]
 
 
 PTBXL_FOLDS, PATIENT_SPLIT = "ptbxl-folds", "patient"
@@ -469,7 +521,8 @@ def has_ptbxl_folds(cohort: Cohort) -> bool:
 
 
 def cohort_split(cohort: Cohort, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
-                 recorded: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                 recorded: Mapping[str, Any] | None = None,
+                 leads: str | Sequence[str] = LEADS_12) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """``(train, val, test, record)`` row indices of ``cohort`` and a description of the split.
 
     Cohorts where every record has a PTB-XL ``strat_fold`` keep the official folds (1-8 / 9 / 10);
@@ -477,7 +530,8 @@ def cohort_split(cohort: Cohort, *, val_fraction: float = 0.15, test_fraction: f
     (method, fractions, seed, the cohort's cache key, validation and test record ids) goes into a
     checkpoint's provenance; given back as ``recorded``, it yields the same parts again: PTB-XL folds
     from any PTB-XL cache (the folds are the records' own), a patient split only from the cohort it
-    was drawn from (same cache key), by its record ids.
+    was drawn from (same cache key), by its record ids. Every part holds only records usable with
+    ``leads`` (:func:`usable_rows`: the leads a model reads; default every lead).
     """
     if recorded is None:
         method = PTBXL_FOLDS if has_ptbxl_folds(cohort) else PATIENT_SPLIT
@@ -489,15 +543,15 @@ def cohort_split(cohort: Cohort, *, val_fraction: float = 0.15, test_fraction: f
             raise ConfigError(f"cohort {cohort.path} (cache key {cohort.key[:16]}) is not the cohort the split was "
                               f"recorded on ({origin}): its validation and test records are not defined here")
     if method == PTBXL_FOLDS:
-        train, val, test = ptbxl_folds(cohort)
+        train, val, test = ptbxl_folds(cohort, leads=leads)
         params: dict[str, Any] = {"method": PTBXL_FOLDS, "val_fraction": None, "test_fraction": None, "seed": None}
     elif recorded is not None:
         row = {rid: i for i, rid in enumerate(cohort.record_ids)}
-        val, test = (np.array([row[r] for r in recorded[k]], dtype=np.int64) for k in ("val_ids", "test_ids"))
-        train = np.setdiff1d(np.arange(len(cohort)), np.concatenate([val, test]))
+        val, test = (usable_rows(cohort, leads, [row[r] for r in recorded[k]]) for k in ("val_ids", "test_ids"))
+        train = np.setdiff1d(usable_rows(cohort, leads), np.concatenate([val, test]))
         return train, val, test, dict(recorded)
     else:
-        train, val, test = patient_split(cohort, val_fraction, seed, test_fraction=test_fraction)
+        train, val, test = patient_split(cohort, val_fraction, seed, test_fraction=test_fraction, leads=leads)
         empty = [part for part, rows in (("training", train), ("validation", val), ("test", test)) if not len(rows)]
         if empty:
             raise ConfigError(f"cohort {cohort.path}: {len(set(cohort.patient_ids))} patients are too few for a "

@@ -17,67 +17,72 @@ import numpy as np
 
 from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.config import validate
+from lsemvae.data import sources
 from lsemvae.data.preprocess import PIPELINE_VERSION, PreprocessConfig, preprocess
 from lsemvae.data.convert import passed_over_report
 from lsemvae.data.readers import scan_folder
 from lsemvae.data.sources import (
-    RecordRef, folder_index, label_counts, ludb_index, manifest_index, ptbxl_index,
+    DATASET_KINDS, RecordRef, detect_kind, folder_index, label_counts, require_labels, with_gain_correction,
 )
 from lsemvae.data.tasks import TASKS, Task, column_task, resolve_tasks
 from lsemvae.errors import ConfigError, LSEMVAEError, RecordError
 from lsemvae.leads import LEADS_12, LEAD_SETS
-
-DATASETS = ("ptb-xl", "ludb", "manifest", "folder")
-MANIFEST_NAMES = ("labels.csv", "manifest.csv")
-
 
 # ---------------------------------------------------------------------------------------------
 # Finding and indexing a data folder
 # ---------------------------------------------------------------------------------------------
 
 
-def detect_dataset(root: Path) -> str:
-    """``ptb-xl`` / ``ludb`` / ``manifest`` / ``folder`` from what the folder holds."""
-    if (root / "ptbxl_database.csv").is_file():
-        return "ptb-xl"
-    if (root / "ludb.csv").is_file() and (root / "data").is_dir():
-        return "ludb"
-    if any((root / n).is_file() for n in MANIFEST_NAMES):
-        return "manifest"
-    return "folder"
-
-
-def _manifest_paths(root: Path, labels: Path | None) -> tuple[Path, Path]:
-    labels = labels or next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
-    if labels is None:
-        raise ConfigError(f"{root}: no labels CSV ({' or '.join(MANIFEST_NAMES)}); pass --labels")
-    records = root / "records" if (root / "records").is_dir() else root
-    return records, labels
-
-
 def index_dataset(dataset: str, root: Path, *, labels: Path | None = None, rate: int = 100) -> list[RecordRef]:
+    """:func:`lsemvae.data.sources.index`, for a ``root`` the user named (which must exist)."""
     if not root.exists():
         raise ConfigError(f"{root}: not found")
-    if dataset == "ptb-xl":
-        return ptbxl_index(root, rate=rate)
-    if dataset == "ludb":
-        return ludb_index(root)
-    if dataset == "manifest":
-        records, labels = _manifest_paths(root, labels)
-        return manifest_index(records, labels)
-    return folder_index(root)
+    return sources.index(dataset, root, labels=labels, rate=rate)
 
 
 def default_tasks(dataset: str, refs: Sequence[RecordRef]) -> dict[str, Task]:
-    """PTB-XL: every built-in task; LUDB: the PH proxies; manifest: its label columns; folder: none."""
+    """PTB-XL: every built-in task; LUDB: the PH proxies; manifest: its label columns; folder: none.
+
+    A manifest's columns named like every class of a built-in multi-label task (NORM, MI, STTC, CD,
+    HYP) are that task's labels (``superclass``), not one binary task each.
+    """
     if dataset == "ptb-xl":
         return dict(TASKS)
     if dataset == "ludb":
         return {k: t for k, t in TASKS.items() if k != "superclass"}
     if dataset == "manifest":
-        columns = dict.fromkeys(c for r in refs for c in r.meta.get("label_columns", ()))
-        return {c: TASKS[c] if c in TASKS else column_task(c) for c in columns}
+        columns = list(dict.fromkeys(c for r in refs for c in r.meta.get("label_columns", ())))
+        multi = {k: t for k, t in TASKS.items() if t.kind != "binary" and set(t.classes) <= set(columns)}
+        taken = {c for t in multi.values() for c in t.classes}
+        return multi | {c: TASKS[c] if c in TASKS else column_task(c) for c in columns if c not in taken}
     return {}
+
+
+def dataset_cohort(dataset: str, root: Path, cfg: PreprocessConfig, cache_dir: Path, *, tasks: Sequence[str] = (),
+                   labels: Path | None = None, rate: int | None = None, limit: int | None = None,
+                   gain_correction: float = 1.0, name: str | None = None, progress: bool = True, workers: int = 1):
+    """The cohort of a dataset folder as ``lsemvae data prepare`` builds it, opened (or built once).
+
+    Every command that reads a dataset (``pretrain``/``finetune``/``evaluate --ptbxl``, ``--ludb``,
+    ``--folder``) comes here, so they share one cache per dataset and preprocessing: all its records
+    (a training command chooses rows, e.g. leaves PTB-XL fold 10 out), the dataset's default tasks
+    plus ``tasks``. Tasks asked for by name must have labels (:func:`require_labels`).
+    """
+    from lsemvae.data.cache import build_cohort
+
+    refs = index_dataset(dataset, root, labels=labels, rate=rate or (100 if cfg.fs <= 100 else 500))
+    if limit:
+        refs = refs[:limit]
+    if gain_correction != 1.0:
+        refs = with_gain_correction(refs, gain_correction)
+    asked = resolve_tasks([t for t in tasks if t.strip()])
+    require_labels(refs, asked)
+    task_map = {n: asked.get(n, t) for n, t in default_tasks(dataset, refs).items()} | asked  # defaults' order kept
+    for task, counts in label_counts(refs, task_map).items():
+        if not counts["labelled"]:
+            print(f"note: task {task} has no labels in these {len(refs)} records", file=sys.stderr)
+    return build_cohort(refs, task_map, cfg, cache_dir, name=name or f"{dataset}-{cfg.fs}hz", progress=progress,
+                        workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if root.is_file():
         refs, dataset = [RecordRef(root.stem, root.stem, root, {"source": str(root)})], "record"
         groups = {"record": refs}
-    elif (dataset := args.dataset or ("manifest" if args.labels else detect_dataset(root))) == "folder":
+    elif (dataset := args.dataset or ("manifest" if args.labels else detect_kind(root))) == "folder":
         scan = scan_folder(root)
         passed_over = {str(p.relative_to(root)): why for p, why in scan.passed_over}
         if not scan.records:
@@ -186,7 +191,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             groups = {}
             for rate in (100, 500):
                 try:
-                    groups[f"{rate} Hz files"] = ptbxl_index(root, rate=rate)
+                    groups[f"{rate} Hz files"] = sources.index("ptb-xl", root, rate=rate)
                 except LSEMVAEError as err:
                     print(f"note: {err}", file=sys.stderr)
             if not groups:
@@ -220,23 +225,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from lsemvae.data.cache import build_cohort
-
     root = Path(args.root)
-    dataset = args.dataset or detect_dataset(root)
-    refs = index_dataset(dataset, root, labels=args.labels, rate=args.rate)
-    if args.limit:
-        refs = refs[:args.limit]
-    if args.tasks is not None:
-        tasks = resolve_tasks([t for t in args.tasks.split(",") if t.strip()])
-    else:
-        tasks = default_tasks(dataset, refs)
+    dataset = args.dataset or detect_kind(root)
     cfg = validate(PreprocessConfig, {"fs": args.fs, "seconds": args.seconds, "powerline_hz": args.powerline or None,
                                       "amplitude": args.amplitude},
                    source="command line (--fs, --seconds, --powerline, --amplitude)")
-    name = args.name or f"{dataset}-{args.fs}hz"
-    cohort = build_cohort(refs, tasks, cfg, args.cache_dir, name=name, progress=not args.no_progress,
-                          workers=args.workers)
+    cohort = dataset_cohort(dataset, root, cfg, args.cache_dir, tasks=(args.tasks or "").split(","), labels=args.labels,
+                            rate=args.rate, limit=args.limit, gain_correction=args.gain_correction, name=args.name,
+                            progress=not args.no_progress, workers=args.workers)
+    name = cohort.path.name.rsplit("-", 1)[0]
     st = cohort.stats
     print(f"cohort {name}: {len(cohort)} records kept, {len(cohort.skipped)} skipped, in {cohort.path}")
     print(f"  arrays: signals {tuple(cohort.signals.shape)}, beats {tuple(cohort.beats.shape)}; "
@@ -247,6 +244,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     for reason, n in cohort.skipped_by_reason().items():
         example = next(s for s in cohort.skipped if s["reason"] == reason)
         print(f"  skipped {reason}: {n} (e.g. {example['record']}: {example['message']})")
+    flagged = Counter(f.split(":", 1)[0] for m in cohort.meta for f in m.get("qc_flags", ()))
+    for flag, n in flagged.most_common():
+        example = next((m["qc_flags"], rid) for m, rid in zip(cohort.meta, cohort.record_ids)
+                       if any(f.startswith(flag + ":") for f in m.get("qc_flags", ())))
+        text = next(f for f in example[0] if f.startswith(flag + ":"))
+        print(f"  kept with note {flag}: {n} (e.g. {example[1]}: {text.split(':', 1)[1].strip()})")
     return 0
 
 
@@ -287,7 +290,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        epilog="exit status: 0 at least one record read; 1 no record could be read (an unreadable "
                        "file, a folder without records); 2 a usage error (path not found, bad option).")
     p.add_argument("path", type=Path, help="folder or record file")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout (default: detected)")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default=None, help="layout (default: detected)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV of a site folder (implies manifest)")
     p.add_argument("--fs", type=int, default=100, help="model sampling rate for the QC run, Hz")
     p.add_argument("--limit", type=positive_int, default=None, help="inspect only the first N records")
@@ -299,7 +302,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Index a dataset, run the preprocessing pipeline on every record and write a "
                        "memory-mapped cohort cache under --cache-dir (reused when inputs, config and pipeline "
                        "version are unchanged). Bad records are skipped and listed by reason.")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="layout of --root (default: detected)")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default=None, help="layout of --root (default: detected)")
     p.add_argument("--root", type=Path, required=True, help="dataset folder")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV for --dataset manifest")
     p.add_argument("--rate", type=int, choices=(100, 500), default=100, help="PTB-XL files to read")
@@ -311,8 +314,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amplitude", choices=("millimetres", "standardised"), default="millimetres",
                    help="millimetres (default, what the compact model reads: voltages kept, mm of ECG paper) or "
                         "standardised (each lead z-scored per record, what the faithful profile reads)")
-    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all that apply; "
-                   f"known: {', '.join(TASKS)}, or column:<label column>)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks added to the dataset's own (all that apply: "
+                   "PTB-XL every built-in task, a site its label columns; columns NORM, MI, STTC, CD, HYP make the "
+                   f"superclass task). Known: {', '.join(TASKS)}; column:<label column> for a site's own binary "
+                   "column; <task>=<column>+<column>... to read a built-in task from your columns, one per class in "
+                   "its order (superclass=norm+mi+sttc+cd+hyp). A task named here must have labels")
+    p.add_argument("--gain-correction", type=positive_float, default=1.0, metavar="FACTOR",
+                   help="multiply every signal of this source by FACTOR: the fix for an export with a wrong gain, "
+                   "which QC reports as wrong-scale or implausible-amplitude with the factor to use (a header gain "
+                   "5x too high reads every signal 5x too small: --gain-correction 5). Noted on each record")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N records")
     p.add_argument("--workers", type=positive_int, default=1, help="preprocessing processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -2,9 +2,12 @@
 
 Steps, in order (deterministic; the version and config hash go with every cache and checkpoint):
 
-1. quality checks on the raw mV signal: NaN share, flat line, saturation/clipping, implausible
-   amplitude (wrong units) -> reject with a reason naming the leads; limb-lead identities
-   (Einthoven/Goldberger) -> flag (or reject, if configured);
+1. quality checks on the raw mV signal: per lead NaN share, flat line, saturation/clipping,
+   amplitude (wrong units, spikes) -> reject with a reason naming the leads when the caller uses the
+   lead, otherwise leave the lead out with a note; the record's scale (QRS amplitude of its median
+   beats) -> reject a wrong scale (every lead tiny or huge yet shaped like an ECG: a gain error, not
+   a flat line) or flag an implausible one; limb-lead identities (Einthoven/Goldberger) -> flag (or
+   reject, if configured);
 2. NaN interpolation (linear, edges held);
 3. resampling to ``cfg.fs`` (polyphase, ``resample_poly``);
 4. band-pass (Butterworth, zero-phase ``sosfiltfilt``) and a powerline notch when below Nyquist;
@@ -14,8 +17,8 @@ Steps, in order (deterministic; the version and config hash go with every cache 
    the leads' relative sizes (hypertrophy voltage criteria, the electrical axis);
 7. R peaks (always found on the standardised leads) on a multi-lead energy envelope and the
    per-lead R-aligned median beat over ``beat_window_s``, in the signal's units -- the
-   reconstruction target (a pooled latent cannot reconstruct the raw 10-s signal, see
-   docs/findings.md). No beats -> reject.
+   reconstruction target (a pooled latent cannot reconstruct the raw 10-s signal: it cannot say
+   where the beats fall). No beats -> reject.
 
 Change anything that alters outputs -> bump :data:`PIPELINE_VERSION`.
 """
@@ -24,10 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -55,6 +59,12 @@ class PreprocessConfig(StrictModel):
     saturation_share: float = Field(0.02, gt=0, le=1,
                                     description="reject when this share of a lead sits at its own max or min")
     max_amplitude_mv: float = Field(20.0, gt=0, description="|x - median| above this means wrong units/artefact")
+    qrs_amplitude_mv: tuple[float, float] = Field(
+        (0.2, 4.0), description="plausible median over leads of the QRS peak-to-peak amplitude (median beat), mV; "
+        "outside: flagged implausible-amplitude. 1,727 real PTB-XL and LUDB records here: 0.28-3.38 mV (6 limb "
+        "leads alone: 0.22-3.40)")
+    wrong_scale_factor: float = Field(4.0, gt=1, description="further outside qrs_amplitude_mv than this factor "
+                                      "(or every lead flat yet shaped like an ECG): rejected as wrong-scale")
     identity_tolerance_mv: float = Field(0.1, gt=0, description="limb-lead identity tolerance (median |residual|)")
     identity_action: Literal["flag", "reject", "off"] = Field(
         "flag", description="what a failed limb identity does. Real PTB-XL/LUDB limb leads reach 0.096 mV "
@@ -74,6 +84,8 @@ class PreprocessConfig(StrictModel):
             raise ValueError(f"beat_window_s must straddle the R peak (start < 0 < end), got {self.beat_window_s}")
         if self.highpass_hz and self.lowpass_hz and self.highpass_hz >= self.lowpass_hz:
             raise ValueError(f"highpass_hz {self.highpass_hz} must be below lowpass_hz {self.lowpass_hz}")
+        if not 0 < self.qrs_amplitude_mv[0] < self.qrs_amplitude_mv[1]:
+            raise ValueError(f"qrs_amplitude_mv must be (low, high) with 0 < low < high, got {self.qrs_amplitude_mv}")
         if self.min_seconds > self.seconds:
             raise ValueError(f"min_seconds {self.min_seconds} exceeds seconds {self.seconds}")
         return self
@@ -108,58 +120,187 @@ class Preprocessed:
     n_beats: int
     heart_rate_bpm: float
     flags: tuple[str, ...] = ()  # non-fatal QC findings, e.g. "limb-identity: ..."
+    lead_faults: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # leads left out: {lead: (reason, item)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Quality checks on raw millivolts
 # ---------------------------------------------------------------------------------------------
 
+#: Per-lead checks in the order they run, and how a group of failed leads is described.
+LEAD_CHECKS: dict[str, str] = {
+    "nan-share": "missing samples (NaN) above {cfg.max_nan_share:.0%} in leads {items} (partial recording)",
+    "flat-line": "flat line (std < {cfg.flat_std_mv} mV) in leads {items}",
+    "saturation": "clipped/saturated signal (over {cfg.saturation_share:.0%} of samples at the lead's extreme "
+                  "value) in leads {items}",
+    "amplitude": "amplitude above {cfg.max_amplitude_mv} mV in leads {items}: wrong units or artefact",
+}
 
-def _names(leads, mask) -> str:
-    return ", ".join(l for l, m in zip(leads, mask) if m)
+#: ``{lead: (reason, item)}``: a lead that failed a per-lead check; ``item`` is how it is listed ("V6 75%").
+LeadFaults = Mapping[str, tuple[str, str]]
 
 
-def quality_check(record: ECGRecord, cfg: PreprocessConfig) -> tuple[str, ...]:
-    """Raise :class:`RecordError` for an unusable record; return non-fatal flags."""
+def describe_faults(faults: LeadFaults, cfg: PreprocessConfig) -> tuple[str, str]:
+    """``(reason, message)`` for failed leads: the first check's reason, every check's leads named."""
+    parts, reasons = [], []
+    for reason, template in LEAD_CHECKS.items():
+        items = [item for lead, (r, item) in faults.items() if r == reason]
+        if items:
+            reasons.append(reason)
+            parts.append(template.format(cfg=cfg, items=", ".join(items)))
+    return reasons[0], "; ".join(parts)
+
+
+def lead_faults(record: ECGRecord, cfg: PreprocessConfig) -> dict[str, tuple[str, str]]:
+    """Per-lead checks on the raw mV signal: ``{lead: (reason, item)}`` for each lead that fails one."""
+    x = record.signal.astype(np.float64)
+    faults: dict[str, tuple[str, str]] = {}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN lead: its NaN share speaks first
+        nan_share = np.isnan(x).mean(axis=1)
+        std = np.nanstd(x, axis=1)
+        hi = np.nanmax(x, axis=1, keepdims=True)
+        lo = np.nanmin(x, axis=1, keepdims=True)
+        at_rail = np.maximum((x == hi).sum(axis=1), (x == lo).sum(axis=1)) / x.shape[1]
+        amp = np.nanmax(np.abs(x - np.nanmedian(x, axis=1, keepdims=True)), axis=1)
+    for k, lead in enumerate(record.leads):
+        if nan_share[k] > cfg.max_nan_share:
+            faults[lead] = ("nan-share", f"{lead} {nan_share[k]:.0%}")
+        elif not std[k] >= cfg.flat_std_mv:
+            faults[lead] = ("flat-line", lead)
+        elif at_rail[k] > cfg.saturation_share:
+            faults[lead] = ("saturation", lead)
+        elif amp[k] > cfg.max_amplitude_mv:
+            faults[lead] = ("amplitude", lead)
+    return faults
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How large a record's QRS complexes are, measured on every lead whose values can be trusted.
+
+    ``median_mv``: median over those leads of the peak-to-peak amplitude of the lead's R-aligned
+    median beat (band-passed, in mV); ``lead_ii_mv`` the same for lead II (None if absent);
+    ``contrast``: :func:`qrs_contrast` of the leads standardised, i.e. whether they are shaped like
+    an ECG whatever their size.
+    """
+
+    median_mv: float
+    lead_ii_mv: float | None
+    contrast: float
+
+    def describe(self) -> str:
+        ii = "" if self.lead_ii_mv is None else f", lead II {self.lead_ii_mv:.3g} mV"
+        return f"median QRS peak-to-peak over leads {self.median_mv:.3g} mV{ii}"
+
+
+def measure_scale(x: np.ndarray, fs: float, leads: Sequence[str], cfg: PreprocessConfig) -> Scale | None:
+    """:class:`Scale` of raw mV rows ``x`` (``leads``) at ``fs``; None when no beat is found."""
+    y = bandpass(resample(interpolate_nan(x), fs, cfg.fs), cfg)
+    valid = np.ones(y.shape[1], dtype=bool)
+    z = standardise(y, valid)
+    contrast = qrs_contrast(qrs_envelope(z, cfg.fs, valid), valid)
+    beat, n = median_beat(y, detect_r_peaks(z, cfg.fs, valid), valid, cfg)
+    if n == 0:
+        return None
+    p2p = beat.max(axis=1) - beat.min(axis=1)
+    ii = float(p2p[list(leads).index("II")]) if "II" in leads else None
+    return Scale(float(np.median(p2p)), ii, contrast)
+
+
+def check_scale(record: ECGRecord, faults: LeadFaults, cfg: PreprocessConfig) -> tuple[str, ...]:
+    """Tell a wrong scale from flat lines and artefacts; return a flag for an implausible one.
+
+    A record whose leads are all uniformly tiny (flat by ``flat_std_mv``) or huge, yet shaped like an
+    ECG once standardised (QRS complexes stand out), has a scale problem: a gain error in the export
+    or wrong units, not disconnected electrodes. Beyond ``wrong_scale_factor`` outside
+    ``qrs_amplitude_mv`` it is rejected as ``wrong-scale``; outside that range but within the factor it
+    is flagged ``implausible-amplitude`` (real low- or high-voltage ECGs exist there too). Either
+    message gives the measured amplitude, the plausible range and the fix (a gain correction).
+    """
+    # values of NaN-filled or clipped leads cannot say how large the signal is; flat leads can when every lead is
+    reason = {lead: faults.get(lead, ("",))[0] for lead in record.leads}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        constant = np.nanmax(record.signal, axis=1) == np.nanmin(record.signal, axis=1)  # no shape to measure
+    trusted = [k for k, lead in enumerate(record.leads)
+               if reason[lead] not in ("nan-share", "saturation") and not constant[k]]
+    rows = [k for k in trusted if reason[record.leads[k]] != "flat-line"] or trusted
+    if not rows:
+        return ()
+    flat = reason[record.leads[rows[0]]] == "flat-line"
+    scale = measure_scale(record.signal[rows].astype(np.float64), record.fs, [record.leads[k] for k in rows], cfg)
+    if scale is None or scale.contrast < cfg.min_qrs_contrast:
+        return ()  # not shaped like an ECG: the flat-line, amplitude and no-beats checks say what is wrong
+    where = record.source or record.record_id
+    lo, hi = cfg.qrs_amplitude_mv
+    m = scale.median_mv
+    if m <= 0 or lo <= m <= hi:
+        return ()
+    small = m < lo
+    outside = lo / m if small else m / hi  # how far outside the plausible range
+    times = np.sqrt(lo * hi) / m if small else m / np.sqrt(lo * hi)  # against the range's middle (log scale)
+    fix = (f"fix the export, or correct it with a gain correction of about {_factor(times if small else 1 / times)} "
+           "(`lsemvae data prepare --gain-correction`, site config `data.gain_correction`)")
+    size = "small" if small else "large"
+    if (flat and small) or outside > cfg.wrong_scale_factor:
+        shape = "all leads are uniformly tiny (flat by std) yet" if flat and small else "the leads are"
+        raise RecordError(where, f"wrong scale: {shape} shaped like an ECG (QRS contrast {scale.contrast:.0f}), "
+                          f"{scale.describe()}, about {_factor(times)}x too {size} for an ECG (plausible: {lo:g}-{hi:g} "
+                          f"mV): a gain error in the export or wrong units, not the electrodes; {fix}",
+                          reason="wrong-scale")
+    return (f"implausible-amplitude: {scale.describe()}, outside the {lo:g}-{hi:g} mV of real ECGs (about "
+            f"{_factor(times)}x too {size}): a gain error in the export or an extreme ECG; if the export is wrong, "
+            f"{fix}",)
+
+
+def _factor(x: float) -> str:
+    """A scale factor for people: far off, the nearest power of ten (a unit mix-up: uV read as mV is 1000x)."""
+    if x >= 30 or x <= 1 / 30:
+        return f"{10.0 ** round(np.log10(x)):g}"
+    return f"{x:.2g}"
+
+
+def quality_check(record: ECGRecord, cfg: PreprocessConfig, *, leads: Sequence[str] | None = None
+                  ) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]:
+    """Raise :class:`RecordError` for an unusable record; return ``(flags, faults)``.
+
+    ``leads``: the leads the caller will use (None: every lead the record has). A failed per-lead
+    check (:data:`LEAD_CHECKS`) in one of them rejects the record; in another lead it is returned in
+    ``faults`` (``{lead: (reason, item)}``) for the caller to mask, with a note among the flags. A
+    record left with no usable lead is rejected.
+    """
     x = record.signal.astype(np.float64)
     where = record.source or record.record_id
     if np.isinf(x).any():
         raise RecordError(where, "signal contains infinite values", reason="non-finite")
-    nan_share = np.isnan(x).mean(axis=1)
-    bad = nan_share > cfg.max_nan_share
-    if bad.any():
-        worst = ", ".join(f"{l} {s:.0%}" for l, s, b in zip(record.leads, nan_share, bad) if b)
-        raise RecordError(where, f"missing samples (NaN) above {cfg.max_nan_share:.0%} in leads {worst} "
-                          "(partial recording)", reason="nan-share")
     if record.duration_s < cfg.min_seconds:
         raise RecordError(where, f"record lasts {record.duration_s:.2f} s, shorter than min_seconds "
                           f"{cfg.min_seconds} s", reason="too-short")
-    with np.errstate(invalid="ignore"):
-        std = np.nanstd(x, axis=1)
-        flat = std < cfg.flat_std_mv
-        if flat.any():
-            raise RecordError(where, f"flat line (std < {cfg.flat_std_mv} mV) in leads {_names(record.leads, flat)}",
-                              reason="flat-line")
-        hi = np.nanmax(x, axis=1, keepdims=True)
-        lo = np.nanmin(x, axis=1, keepdims=True)
-        at_rail = np.maximum((x == hi).sum(axis=1), (x == lo).sum(axis=1)) / x.shape[1]
-        sat = at_rail > cfg.saturation_share
-        if sat.any():
-            raise RecordError(where, f"clipped/saturated signal (over {cfg.saturation_share:.0%} of samples at the "
-                              f"lead's extreme value) in leads {_names(record.leads, sat)}", reason="saturation")
-        amp = np.nanmax(np.abs(x - np.nanmedian(x, axis=1, keepdims=True)), axis=1)
-        big = amp > cfg.max_amplitude_mv
-        if big.any():
-            raise RecordError(where, f"amplitude above {cfg.max_amplitude_mv} mV in leads "
-                              f"{_names(record.leads, big)}: wrong units or artefact", reason="amplitude")
-    flags: list[str] = list(record.notes)  # what the reader did (calibration pulse dropped, units assumed...)
+    faults = lead_faults(record, cfg)
+    scale = check_scale(record, faults, cfg)
+    flags = list(record.notes) + list(scale)  # the reader's notes (calibration pulse dropped, units assumed...)
+    if record.meta.get("gain_correction", 1.0) != 1.0:
+        flags.append(f"gain-correction: signals multiplied by {record.meta['gain_correction']:g} as the source's "
+                     "settings say")
+    used = set(record.leads if leads is None else leads)
+    fatal = {lead: f for lead, f in faults.items() if lead in used}
+    if fatal or len(faults) == len(record.leads):
+        reason, message = describe_faults(fatal or faults, cfg)
+        if scale and reason == "amplitude":
+            message += f" ({scale[0]})"
+        raise RecordError(where, message, reason=reason)
+    if faults:
+        flags.append(f"masked-leads: {describe_faults(faults, cfg)[1]}; these leads are left out (a model that "
+                     "reads them skips the record)")
     if cfg.identity_action != "off":
-        check = check_limb_identities(x, record.leads, tolerance_mv=cfg.identity_tolerance_mv)
+        good = [k for k, lead in enumerate(record.leads) if lead not in faults]
+        check = check_limb_identities(x[good], [record.leads[k] for k in good], tolerance_mv=cfg.identity_tolerance_mv)
         if not check.ok:
             if cfg.identity_action == "reject":
                 raise RecordError(where, check.message, reason="limb-identity")
             flags.append(f"limb-identity: {check.message}")
-    return tuple(flags)
+    return tuple(flags), faults
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,12 +445,20 @@ def median_beat(z: np.ndarray, peaks: np.ndarray, valid: np.ndarray, cfg: Prepro
 # ---------------------------------------------------------------------------------------------
 
 
-def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None) -> Preprocessed:
-    """Run the full pipeline on one record; :class:`RecordError` (with ``reason``) on QC failure."""
+def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None, *,
+               leads: Sequence[str] | None = None) -> Preprocessed:
+    """Run the full pipeline on one record; :class:`RecordError` (with ``reason``) on QC failure.
+
+    ``leads``: the leads the caller will use (None: all the record has). A lead outside them that
+    fails a per-lead check is left out (``lead_mask`` False, listed in ``lead_faults``, noted in
+    ``flags``) instead of rejecting the record, so a 6-lead model is not refused for a flat V1.
+    """
     cfg = cfg or PreprocessConfig()
     where = record.source or record.record_id
-    flags = quality_check(record, cfg)
-    x = interpolate_nan(record.signal.astype(np.float64))
+    flags, faults = quality_check(record, cfg, leads=leads)
+    keep = [k for k, lead in enumerate(record.leads) if lead not in faults]
+    kept_leads = [record.leads[k] for k in keep]
+    x = interpolate_nan(record.signal[keep].astype(np.float64))
     x = resample(x, record.fs, cfg.fs)
     x = bandpass(x, cfg)
     x, sample_mask = fix_length(x, cfg.n_samples)
@@ -327,15 +476,16 @@ def preprocess(record: ECGRecord, cfg: PreprocessConfig | None = None) -> Prepro
         raise RecordError(where, f"found {n_beats} complete beat(s), need {cfg.min_beats}: no usable QRS "
                           "complexes (noise, asystole or a very short record)", reason="no-beats")
     hr = 60.0 * cfg.fs / float(np.median(np.diff(peaks))) if len(peaks) > 1 else float("nan")
-    signal12, lead_mask = to_12(z.astype(np.float32), record.leads)
-    beat12, _ = to_12(beat.astype(np.float32), record.leads)
+    signal12, lead_mask = to_12(z.astype(np.float32), kept_leads)
+    beat12, _ = to_12(beat.astype(np.float32), kept_leads)
     if not (np.isfinite(signal12).all() and np.isfinite(beat12).all()):
         raise RecordError(where, "non-finite values after preprocessing", reason="non-finite")
-    return Preprocessed(signal12, lead_mask, sample_mask, beat12, n_beats, hr, flags)
+    return Preprocessed(signal12, lead_mask, sample_mask, beat12, n_beats, hr, flags, faults)
 
 
 __all__ = [
-    "PIPELINE_VERSION", "PreprocessConfig", "Preprocessed", "preprocess", "quality_check", "interpolate_nan",
+    "PIPELINE_VERSION", "PreprocessConfig", "Preprocessed", "preprocess", "quality_check", "lead_faults",
+    "describe_faults", "check_scale", "measure_scale", "Scale", "LEAD_CHECKS", "interpolate_nan",
     "resample", "bandpass", "fix_length", "standardise", "in_millimetres", "qrs_envelope", "qrs_contrast",
     "detect_r_peaks", "median_beat",
 ]

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import LSEMVAEError, RecordError
 from lsemvae.leads import canonical_leads
+
+# wfdb calls pandas with an argument pandas 3 deprecates, on import: a warning for wfdb's authors, which every
+# site console and ClientApp printed to hospital operators as if it were theirs.
+warnings.filterwarnings("ignore", message="The inplace keyword", module=r"wfdb\.")
 
 # Plausible ECG sampling rates. Below 50 Hz the QRS complex is not resolved; above 20 kHz the
 # value is almost certainly a header error (e.g. a counter frequency in the fs field).
@@ -274,18 +279,33 @@ def read_wfdb(path: str | Path) -> ECGRecord:
     names are canonicalised from the header (never by position). Header comments of the form
     ``key: value`` (``#Age: 51``, ``#<sex>: F``) land in ``meta``.
     """
-    import wfdb
-
     hea = _wfdb_header_path(Path(path))
     if hea is None:
         raise RecordError(path, "no WFDB header (.hea) for this path", reason="missing-file")
-    lines = _decode_header(hea)
-    record_tokens, signals, comments = _header_fields(hea, lines)
+    record_tokens, signals, comments = _header_fields(hea, _decode_header(hea))
     factors, notes = _units_factor(hea, signals)
-    base = str(hea.with_suffix(""))
-    file_name, need = _expected_bytes(hea, record_tokens, signals)
-    if len(record_tokens) > 3:
-        limits.check_samples(int(record_tokens[3]), record=hea, what="the header")
+    sig_file = _signal_file(hea, record_tokens, signals)
+    # The .mat layout without byte offset is not decodable by wfdb: header only, samples via scipy.
+    from_mat = sig_file.suffix.lower() == ".mat" and not any("+" in t[1] for t in signals)
+    rec = _wfdb_record(hea, record_tokens, signals, sig_file, header_only=from_mat)
+    leads = _checked_leads(hea, rec, record_tokens)
+    digital = _read_mat_signal(hea, rec).astype(np.float64) if from_mat else np.asarray(rec.d_signal, dtype=np.float64)
+    _check_samples(sig_file, digital, rec, leads, checksums=not from_mat)
+    physical = (digital - np.asarray(rec.baseline, dtype=np.float64)) / np.asarray(rec.adc_gain, dtype=np.float64) * factors
+    if np.isnan(physical).all():
+        raise RecordError(sig_file, "every sample is missing (NaN)", reason="nan-share")
+    meta = _comment_meta(comments)
+    return ECGRecord(
+        signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads, record_id=hea.stem,
+        patient_id=_patient_id(meta) or hea.stem, source=str(hea), meta=meta, notes=tuple(notes),
+    )
+
+
+def _signal_file(hea: Path, record: list[str], signals: list[list[str]]) -> Path:
+    """The signal file the header names, checked against the size limits and the header's sample count."""
+    file_name, need = _expected_bytes(hea, record, signals)
+    if len(record) > 3:
+        limits.check_samples(int(record[3]), record=hea, what="the header")
     limits.check_bytes(int(need), record=hea, what=f"signal data the header declares ({file_name})")
     sig_file = hea.parent / file_name
     if not sig_file.is_file():
@@ -296,18 +316,29 @@ def read_wfdb(path: str | Path) -> ECGRecord:
         raise RecordError(sig_file, "signal file is empty", reason="empty-file")
     if size < need:
         raise RecordError(sig_file, f"signal file truncated: {size} bytes, header needs {int(need)} "
-                          f"({record_tokens[3]} samples x {len(signals)} signals)", reason="truncated-signal")
-    mat_without_offset = sig_file.suffix.lower() == ".mat" and not any("+" in t[1] for t in signals)
-    rec = None if mat_without_offset else _read_format16(record_tokens, signals, sig_file)
-    if rec is None:
-        try:
-            # The .mat layout without byte offset is not decodable by wfdb: header only, samples via scipy.
-            rec = wfdb.rdheader(base) if mat_without_offset else wfdb.rdrecord(base, physical=False, return_res=64)
-        except Exception as err:  # wfdb raises ValueError/HeaderSyntaxError/IndexError... for bad files
-            raise RecordError(hea, f"invalid WFDB record: {type(err).__name__}: {err}", reason="corrupt") from None
+                          f"({record[3]} samples x {len(signals)} signals)", reason="truncated-signal")
+    return sig_file
 
+
+def _wfdb_record(hea: Path, record: list[str], signals: list[list[str]], sig_file: Path, *, header_only: bool):
+    """The header's fields and digital samples: the 16-bit fast path, else wfdb (only its header parser
+    when ``header_only``)."""
+    import wfdb
+
+    rec = None if header_only else _read_format16(record, signals, sig_file)
+    if rec is not None:
+        return rec
+    base = str(hea.with_suffix(""))
+    try:
+        return wfdb.rdheader(base) if header_only else wfdb.rdrecord(base, physical=False, return_res=64)
+    except Exception as err:  # wfdb raises ValueError/HeaderSyntaxError/IndexError... for bad files
+        raise RecordError(hea, f"invalid WFDB record: {type(err).__name__}: {err}", reason="corrupt") from None
+
+
+def _checked_leads(hea: Path, rec, record: list[str]) -> tuple[str, ...]:
+    """Canonical lead names, after checking the sampling rate, the lead names and the gains."""
     if rec.fs is None or not np.isfinite(rec.fs) or not MIN_FS_HZ <= float(rec.fs) <= MAX_FS_HZ:
-        raise RecordError(hea, f"sampling frequency {record_tokens[2]!r} is outside {MIN_FS_HZ:g}-{MAX_FS_HZ:g} "
+        raise RecordError(hea, f"sampling frequency {record[2]!r} is outside {MIN_FS_HZ:g}-{MAX_FS_HZ:g} "
                           "Hz: fix the record line", reason="fs")
     if any(not name or not str(name).strip() for name in (rec.sig_name or [None])):
         raise RecordError(hea, "a signal line has no lead name (description field): cannot identify leads",
@@ -315,42 +346,31 @@ def read_wfdb(path: str | Path) -> ECGRecord:
     leads = canonical_leads(rec.sig_name, record=str(hea))
     if any(g == 0 for g in rec.adc_gain):
         raise RecordError(hea, "ADC gain 0 (uncalibrated signal): cannot convert to mV", reason="units")
+    return leads
 
-    if mat_without_offset:
-        digital = _read_mat_signal(hea, rec).astype(np.float64)
-        invalid = None
-    else:
-        digital = np.asarray(rec.d_signal, dtype=np.float64)
-        from wfdb.io._signal import INVALID_SAMPLE_VALUE
 
-        invalid = [INVALID_SAMPLE_VALUE.get(str(f)) for f in rec.fmt]
+def _check_samples(sig_file: Path, digital: np.ndarray, rec, leads: Sequence[str], *, checksums: bool) -> None:
+    """Refuse empty, short or infinite samples; with ``checksums`` (a WFDB signal file) also a checksum
+    mismatch, and mark WFDB "invalid sample" codes as NaN in place."""
     if digital.ndim != 2 or digital.shape[0] == 0:
         raise RecordError(sig_file, "signal file holds no samples", reason="empty-file")
     if rec.sig_len and digital.shape[0] < rec.sig_len:
         raise RecordError(sig_file, f"signal truncated: {digital.shape[0]} of {rec.sig_len} samples",
                           reason="truncated-signal")
-    if invalid is not None:
+    if checksums:
+        from wfdb.io._signal import INVALID_SAMPLE_VALUE
+
         bad = _checksums_ok(digital, rec)
         if bad:
             names = ", ".join(leads[k] for k in bad)
             raise RecordError(sig_file, f"checksum mismatch for {names}: the signal file is corrupt or does not "
                               "belong to this header", reason="checksum")
-        for k, code in enumerate(invalid):
+        for k, f in enumerate(rec.fmt):
+            code = INVALID_SAMPLE_VALUE.get(str(f))
             if code is not None:
                 digital[digital[:, k] == code, k] = np.nan
     if np.isinf(digital).any():
         raise RecordError(sig_file, "signal contains infinite values", reason="non-finite")
-
-    baseline = np.asarray(rec.baseline, dtype=np.float64)
-    gain = np.asarray(rec.adc_gain, dtype=np.float64)
-    physical = (digital - baseline) / gain * factors
-    if np.isnan(physical).all():
-        raise RecordError(sig_file, "every sample is missing (NaN)", reason="nan-share")
-    meta = _comment_meta(comments)
-    return ECGRecord(
-        signal=physical.T.astype(np.float32), fs=float(rec.fs), leads=leads, record_id=hea.stem,
-        patient_id=_patient_id(meta) or hea.stem, source=str(hea), meta=meta, notes=tuple(notes),
-    )
 
 
 _COMMENT_KV = re.compile(r"^<?([A-Za-z][\w \-]*?)>?\s*:\s*(.*)$")

@@ -36,8 +36,9 @@ class RecordRef:
     """A record not yet read: ids, path, and metadata (labels, fold, site...).
 
     ``meta["source"]`` names the dataset or site. ``load()`` returns the :class:`ECGRecord` with
-    these ids and the metadata merged over whatever the file itself carries. ``format``, when the
-    index already sniffed the file, spares reading it to detect its format again.
+    these ids and the metadata merged over whatever the file itself carries, its signal multiplied
+    by ``gain_correction`` (a source whose export has a wrong gain, see :func:`with_gain_correction`).
+    ``format``, when the index already sniffed the file, spares reading it to detect its format again.
     """
 
     record_id: str
@@ -45,12 +46,25 @@ class RecordRef:
     path: Path
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     format: str | None = field(default=None, compare=False)
+    gain_correction: float = 1.0
 
     def load(self) -> ECGRecord:
         rec = read_record(self.path, format=self.format)
-        return dataclasses.replace(
-            rec, record_id=self.record_id, patient_id=self.patient_id, meta={**rec.meta, **self.meta},
-        )
+        meta = {**rec.meta, **self.meta}
+        signal = rec.signal
+        if self.gain_correction != 1.0:
+            signal = signal * np.float32(self.gain_correction)
+            meta["gain_correction"] = self.gain_correction
+        return dataclasses.replace(rec, signal=signal, record_id=self.record_id, patient_id=self.patient_id, meta=meta)
+
+
+def with_gain_correction(refs: Sequence[RecordRef], factor: float) -> list[RecordRef]:
+    """``refs`` whose signals are multiplied by ``factor`` when read: the per-source fix for an export with a
+    wrong gain (a header gain 5x too high reads every signal 5x too small: ``factor`` 5). QC notes it on
+    each record; the cache key includes it."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise ConfigError(f"gain correction must be a positive number, got {factor!r}")
+    return [dataclasses.replace(r, gain_correction=float(factor)) for r in refs]
 
 
 def _require_file(path: Path, what: str, fix: str) -> Path:
@@ -430,6 +444,21 @@ def folder_index(folder: str | Path, *, scan: FolderScan | None = None) -> list[
     return refs
 
 
+def require_labels(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> None:
+    """Refuse a task that no record has a label for, naming where it looked and the columns the records have."""
+    from lsemvae.data.tasks import TASKS, label_sources
+
+    for name, task in tasks.items():
+        if all(np.isnan(task(r.meta)).all() for r in refs):
+            columns = list(dict.fromkeys(c for r in refs for c in r.meta.get("label_columns", ())))
+            have = f"the labels CSV has columns {', '.join(columns)}" if columns else "the records carry no label columns"
+            fix = (f"name your columns like the task's classes or bind them in that order (--tasks {name}="
+                   f"{'+'.join(f'<{c} column>' for c in task.classes)})" if name in TASKS and not task.columns
+                   else "check the column names")
+            raise ConfigError(f"task {name!r}: none of the {len(refs)} records has a label. It looks for "
+                              f"{label_sources(task)}; {have}: {fix}, or leave the task out")
+
+
 def label_counts(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """``{task: {class: positives, "labelled": n}}`` over refs' metadata (no signal read)."""
     out: dict[str, dict[str, int]] = {}
@@ -440,3 +469,47 @@ def label_counts(refs: Sequence[RecordRef], tasks: Mapping[str, Any]) -> dict[st
         counts["labelled"] = int(labelled.sum())
         out[name] = counts
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point: a dataset folder of a known layout -> its records
+# ---------------------------------------------------------------------------------------------
+
+#: Dataset layouts :func:`index` reads.
+DATASET_KINDS = ("ptb-xl", "ludb", "manifest", "folder")
+#: Names of a site folder's labels CSV (the ``manifest`` layout).
+MANIFEST_NAMES = ("labels.csv", "manifest.csv")
+
+
+def detect_kind(root: str | Path) -> str:
+    """``ptb-xl`` / ``ludb`` / ``manifest`` / ``folder`` from what the folder holds."""
+    root = Path(root)
+    if (root / "ptbxl_database.csv").is_file():
+        return "ptb-xl"
+    if (root / "ludb.csv").is_file() and (root / "data").is_dir():
+        return "ludb"
+    if any((root / n).is_file() for n in MANIFEST_NAMES):
+        return "manifest"
+    return "folder"
+
+
+def index(kind: str, root: str | Path, *, labels: str | Path | None = None, rate: int = 100) -> list[RecordRef]:
+    """The records of the dataset folder ``root`` laid out as ``kind`` (:data:`DATASET_KINDS`;
+    :func:`detect_kind` tells it from the folder).
+
+    ``rate``: PTB-XL's 100 or 500 Hz files. ``labels``: a manifest's labels CSV (default: one of
+    :data:`MANIFEST_NAMES` in ``root``); its records are in ``root/records`` if that folder exists, else in ``root``.
+    """
+    root = Path(root)
+    if kind == "ptb-xl":
+        return ptbxl_index(root, rate=rate)
+    if kind == "ludb":
+        return ludb_index(root)
+    if kind == "manifest":
+        labels = labels or next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
+        if labels is None:
+            raise ConfigError(f"{root}: no labels CSV ({' or '.join(MANIFEST_NAMES)}); pass --labels")
+        return manifest_index(root / "records" if (root / "records").is_dir() else root, labels)
+    if kind == "folder":
+        return folder_index(root)
+    raise ConfigError(f"unknown dataset layout {kind!r}: one of {', '.join(DATASET_KINDS)}")

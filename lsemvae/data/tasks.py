@@ -8,7 +8,10 @@ LUDB have no right-heart catheterisation (mPAP, PAWP, PVR); ``right_heart``, ``p
 ``left_atrial`` are cardiologists' ECG statements (RVH, right/left atrial overload, axis) that are
 *associated* with pre- and post-capillary PH. They exercise the pipeline; they do not measure PH.
 Hospital sites provide real labels as columns of their labels CSV: when ``meta`` has a key equal
-to a task's name, that column's value (0/1, blank = NaN) is the label, whatever the rule.
+to a task's name, that column's value (0/1, blank = NaN) is the label, whatever the rule; a
+multi-label task reads one column per class, named like the class (``NORM``, ``MI``, ``STTC``,
+``CD``, ``HYP`` for ``superclass``), or the columns bound to it (``superclass=norm+mi+sttc+cd+hyp``,
+:func:`bound_task`): this is how a hospital's labels meet a head trained elsewhere (external validation).
 
 Where the findings come from:
 - PTB-XL: ``meta["scp_codes"]`` (any likelihood counts, the usual PTB-XL convention),
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +57,7 @@ class Task:
     rule: Rule
     description: str
     column: str | None = None  # set for site label columns (column_task): the meta key read
+    columns: tuple[str, ...] | None = None  # set for a built-in task bound to site columns (bound_task), class order
 
     @property
     def n_outputs(self) -> int:
@@ -112,6 +116,17 @@ def _column_or(name: str, rule: Callable[[Mapping[str, Any]], float]) -> Rule:
     return apply
 
 
+def _class_columns_or(classes: tuple[str, ...], rule: Rule) -> Rule:
+    """A site's columns named like the classes win over the metadata rule (one 0/1 column per class)."""
+
+    def apply(meta: Mapping[str, Any]) -> np.ndarray:
+        if any(c in meta for c in classes):
+            return np.array([parse_binary(meta.get(c), where=f"label column {c!r}") for c in classes], dtype=np.float32)
+        return rule(meta)
+
+    return apply
+
+
 def _flag(codes: set[str] | None, wanted: frozenset[str]) -> float:
     return math.nan if codes is None else float(bool(codes & wanted))
 
@@ -157,9 +172,10 @@ _PROXY_NOTE = " ECG proxy, not a haemodynamic PH label."
 
 TASKS: dict[str, Task] = {
     "superclass": Task(
-        "superclass", "multilabel", SUPERCLASSES, _superclass,
+        "superclass", "multilabel", SUPERCLASSES, _class_columns_or(SUPERCLASSES, _superclass),
         "PTB-XL diagnostic superclasses NORM, MI, STTC, CD, HYP (multi-label, from scp_statements.csv "
-        "diagnostic_class of every scp code, any likelihood). NaN for records with no diagnostic statement.",
+        "diagnostic_class of every scp code, any likelihood), or a site's 0/1 columns NORM, MI, STTC, CD, HYP. "
+        "NaN for records with neither.",
     ),
     "right_heart": _binary(
         "right_heart", _right_heart,
@@ -204,19 +220,63 @@ def column_task(column: str) -> Task:
                 f"Site label column {column!r} (0/1, blank = unknown).", column=column)
 
 
+def bound_task(name: str, columns: Sequence[str]) -> Task:
+    """Built-in task ``name`` (its head, kind and classes) with labels read from a site's ``columns``.
+
+    One 0/1 column per class, in the task's class order (``superclass``: NORM, MI, STTC, CD, HYP):
+    ``bound_task("superclass", ["norm", "mi", "sttc", "cd", "hyp"])``; spelled
+    ``superclass=norm+mi+sttc+cd+hyp`` on command lines. Records without the columns get NaN.
+    """
+    if name not in TASKS:
+        raise ConfigError(f"only a built-in task can be bound to label columns ({', '.join(TASKS)}); got {name!r} "
+                          f"(a site's own binary column is '{COLUMN_PREFIX}<column>')")
+    base = TASKS[name]
+    columns = tuple(str(c).strip() for c in columns)
+    if len(columns) != base.n_outputs or not all(columns) or len(set(columns)) != len(columns):
+        raise ConfigError(f"task {name!r} has {base.n_outputs} output(s) ({', '.join(base.classes)}): bind it to as "
+                          f"many distinct label columns in that order, got {list(columns)}")
+
+    def rule(meta: Mapping[str, Any]) -> np.ndarray:
+        return np.array([parse_binary(meta.get(c), where=f"label column {c!r}") for c in columns], dtype=np.float32)
+
+    return Task(name, base.kind, base.classes, rule,
+                f"{base.description.split('.')[0]}, read from label columns {', '.join(columns)}.", columns=columns)
+
+
+def label_sources(task: Task) -> str:
+    """Where ``task`` looks for its labels, for messages."""
+    if task.columns:
+        return f"label columns {', '.join(task.columns)}"
+    if task.column:
+        return f"label column {task.column!r}"
+    columns = task.classes if task.kind != "binary" else (task.name,)
+    return (f"label column(s) {', '.join(columns)} or the diagnostic statements of PTB-XL/LUDB metadata")
+
+
+BIND = "="
+
+
 def get_task(name: str) -> Task:
-    """A task by name: one of :data:`TASKS`, or ``"column:<name>"`` for a site's label column."""
+    """A task by name: one of :data:`TASKS`, ``"column:<name>"`` for a site's label column, or
+    ``"<task>=<column>+<column>..."`` for a built-in task bound to label columns (:func:`bound_task`)."""
     if name in TASKS:
         return TASKS[name]
     if name.startswith(COLUMN_PREFIX):
         return column_task(name[len(COLUMN_PREFIX):])
+    if BIND in name:
+        task, columns = name.split(BIND, 1)
+        return bound_task(task.strip(), columns.split("+"))
     raise ConfigError(f"unknown task {name!r}. Known tasks: {', '.join(TASKS)}; "
-                      f"or '{COLUMN_PREFIX}<label column>' for a site's own label column")
+                      f"'{COLUMN_PREFIX}<label column>' for a site's own label column; or "
+                      f"'<task>{BIND}<column>+<column>...' to read a built-in task from label columns")
 
 
 def task_name(spec: str) -> str:
-    """The name a task's labels and model head carry: ``column:mpap_gt20`` -> ``mpap_gt20``."""
-    return spec[len(COLUMN_PREFIX):].strip() if spec.startswith(COLUMN_PREFIX) else spec
+    """The name a task's labels and model head carry: ``column:mpap_gt20`` -> ``mpap_gt20``,
+    ``superclass=norm+mi+sttc+cd+hyp`` -> ``superclass``."""
+    if spec.startswith(COLUMN_PREFIX):
+        return spec[len(COLUMN_PREFIX):].strip()
+    return spec.split(BIND, 1)[0].strip()
 
 
 def resolve_tasks(tasks: Mapping[str, Task] | Iterable[Task | str]) -> dict[str, Task]:

@@ -58,13 +58,14 @@ def check_contribution(c: Contribution, global_arrays: Mapping[str, np.ndarray])
 def weighted_average(contributions: list[Contribution], global_arrays: Mapping[str, np.ndarray]) -> tuple[Arrays, dict[str, list[str]]]:
     """Average each parameter over the sites that sent it, weighted by their group's example count.
 
+    Each contribution must have passed :func:`check_contribution` (the server round checks every reply
+    once, when it arrives, and turns a bad one into that site's failure).
+
     Returns the averaged arrays (only keys at least one site sent) and, per group, the sites
     that contributed to it (for the log and the metrics file). Sums run in site-name order, not
     arrival order: float addition is not associative, and the model must not depend on timing.
     """
     contributions = sorted(contributions, key=lambda c: c.site)
-    for c in contributions:
-        check_contribution(c, global_arrays)
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
     contributors: dict[str, list[str]] = {}

@@ -30,8 +30,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from lsemvae.config import StrictModel, describe_validation_error
 from lsemvae.federation import keys as K
 from lsemvae.federation.codec import ArraySpec, CodecError, UpdateDtype, pack, unpack
+from lsemvae.leads import LEAD_GROUPS
 
 M = TypeVar("M", bound=BaseModel)
+LeadGroup = Literal[tuple(LEAD_GROUPS)]     # the HiME groups' names: a gate is never keyed by anything else
 
 MAX_BODY_BYTES = 1_000_000          # the JSON of any message (model config included)
 MAX_ROUNDS = 100_000
@@ -58,6 +60,7 @@ class Instruction(StrictModel):
     proximal_mu: float = Field(ge=0, le=1e4, allow_inf_nan=False)
     dp: bool
     train_encoders: bool
+    evaluate: bool = Field(description="train: evaluate the received model first, in the same reply")
     update_dtype: UpdateDtype
     seed: int = Field(ge=0, lt=2**63, description="seeds non-DP rounds only (DP rounds use the site's own randomness)")
     model_config_json: str = Field(max_length=MAX_BODY_BYTES, description="JSON of lsemvae.model.config.ModelConfig")
@@ -83,12 +86,13 @@ class TaskInfo(StrictModel):
 
 
 class SiteInfo(StrictModel):
-    """Who a site is: its name, leads, task heads and whether it trains under DP. No data."""
+    """Who a site is: its name, leads, task heads, whether it trains under DP and its lifetime budget. No data."""
 
     name: str = Field(pattern=NAME)
     leads: list[str] = Field(max_length=12)
     tasks: list[TaskInfo] = Field(max_length=50)
     dp: bool
+    epsilon_budget: float = Field(ge=0, allow_inf_nan=False, description="the site's epsilon for its dataset's life")
 
 
 class ClassCounts(StrictModel):
@@ -130,8 +134,21 @@ class TaskHistogram(StrictModel):
         return self
 
 
+class Evaluation(StrictModel):
+    """A site's evaluation of one global model: aggregates over at least its ``min_records`` records."""
+
+    num_examples: int = Field(ge=0)
+    eval_loss: float
+    gates: dict[LeadGroup, float] = Field(description="mean HiME gate weight per lead group (the groups' names only)")
+    histograms: dict[str, TaskHistogram] = Field(max_length=50)
+
+
 class TrainReply(StrictModel):
-    """A site's answer to a train instruction. Scalars only beside the DP-trained arrays."""
+    """A site's answer to a train instruction. Scalars only beside the DP-trained arrays.
+
+    With ``Instruction.evaluate`` the site first evaluates the model it received (the previous round's
+    global model): ``evaluation``, or ``evaluation_refused`` (the error code of its policy's refusal).
+    """
 
     site: SiteInfo
     layout: list[ArraySpec] = Field(max_length=100_000)
@@ -143,17 +160,16 @@ class TrainReply(StrictModel):
     noise_multiplier: float = Field(ge=0, allow_inf_nan=False)
     train_seconds: float = Field(ge=0)
     site_seconds: float = Field(ge=0)
+    evaluation: Evaluation | None = None
+    evaluation_refused: int | None = Field(None, ge=4000, le=4999)
 
 
 class EvaluateReply(StrictModel):
-    """A site's answer to an evaluate instruction: aggregates over at least its ``min_records`` records."""
+    """A site's answer to an evaluate instruction."""
 
     site: SiteInfo
-    num_examples: int = Field(ge=0)
-    eval_loss: float
     epsilon: float = Field(ge=0, allow_inf_nan=False)
-    gates: dict[str, float] = Field(max_length=16, description="mean HiME gate weight per lead group")
-    histograms: dict[str, TaskHistogram] = Field(max_length=50)
+    evaluation: Evaluation
     site_seconds: float = Field(ge=0)
 
 

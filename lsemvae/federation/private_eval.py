@@ -7,11 +7,18 @@ holds at least ``min_cell`` records; a tail below ``min_cell`` joins the last ce
 as its count and the mean score of its records (rounded to 3 decimals): both aggregates of at least
 ``min_cell`` records. A label with fewer than ``min_cell`` records in all is withheld (``None``).
 
-**Server side** (:func:`pooled`). Each cell's count is placed at its mean score on a common
-1000-bin grid, the sites' counts are summed, and AUROC, AUPRC and calibration are computed from the
-pooled counts. Placing a cell at its mean is far closer to the exact metrics than spreading it over
-its width (which pulls a small site's AUROC towards 0.5); ``benchmarks/private_evaluation.py``
-measures what is lost against exact computation.
+**Server side** (:func:`pooled`). Each cell is spread over a common 1000-bin grid as the
+maximum-entropy distribution on the cell's edges with the cell's mean (a truncated exponential: the
+least committal shape that knows only those), the sites' counts are summed, and AUROC, AUPRC and
+calibration are computed from the pooled counts. That is an estimate, not an exact figure. On
+simulated scores (20 bins, cells of 10) it is within 0.003 of the exact AUROC from 200 records per
+site on, and within 0.03 at 80. On the scores of ``simulation/run.py --no-dp``'s final model (4 sites
+of 80 evaluation records, 20 positives each) it was 0.956 against an exact 0.924: a class's few
+far-off records share a wide cell with its bulk, and a shape that knows only the cell's mean pulls
+them in (certain bounds from the cells alone are vacuous there: 0.25 to 1.0). Spreading a cell evenly
+over its width pulls AUROC towards 0.5 (-0.06 at 200), putting it all at its mean pushes it away
+(+0.014 at 200, +0.13 at 40). ``benchmarks/private_evaluation.py`` measures the cost on the
+benchmark cohorts.
 
 What these aggregates do and do not protect against is written down in the README's threat model:
 they keep any single record's score and label out of an honest evaluation; they are not differential
@@ -58,8 +65,8 @@ def task_histogram(y: np.ndarray, scores: np.ndarray, classes: list[str], *, bin
                    min_cell: int) -> TaskHistogram:
     """``y`` ``[N, C]`` (0/1, NaN = unlabelled) and probabilities ``scores`` ``[N, C]`` as a :class:`TaskHistogram`."""
     y, scores = np.asarray(y, np.float64), np.asarray(scores, np.float64)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("the model produced non-finite scores")
+    if not np.all(np.isfinite(scores)) or np.any(scores < 0) or np.any(scores > 1):
+        raise ValueError("the model produced scores that are not probabilities (non-finite or outside [0, 1])")
     pos, neg = [], []
     for c in range(y.shape[1]):
         pos.append(class_counts(scores[y[:, c] == 1, c], bins=bins, min_cell=min_cell))
@@ -68,11 +75,34 @@ def task_histogram(y: np.ndarray, scores: np.ndarray, classes: list[str], *, bin
 
 
 def on_grid(counts: ClassCounts | None) -> np.ndarray:
-    """A label's cells as counts on the common ``GRID`` bins, each cell's count at its mean score."""
+    """A label's cells as counts on the common ``GRID`` bins: each cell as the maximum-entropy distribution
+    on its edges with its mean."""
     out = np.zeros(GRID)
-    if counts is not None:
-        np.add.at(out, np.clip((np.asarray(counts.means) * GRID).astype(int), 0, GRID - 1), counts.counts)
+    if counts is None:
+        return out
+    centres = (np.arange(GRID) + 0.5) / GRID
+    cuts = np.rint(np.asarray(counts.edges) * GRID).astype(int)
+    for lo, hi, n, mean in zip(cuts[:-1], cuts[1:], counts.counts, counts.means):
+        out[lo:hi] += n * _maxent_weights(centres[lo:hi], mean)
     return out
+
+
+def _maxent_weights(x: np.ndarray, mean: float) -> np.ndarray:
+    """Weights on the points ``x`` (ascending) of the maximum-entropy distribution with ``mean``: ``exp(lam * x)``."""
+    from scipy.optimize import brentq
+
+    if mean <= x[0] or mean >= x[-1]:           # all of it at an end (to the grid's resolution)
+        w = np.zeros(len(x))
+        w[0 if mean <= x[0] else -1] = 1.0
+        return w
+
+    def gap(lam: float) -> float:
+        z = lam * (x - mean)
+        return float((np.exp(z - z.max()) * (x - mean)).sum())
+
+    z = brentq(gap, -1e5, 1e5, xtol=1e-9) * (x - mean)
+    w = np.exp(z - z.max())
+    return w / w.sum()
 
 
 def pooled(histograms: list[TaskHistogram]) -> dict:

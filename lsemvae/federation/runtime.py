@@ -59,10 +59,10 @@ def resolve_site(node_config: dict[str, Any], run_config: dict[str, Any]) -> Sit
                 "sites-dir and sim-state-dir must be set: start simulations with simulation/run.py")
         cfg = load_site_config(site_config_path(names[pid], fed.sites_dir))
         state = Path(fed.sim_state_dir)
-        update: dict[str, Any] = {"state_dir": state / cfg.name, "anchor_dir": state / "ledger-anchors"}
-        if fed.sim_epsilon > 0:
-            update["privacy"] = cfg.privacy.model_copy(update={"epsilon": fed.sim_epsilon})
-        return cfg.model_copy(update=update)
+        # a simulation is one job: it may spend the site's whole budget (sim-epsilon, else the config's)
+        epsilon = fed.sim_epsilon or cfg.privacy.epsilon
+        return cfg.model_copy(update={"state_dir": state / cfg.name, "anchor_dir": state / "ledger-anchors",
+                                      "privacy": cfg.privacy.model_copy(update={"epsilon": epsilon, "run_epsilon": epsilon})})
     raise ConfigError("node config has neither `site-config` (start the SuperNode with client/run.py) "
                       "nor `partition-id` (simulation)")
 
@@ -110,6 +110,7 @@ def _load(site_json: str, preprocess_json: str) -> SiteData:
 
     cfg = SiteConfig.model_validate_json(site_json)
     pre = PreprocessConfig.model_validate_json(preprocess_json)
+    private_dir(cfg.state_dir)   # the cache holds the site's ECGs: never readable by other users
     tasks = site_tasks(cfg)
     refs = index_site(cfg)
     _evict_caches(cfg, keep=cfg.limits.max_cache_variants - 1)
@@ -117,7 +118,8 @@ def _load(site_json: str, preprocess_json: str) -> SiteData:
     os.utime(cfg.cache_dir / f"{cfg.name}-{cohort.key[:16]}")   # most recently used (see _evict_caches)
     if len(cohort) == 0:
         raise ConfigError(f"site {cfg.name}: no usable records after preprocessing ({len(cohort.skipped)} skipped)")
-    train_idx, eval_idx, _ = patient_split(cohort, cfg.data.val_fraction, seed=0)
+    # QC applies to the site's leads: a 6-lead site keeps records whose precordial leads failed (masked in the cache)
+    train_idx, eval_idx, _ = patient_split(cohort, cfg.data.val_fraction, seed=0, leads=cfg.lead_names)
     return SiteData(cohort, tasks, train_idx, eval_idx)
 
 
@@ -184,7 +186,8 @@ def site_info(site: SiteConfig, *, dp: bool) -> SiteInfo:
     from lsemvae.federation.sitedata import site_tasks
 
     tasks = [TaskInfo(name=n, kind=t.kind, classes=list(t.classes)) for n, t in site_tasks(site).items()]
-    return SiteInfo(name=site.name, leads=list(site.lead_names), tasks=tasks, dp=dp)
+    return SiteInfo(name=site.name, leads=list(site.lead_names), tasks=tasks, dp=dp,
+                    epsilon_budget=site.privacy.epsilon)
 
 
 # ----------------------------------------------------------------------------- disk

@@ -9,8 +9,11 @@ done (:func:`run_rounds`). A round:
    only to nodes that do not hold them yet (:func:`broadcast`).
 3. **Train**: the replies are checked, weighted per parameter group and aggregated with the strategy's
    server step (:mod:`lsemvae.federation.aggregation`).
-4. **Evaluate** the new model: the sites' k-anonymous histograms are pooled
-   (:mod:`lsemvae.federation.private_eval`).
+4. **Evaluate** each global model on the next round's train exchange: a site evaluates the model it
+   receives before training it, in the same reply (one message per site per round instead of two:
+   Flower starts a process for every message). The last model is evaluated by one ``evaluate``
+   message after the last round (:func:`final_evaluation`). The sites' k-anonymous histograms are
+   pooled (:mod:`lsemvae.federation.private_eval`) into the row of the round that made the model.
 5. **Summarise** in one metrics row: failures by site and reason, losses, pooled AUROC, each site's
    cumulative epsilon (the federation's is the max), and a flag for any site whose epsilon went down.
 
@@ -22,6 +25,7 @@ itself exists once, here.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -40,7 +44,7 @@ from lsemvae.federation.aggregation import (
 )
 from lsemvae.federation.codec import digest, encode
 from lsemvae.federation.groups import federated, group_of
-from lsemvae.federation.messages import EvaluateReply, Instruction, SiteInfo, TrainReply
+from lsemvae.federation.messages import EvaluateReply, Evaluation, Instruction, SiteInfo, TrainReply
 from lsemvae.federation.state import ServerState
 from lsemvae.site import FederationConfig
 
@@ -118,11 +122,12 @@ def initial_state(fed: FederationConfig) -> ServerState:
     )
 
 
-def instruction(fed: FederationConfig, state: ServerState, server_round: int, seed: int) -> Instruction:
+def instruction(fed: FederationConfig, state: ServerState, server_round: int, seed: int, *,
+                evaluate: bool = False) -> Instruction:
     return Instruction(
         job_id=state.job_id, server_round=server_round, num_server_rounds=fed.num_server_rounds, local_epochs=fed.local_epochs,
         lr=fed.lr, batch_size=fed.batch_size, proximal_mu=fed.proximal_mu if fed.strategy == "fedprox" else 0.0,
-        dp=fed.dp, train_encoders=fed.encoders_train, update_dtype=fed.update_dtype, seed=seed,
+        dp=fed.dp, train_encoders=fed.encoders_train, evaluate=evaluate, update_dtype=fed.update_dtype, seed=seed,
         model_config_json=state.model_config, preprocess_config_json=state.preprocess_config)
 
 
@@ -197,7 +202,8 @@ def check_sites(transport: Transport, fed: FederationConfig, state: ServerState,
 
 def run_round(transport: Transport, fed: FederationConfig, state: ServerState, server_round: int,
               holders: set[int] | None = None) -> tuple[dict, bool]:
-    """Check, train, aggregate, evaluate. Returns the metrics row and whether the run may continue.
+    """Check, train (evaluating the previous round's model on the way), aggregate. Returns the metrics row
+    and whether the run may continue; the row's evaluation comes with the next round or the final one.
 
     ``holders``: nodes known to hold the frozen encoders (updated here); None sends them to all.
     """
@@ -212,7 +218,8 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     if len(nodes) < fed.min_sites:
         return _stop(row, f"round {server_round}: only {len(nodes)} compatible site(s) connected after "
                           f"{fed.round_timeout:g} s, min-sites is {fed.min_sites}: stopping the run"), False
-    ins = instruction(fed, state, server_round, round_seed(state))
+    previous = _unevaluated(state)
+    ins = instruction(fed, state, server_round, round_seed(state), evaluate=previous is not None)
     outgoing = broadcast(fed, state.model, ins, nodes, holders)
     log.info("round %d/%d: sending %s to %d site(s)", server_round, fed.num_server_rounds,
              " / ".join(f"{b / 1e6:.2f} MB" for b in sorted({_nbytes(o.arrays) for o in outgoing.values()}, reverse=True)),
@@ -222,10 +229,13 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     update_holders(holders, replies, failures)
     stages["train"] = time.monotonic() - mark
     mark = time.monotonic()
+    if previous is not None:
+        summarise_evaluation(state, previous, *piggybacked_evaluations(replies))
     contributions = collect_train(fed, state, row, replies, failures, outgoing)
     _log_failures(failures, server_round, state)
     row["sites_sampled"] = len(nodes)
     row["sites_trained"] = len(contributions)
+    track_epsilon(state, row)
     if len(contributions) < fed.min_sites:
         return _stop(row, f"round {server_round}: {len(contributions)} site(s) trained, min-sites is {fed.min_sites}: "
                           "stopping the run (the global model is left as it was)"), False
@@ -234,21 +244,44 @@ def run_round(transport: Transport, fed: FederationConfig, state: ServerState, s
     trained = row["train"].values()
     row["train_loss"] = weighted_mean([t["loss"] for t in trained if t["loss"] is not None],
                                       [t["num_examples"] for t in trained if t["loss"] is not None])
-    row["train_seconds"] = time.monotonic() - started
     stages["aggregate"] = time.monotonic() - mark
-    mark = time.monotonic()
-    ev_outgoing = broadcast(fed, state.model, ins, nodes, holders)
-    ev_replies, ev_failures = transport.send(K.EVALUATE, ev_outgoing, server_round=server_round, timeout=fed.round_timeout)
-    update_holders(holders, ev_replies, ev_failures)
-    stages["evaluate"] = time.monotonic() - mark
-    mark = time.monotonic()
-    summarise_evaluation(state, row, ev_replies, ev_failures, ev_outgoing)
-    _log_failures(ev_failures, server_round, state)
-    track_epsilon(state, row)
-    stages["metrics"] = time.monotonic() - mark
     row["stage_seconds"] = stages
-    row["seconds"] = time.monotonic() - started
+    row["seconds"] = row["train_seconds"] = time.monotonic() - started
     return row, True
+
+
+def final_evaluation(transport: Transport, fed: FederationConfig, state: ServerState, holders: set[int]) -> None:
+    """Evaluate the last global model (no later round carries it) into the last round's row."""
+    row = _unevaluated(state)
+    if row is None:
+        return
+    started = time.monotonic()
+    nodes = [n for n in transport.nodes(at_least=1, timeout=fed.round_timeout) if str(n) in state.checked_nodes]
+    outgoing = broadcast(fed, state.model, instruction(fed, state, row["round"], 0), nodes, holders)
+    replies, failures = transport.send(K.EVALUATE, outgoing, server_round=row["round"], timeout=fed.round_timeout)
+    update_holders(holders, replies, failures)
+    evals = {node: rec.body.evaluation for node, rec in replies.items()}
+    sites = {node: rec.body.site for node, rec in replies.items()}
+    summarise_evaluation(state, row, evals, sites, failures)
+    for node, rec in replies.items():
+        row["eval"][rec.body.site.name]["epsilon"] = rec.body.epsilon
+        row.setdefault("bytes", {}).setdefault(rec.body.site.name, {})["down_evaluate"] = _nbytes(outgoing[node].arrays)
+    track_epsilon(state, row)
+    row.setdefault("stage_seconds", {})["evaluate"] = time.monotonic() - started
+
+
+def _unevaluated(state: ServerState) -> dict | None:
+    """The last round's row if its model has not been evaluated yet."""
+    return state.metrics[-1] if state.metrics and "eval" not in state.metrics[-1] else None
+
+
+def piggybacked_evaluations(replies: dict[int, Received]):
+    """The evaluations sites sent with their train replies, their sites, and their policies' refusals."""
+    evals = {n: r.body.evaluation for n, r in replies.items() if r.body.evaluation is not None}
+    refused = [{"node": n, "stage": K.EVALUATE, "code": r.body.evaluation_refused,
+                "reason": K.CATEGORIES.get(r.body.evaluation_refused, "evaluation refused")}
+               for n, r in sorted(replies.items()) if r.body.evaluation_refused is not None]
+    return evals, {n: r.body.site for n, r in replies.items()}, refused
 
 
 def collect_train(fed: FederationConfig, state: ServerState, row: dict, replies: dict[int, Received],
@@ -267,6 +300,7 @@ def collect_train(fed: FederationConfig, state: ServerState, row: dict, replies:
             continue
         contributions.append(c)
         rows[site] = {"loss": body.train_loss, "num_examples": body.num_examples, "epsilon": body.epsilon,
+                      "epsilon_budget": body.site.epsilon_budget,
                       "delta": body.delta, "noise_multiplier": body.noise_multiplier,
                       "train_seconds": body.train_seconds, "site_seconds": body.site_seconds, "dp": body.site.dp,
                       "groups": sorted({group_of(k) for k in c.arrays})}
@@ -277,24 +311,22 @@ def collect_train(fed: FederationConfig, state: ServerState, row: dict, replies:
     return contributions
 
 
-def summarise_evaluation(state: ServerState, row: dict, replies: dict[int, Received], failures: list[dict],
-                         outgoing: dict[int, Outgoing]) -> None:
-    """Per-site and pooled evaluation from the sites' aggregates; a failure never loses the round's row."""
+def summarise_evaluation(state: ServerState, row: dict, evaluations: dict[int, Evaluation], sites: dict[int, Any],
+                         failures: list[dict]) -> None:
+    """Per-site and pooled evaluation of the row's model from the sites' aggregates; a failure never loses the row."""
     from lsemvae.federation.private_eval import pooled
     from lsemvae.train.metrics import auroc_from_histograms
 
     evals, by_task = {}, {}
-    for node, rec in sorted(replies.items()):
-        body: EvaluateReply = rec.body
-        site = body.site.name
+    for node, ev in sorted(evaluations.items()):
+        site = sites[node].name
         state.node_sites[str(node)] = site
-        evals[site] = {"loss": body.eval_loss, "num_examples": body.num_examples, "epsilon": body.epsilon,
-                       "site_seconds": body.site_seconds, "gates": body.gates, "leads": len(body.site.leads),
-                       "auroc": {t: auroc_from_histograms(pooled([h]))["macro"]["auroc"] for t, h in body.histograms.items()}}
-        for t, h in body.histograms.items():
+        evals[site] = {"loss": ev.eval_loss, "num_examples": ev.num_examples, "gates": ev.gates,
+                       "leads": len(sites[node].leads),
+                       "auroc": {t: auroc_from_histograms(pooled([h]))["macro"]["auroc"] for t, h in ev.histograms.items()}}
+        for t, h in ev.histograms.items():
             by_task.setdefault(t, {})[site] = h
-        if site in row.get("bytes", {}):
-            row["bytes"][site]["down_evaluate"] = _nbytes(outgoing[node].arrays)
+    _log_failures(failures, row["round"], state)
     row["failures"] += failures
     row["eval"] = evals
     row["eval_loss"] = weighted_mean([e["loss"] for e in evals.values()], [e["num_examples"] for e in evals.values()])
@@ -318,7 +350,8 @@ def track_epsilon(state: ServerState, row: dict) -> None:
     eps: dict[str, float] = {}
     for stage in ("train", "eval"):
         for site, r in row.get(stage, {}).items():
-            eps[site] = max(eps.get(site, 0.0), r["epsilon"])
+            if "epsilon" in r:
+                eps[site] = max(eps.get(site, 0.0), r["epsilon"])
     row["epsilon"] = eps
     row["epsilon_max"] = max(eps.values()) if eps and not row.get("non_dp_sites") else None
     row["epsilon_decreased"] = {}
@@ -353,20 +386,33 @@ def _nbytes(arrays: dict[str, np.ndarray]) -> int:
 
 def run_rounds(transport: Transport, fed: FederationConfig, state: ServerState, *,
                after_round: Callable[[ServerState, dict], None] = lambda state, row: None) -> str:
-    """Rounds from ``state.round + 1`` to the last; ``after_round`` checkpoints. Returns the job's status."""
+    """Rounds from ``state.round + 1`` to the last, then the last model's evaluation; ``after_round``
+    checkpoints. Returns the job's status."""
     holders: set[int] = set()   # not checkpointed: after a restart every site is sent the encoders again
+    status = "completed"
     for server_round in range(state.round + 1, fed.num_server_rounds + 1):
         row, go_on = run_round(transport, fed, state, server_round, holders)
         row["time"] = time.time()
         if not go_on:
             after_round(state, row)
-            return "stopped: " + row["stopped"]
+            status = "stopped: " + row["stopped"]
+            break
         state.round = server_round
         state.metrics.append(row)
         after_round(state, row)
-        au = ", ".join(f"{t} {v:.3f}" if v is not None else f"{t} –" for t, v in row["auroc"].items())
-        log.info("round %d done in %.1f s: %d/%d sites trained, eval loss %.4f, pooled AUROC %s, max epsilon %s",
-                 server_round, row["seconds"], row["sites_trained"], row["sites_sampled"], row["eval_loss"], au,
+        log.info("round %d done in %.1f s: %d/%d sites trained, max epsilon %s", server_round, row["seconds"],
+                 row["sites_trained"], row["sites_sampled"],
                  f"{row['epsilon_max']:.3f}" if row["epsilon_max"] is not None else "–")
-    return "completed"
+        if server_round > 1:
+            _log_evaluation(state.metrics[-2])
+    if _unevaluated(state) is not None:
+        final_evaluation(transport, fed, state, holders)
+        after_round(state, state.metrics[-1])
+        _log_evaluation(state.metrics[-1])
+    return status
 
+
+def _log_evaluation(row: dict) -> None:
+    au = ", ".join(f"{t} {v:.3f}" if v is not None else f"{t} –" for t, v in row.get("auroc", {}).items())
+    log.info("model of round %d: eval loss %.4f, pooled AUROC %s (%d site(s))", row["round"], row.get("eval_loss", math.nan),
+             au or "–", len(row.get("eval", {})))

@@ -30,7 +30,7 @@ import numpy as np
 from lsemvae.errors import ConfigError, LSEMVAEError
 from lsemvae.federation import keys as K
 from lsemvae.federation.groups import is_federated
-from lsemvae.federation.messages import EvaluateReply, Instruction, SiteInfo, TrainReply
+from lsemvae.federation.messages import Evaluation, EvaluateReply, Instruction, SiteInfo, TrainReply
 from lsemvae.federation.runtime import (
     OutOfBounds,
     check_tasks_match,
@@ -103,6 +103,12 @@ def train(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) -> 
     started = time.perf_counter()
     _check_limits(site, ins)
     model, data = _prepare(site, ins, arrays)
+    evaluation, refused = None, None
+    if ins.evaluate:   # the received (previous round's) model, before it is trained: no extra message
+        try:
+            evaluation = _evaluation(site, ins, model, data)
+        except SiteRefusal as err:
+            refused = err.code
     n_train = len(data.train_idx)
     if n_train == 0:
         raise SiteRefusal(K.ERR_SITE_SETUP, f"site {site.name}: no training records after the evaluation split")
@@ -123,12 +129,15 @@ def train(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) -> 
                              proximal_mu=ins.proximal_mu, dp=ins.dp, noise_multiplier=sigma,
                              train_encoders=ins.train_encoders, history=ledger.history if ledger else None,
                              seed=None if ins.dp else ins.seed * 1000 + ins.server_round)
-        epsilon = ledger.record_round(round_number=ins.server_round, run_id=ins.job_id, history=result.history) if ledger else 0.0
+        # without DP nothing is charged, but the dataset's cumulative epsilon from earlier DP jobs still stands
+        epsilon = (ledger.record_round(round_number=ins.server_round, run_id=ins.job_id, history=result.history)
+                   if ledger else current_epsilon(site))
     _console(site, ins, data, steps=steps, sigma=sigma, before=before, after=epsilon)
     reply = TrainReply(site=site_info(site, dp=ins.dp), layout=[], group_weights=result.group_weights,
                        num_examples=result.num_examples, train_loss=None if ins.dp else result.train_loss,
                        epsilon=epsilon, delta=site.privacy.delta, noise_multiplier=sigma or 0.0,
-                       train_seconds=result.seconds, site_seconds=time.perf_counter() - started)
+                       train_seconds=result.seconds, site_seconds=time.perf_counter() - started,
+                       evaluation=evaluation, evaluation_refused=refused)
     return reply, result.arrays
 
 
@@ -219,15 +228,26 @@ def _console(site: SiteConfig, ins: Instruction, data, *, steps: int, sigma: flo
 
 def evaluate(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) -> EvaluateReply:
     """Aggregates of the evaluation split under the site's own :class:`~lsemvae.site.EvaluationPolicy`."""
+    started = time.perf_counter()
+    _refuse_evaluation_if_disabled(site)
+    model, data = _prepare(site, ins, arrays)
+    return EvaluateReply(site=site_info(site, dp=ins.dp), epsilon=current_epsilon(site),
+                         evaluation=_evaluation(site, ins, model, data), site_seconds=time.perf_counter() - started)
+
+
+def _refuse_evaluation_if_disabled(site: SiteConfig) -> None:
+    if not site.evaluation.enabled:
+        raise SiteRefusal(K.ERR_EVAL_REFUSED, f"site {site.name}: evaluation is disabled (evaluation.enabled = false)",
+                          public="evaluation disabled")
+
+
+def _evaluation(site: SiteConfig, ins: Instruction, model, data) -> Evaluation:
+    """The model's evaluation on the site's evaluation split, as the site's policy lets it out."""
     from lsemvae.federation.private_eval import task_histogram
     from lsemvae.federation.training import evaluate as evaluate_local
 
-    started = time.perf_counter()
     policy = site.evaluation
-    if not policy.enabled:
-        raise SiteRefusal(K.ERR_EVAL_REFUSED, f"site {site.name}: evaluation is disabled (evaluation.enabled = false)",
-                          public="evaluation disabled")
-    model, data = _prepare(site, ins, arrays)
+    _refuse_evaluation_if_disabled(site)
     if len(data.eval_idx) < policy.min_records:
         raise SiteRefusal(K.ERR_EVAL_REFUSED, f"site {site.name}: {len(data.eval_idx)} evaluation records, fewer than "
                           f"evaluation.min_records = {policy.min_records}", public="too few evaluation records")
@@ -239,9 +259,7 @@ def evaluate(site: SiteConfig, ins: Instruction, arrays: dict[str, np.ndarray]) 
         raise SiteRefusal(K.ERR_BAD_MESSAGE, f"site {site.name}: {err}", public=str(err)) from None
     log.info("site %s | job %s round %d | evaluated %d records: loss %.4f", site.name, ins.job_id, ins.server_round,
              res.n, res.loss)
-    return EvaluateReply(site=site_info(site, dp=ins.dp), num_examples=res.n, eval_loss=res.loss,
-                         epsilon=current_epsilon(site), gates=res.gates, histograms=histograms,
-                         site_seconds=time.perf_counter() - started)
+    return Evaluation(num_examples=res.n, eval_loss=res.loss, gates=res.gates, histograms=histograms)
 
 
 def current_epsilon(site: SiteConfig) -> float:

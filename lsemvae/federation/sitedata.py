@@ -16,18 +16,21 @@ from lsemvae.site import SiteConfig
 
 
 def site_tasks(cfg: SiteConfig) -> dict[str, Any]:
-    """``{head name: Task}``: a label column bound to a head name, or the task's built-in rule.
+    """``{head name: Task}``: a label column bound to a head name, a built-in multi-label task bound to label
+    columns (one per class), or the task's built-in rule.
 
     A column bound to a head takes the head's name as its class too: the head means what the federation
     says it means, whatever the site calls the column (``ph`` at one site, ``rv_dilated`` at another).
     """
-    from lsemvae.data.tasks import column_task, get_task
+    from lsemvae.data.tasks import bound_task, column_task, get_task
 
     out = {}
     for binding in cfg.tasks:
         if binding.column:
             out[binding.name] = dataclasses.replace(column_task(binding.column), name=binding.name,
                                                     classes=(binding.name,))
+        elif binding.columns:
+            out[binding.name] = bound_task(binding.name, binding.columns)
         else:
             out[binding.name] = get_task(binding.name)
     return out
@@ -41,7 +44,7 @@ def index_site(cfg: SiteConfig) -> list:
     if not d.root.exists():
         raise ConfigError(f"data.root: {d.root} does not exist")
     if d.format == "manifest":
-        columns = [b.column for b in cfg.tasks if b.column]
+        columns = [c for b in cfg.tasks for c in ([b.column] if b.column else b.columns or [])]
         refs = sources.manifest_index(d.root, d.labels, id_column=d.id_column, patient_column=d.patient_column,
                                       label_columns=columns or None)
     elif d.format == "ptbxl":
@@ -54,7 +57,7 @@ def index_site(cfg: SiteConfig) -> list:
     refs = sorted(refs, key=lambda r: r.record_id)
     if d.max_records:
         refs = refs[: d.max_records]
-    return refs
+    return sources.with_gain_correction(refs, d.gain_correction) if d.gain_correction != 1.0 else refs
 
 
 def label_matrix(refs: list, task) -> np.ndarray:

@@ -5,7 +5,8 @@ so the final model is complete), the server optimiser's moments, the last comple
 the server RNG, the metric rows so far, which node was which site, every site's highest reported
 epsilon, and the model/preprocessing configs and run config of the run. Written atomically
 (:func:`lsemvae.fileio.atomic_open`): a crash leaves the previous round's state or this one's, never
-half of one. Loaded with ``torch.load(weights_only=True)``: tensors and plain data only.
+half of one; readable by the coordinator's user only. Loaded with ``torch.load(weights_only=True)``:
+tensors and plain data only, so a planted file cannot run code.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lsemvae.federation.aggregation import ServerOptimizerState
 from lsemvae.fileio import atomic_open
 
 STATE_FILE = "server-state.pt"
-FORMAT = 1
+FORMAT = 2   # 2: job id, site epsilons and checked nodes are part of every state
 
 
 @dataclass
@@ -71,7 +72,7 @@ def save_state(out_dir: Path, state: ServerState) -> Path:
                             "metrics": state.metrics, "node_sites": state.node_sites,
                             "site_epsilon": state.site_epsilon, "checked_nodes": state.checked_nodes}),
     }
-    with atomic_open(path, "wb", private=False) as fh:
+    with atomic_open(path, "wb") as fh:
         torch.save(payload, fh)
     return path
 
@@ -92,6 +93,5 @@ def load_state(out_dir: Path) -> ServerState:
         opt=ServerOptimizerState(_arrays(p["opt_m"]), _arrays(p["opt_v"]), int(p["opt_steps"])),
         rng=meta["rng"], model_config=meta["model_config"], preprocess_config=meta["preprocess_config"],
         run_config=meta["run_config"], metrics=meta["metrics"], node_sites=meta["node_sites"],
-        site_epsilon=meta.get("site_epsilon", {}), checked_nodes=meta.get("checked_nodes", {}),
-        **({"job_id": meta["job_id"]} if "job_id" in meta else {}),
+        site_epsilon=meta["site_epsilon"], checked_nodes=meta["checked_nodes"], job_id=meta["job_id"],
     )

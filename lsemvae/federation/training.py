@@ -65,6 +65,14 @@ def freeze_outside(model: torch.nn.Module, groups: set[str], *, dp: bool) -> lis
     return trainable
 
 
+def trained_groups(model, data, site, *, train_encoders: bool) -> set[str]:
+    """The groups a site trains in a round: its leads' encoders (unless a probe), fusion, its tasks' heads."""
+    groups = groups_for(site.lead_names, data.tasks) & {group_of(k) for k in model.state_dict()}
+    if not train_encoders:  # federated probe: the pretrained encoders stay fixed and are not sent
+        groups = {g for g in groups if not g.startswith("encoders.")}
+    return groups
+
+
 def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: int, proximal_mu: float,
                 dp: bool, noise_multiplier: float | None, history: list | None, seed: int | None,
                 train_encoders: bool = True) -> RoundResult:
@@ -80,15 +88,11 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
         raise ValueError("a DP round takes no seed: its randomness is the site's own (lsemvae.privacy.randomness)")
     seed = os_seed() if seed is None else seed
     started = time.perf_counter()
-    groups = groups_for(site.lead_names, data.tasks) & {group_of(k) for k in model.state_dict()}
-    if not train_encoders:  # federated probe: the pretrained encoders stay fixed and are not sent
-        groups = {g for g in groups if not g.startswith("encoders.")}
+    groups = trained_groups(model, data, site, train_encoders=train_encoders)
     trainable = freeze_outside(model, groups, dp=dp)
+    model.train()   # Opacus checks the mode when it wraps the model (the site may have just evaluated it)
     global_copy = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     train_set = data.dataset(data.train_idx, site.lead_names)
-    labels = {t: np.asarray(data.cohort.labels[t])[data.train_idx] for t in data.tasks}
-    pos_weights = {t: positive_weights(labels[t]) for t, task in data.tasks.items() if task.kind != "multiclass"}
-    kinds = task_kinds(data.tasks)
     loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -99,37 +103,56 @@ def train_round(model, data, site, *, lr: float, batch_size: int, local_epochs: 
             model, optimizer, loader, noise_multiplier=noise_multiplier, max_grad_norm=site.privacy.max_grad_norm,
             history=history, accountant=site.privacy.accountant)
     model.train()
-    named = dict(model.named_parameters())
-    prox = {n: named[n] for n in named if n.removeprefix("_module.") in global_copy} if proximal_mu > 0 else {}
+    pull = _proximal_pull(model, global_copy, lr * proximal_mu)
+    kinds, weights = task_kinds(data.tasks), _positive_weights(data)
     total, count = 0.0, 0
     for _ in range(local_epochs):
         for batch in loader:
-            optimizer.zero_grad()
-            out = model(batch["x"], batch["lead_mask"], decode=False)
-            loss = per_record_loss(out.logits, batch["y"], kinds, pos_weights)
-            if session is not None:
-                session.backward(loss)
-                session.step()
-            else:
-                loss.mean().backward()
-                optimizer.step()
-            if prox:
-                with torch.no_grad():
-                    for n, p in prox.items():
-                        p.sub_(lr * proximal_mu * (p - global_copy[n.removeprefix("_module.")]))
-            if loss.numel():
-                total += float(loss.detach().sum())
-                count += int(loss.numel())
+            loss = _step(model, batch, kinds, weights, optimizer, session)
+            pull()
+            total, count = total + float(loss.detach().sum()), count + int(loss.numel())
     state = plain_state_dict(model)
-    arrays = {k: v.numpy() for k, v in state.items() if group_of(k) in groups}
     return RoundResult(
-        arrays=arrays,
+        arrays={k: v.numpy() for k, v in state.items() if group_of(k) in groups},
         group_weights={g: w for g, w in data.group_weights(site.lead_names).items() if g in groups},
         num_examples=len(data.train_idx),
         train_loss=total / count if count else math.nan,
         history=session.history if session is not None else None,
         seconds=time.perf_counter() - started,
     )
+
+
+def _step(model, batch, kinds: dict, weights: dict, optimizer, session):
+    """One optimiser step on a batch (DP: clip, noise from a fresh OS seed, step); its per-record losses."""
+    optimizer.zero_grad()
+    out = model(batch["x"], batch["lead_mask"], decode=False)
+    loss = per_record_loss(out.logits, batch["y"], kinds, weights)
+    if session is not None:
+        session.backward(loss)
+        session.step()
+    else:
+        loss.mean().backward()
+        optimizer.step()
+    return loss
+
+
+def _positive_weights(data) -> dict:
+    """Per task, negatives / positives among the site's training labels (class balance of its own data)."""
+    return {t: positive_weights(np.asarray(data.cohort.labels[t])[data.train_idx])
+            for t, task in data.tasks.items() if task.kind != "multiclass"}
+
+
+def _proximal_pull(model, global_copy: dict, rate: float):
+    """FedProx's decoupled pull towards the global weights after each step (nothing when ``rate`` is 0)."""
+    named = dict(model.named_parameters())
+    targets = {n: named[n] for n in named if n.removeprefix("_module.") in global_copy} if rate > 0 else {}
+
+    @torch.no_grad()
+    def pull() -> None:
+        for n, p in targets.items():
+            p.sub_(rate * (p - global_copy[n.removeprefix("_module.")]))
+
+    return pull
 
 
 @torch.no_grad()

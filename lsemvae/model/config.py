@@ -1,8 +1,8 @@
 """Model configuration: one pydantic model, two named profiles.
 
 ``compact`` (default) is sized for CPUs and cheap federated rounds; ``faithful`` keeps the
-paper's constants (reference-model.md §8) with its bugs fixed (prior expert kept, KL on the
-sampled posterior, leads by name). Every variant is a config value, never a code fork.
+constants of the paper's published code (github.com/Shef-AIRE/LS-EMVAE) with its bugs fixed (prior
+expert kept, KL on the sampled posterior, leads by name). Every variant is a config value, never a code fork.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ PROFILES: dict[str, ModelConfig] = {
     # +0.007 / +0.005 validation AUROC at 100% / 10% labels, every seed (benchmarks/results/model_variants.json).
     "compact": ModelConfig(head_input="leads+fused", head_dropout=0.5, amplitude="millimetres",
                            objective=ObjectiveConfig(bound_weights="uniform", align_weight=1.0)),
-    # The paper's per-lead encoder and decoder (reference-model.md §1.2, §1.3, §1.7, §8).
+    # The paper's code: per-lead encoder (three stride-2 convolutions, flattened), one shared deconvolution
+    # decoder of the whole 10-s signal at 500 Hz, a probe head on the limb leads' concatenated means.
     "faithful": ModelConfig(
         profile="faithful", fs=500, n_samples=5000, beat_samples=400, latent_dim=256,
         encoder_channels=(16, 32, 64), encoder_kernels=(3, 3, 3), encoder_strides=(2, 2, 2),

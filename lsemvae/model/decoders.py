@@ -2,10 +2,10 @@
 
 ``per-lead`` (default): one small MLP per lead (``decoders.<lead>``), reconstructing the lead's
 R-aligned median beat. A pooled latent cannot say where the beats of a 10-s strip fall, so
-reconstructing the raw strip collapses (findings.md); the median beat is position-free.
+reconstructing the raw strip collapses (the latent learns nothing); the median beat is position-free.
 ``shared``: the paper's single unconditioned deconvolution decoder (``decoders.shared``); it is
 called once and its output serves all 12 leads, which is what the paper's code computes
-(12 bit-identical outputs, reference-model.md §1.3). Kept for the faithful profile only.
+(12 bit-identical outputs: the decoder is told no lead). Kept for the faithful profile only.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class LeadDecoder(nn.Module):
 
 
 class SharedDeconvDecoder(nn.Module):
-    """Linear latent->64 x T/8, then three stride-2 transposed convolutions (paper §1.3)."""
+    """Linear latent->64 x T/8, then three stride-2 transposed convolutions (the paper's decoder)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -5,7 +5,7 @@ Shape contract (as in pykale/cardiac): expert means and log-variances ``[M, B, D
 (:data:`lsemvae.leads.LEAD_GROUPS`), never by position, so any row order or subset works.
 
 Every fusion returns a :class:`GaussianMixture` whose components are products of experts that
-**include the prior expert N(0, I)** (the paper's code sliced it away, reference-model.md §6.4):
+**include the prior expert N(0, I)** (the paper's code appends it, then its grouping drops it again):
 
 * ``poe``        one component: PoE over all present leads + prior.
 * ``moe``        one component per lead (lead x prior), equal weights over present leads.
@@ -167,7 +167,7 @@ class Fusion(nn.Module):
 def expert_dropout(lead_mask: Tensor, keep_prob: float, generator: torch.Generator | None = None) -> Tensor:
     """Randomly drop present experts ``[B, 12]`` (keep each with ``keep_prob``), keeping at least one.
 
-    Trains the fusion to work from any lead subset (findings.md). A record whose draw dropped all
+    Trains the fusion to work from any lead subset. A record whose draw dropped all
     of its leads keeps one present lead chosen at random.
     """
     u = torch.rand(lead_mask.shape, generator=generator)

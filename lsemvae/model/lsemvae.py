@@ -50,6 +50,11 @@ class LSEMVAE(nn.Module):
         self.heads = build_heads(config)
         self._head_rows = [lead_index(lead) for lead in config.head_leads]
 
+    @property
+    def reads_any_length(self) -> bool:
+        """Pooled encoders (compact) score inputs of any length; the faithful ones flatten a fixed length."""
+        return self.config.encoder_pool != "flatten"
+
     def encode(self, x: Tensor, lead_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Per-lead posteriors ``[B, 12, D]``. Leads absent from the whole batch are not run at all."""
         batch, dim = x.shape[0], self.config.latent_dim

@@ -69,50 +69,64 @@ def _evaluation(entries: list[dict[str, Any]]) -> list[str]:
 
 
 def render(meta: dict[str, Any]) -> str:
-    prov, mc, w = meta["provenance"], meta["model_config"], meta["weights"]
-    pre = prov.get("preprocess_config") or {}
-    pc = prov.get("pretrain_config") or {}
-    tr = meta.get("training") or {}
-    best = tr.get("best_metrics") or {}
-    data = prov.get("data") or {}
-    n_records = sum(d.get("records", 0) for d in data.values()) if isinstance(data, dict) else 0
-    code, env = prov.get("code") or {}, prov.get("environment") or {}
-    folds = prov.get("excluded_folds") or []
-    from lsemvae.pretrained import is_synthetic, pretrained_on
+    """The card as Markdown."""
+    out = [*_details(meta), *_USE, *_training_data(meta["provenance"]), *_input(meta["provenance"]),
+           *_lead_sets(meta["model_config"]), *_pretraining(meta), "## Evaluation\n",
+           *_evaluation(meta.get("evaluation") or []), *_limitations(meta), *_usage(meta)]
+    return "\n".join(out)
 
-    out = [f"# Model card: `{meta['name']}`\n",
-           f"A pretrained LS-EMVAE ({mc.get('profile')} profile): one ECG encoder per lead, fused by {mc.get('fusion')} "
-           f"into a {mc.get('latent_dim')}-dimensional latent, pretrained without labels to reconstruct every lead from "
-           f"the leads present. Pretrained on: {pretrained_on(prov)}. It is a starting point for fine-tuning "
-           "(`lsemvae finetune`) and federated fine-tuning (`simulation/run.py`, the Flower apps), not a classifier.\n",
-           "## Model details\n",
-           f"- Architecture: LS-EMVAE, profile `{mc.get('profile')}`, fusion `{mc.get('fusion')}`, latent "
-           f"{mc.get('latent_dim')}, reconstruction target `{mc.get('recon_target')}`; "
-           f"{w['parameters']:,} parameters in {w['tensors']} tensors ({', '.join(w['dtypes'])}), encoders, fusion and "
-           "decoders; no task heads (fine-tuning adds them).",
-           f"- Weights: `{w['file']}`, {w['bytes']:,} bytes ({_size(w['bytes'])}), safetensors (no executable content), "
-           f"sha256 `{w['sha256']}`, checked on every load.",
-           f"- Made by: `{prov.get('command', 'not recorded')}` at commit `{code.get('commit')}`"
-           + (" (with uncommitted changes)" if code.get("uncommitted_changes") else "")
-           + f"; torch {env.get('torch')}, {env.get('torch_threads')} CPU thread(s), {env.get('machine')}; exported "
-           f"{meta.get('exported')}.",
-           "- Licence of the weights: the repository's (MIT, see LICENSE); the training data's licences below "
-           "require attribution of the datasets wherever the weights or models derived from them are shared.\n",
-           "## Intended use\n",
-           "- Research on ECG representation learning, and as the starting encoder for fine-tuning on labelled ECGs "
-           "(central or federated, with or without differential privacy) on any subset of the 12 standard leads.",
-           "- Right-heart / pulmonary-hypertension assessment *research*: the project's PH-related tasks are proxies "
-           "(ECG findings such as right ventricular hypertrophy, right atrial overload, right axis deviation), to be "
-           "replaced by a site's own confirmed labels (e.g. right-heart catheterisation).",
-           "- Reconstructing the precordial leads' median beats from the limb leads, to inspect what the encoder "
-           "captures (not as a substitute for recording them).\n",
-           "## Out-of-scope use\n",
-           "- Any clinical decision about a patient: this is not a medical device, has no regulatory clearance, and "
-           "its outputs were never validated prospectively or against confirmed pulmonary hypertension.",
-           "- Use without fine-tuning and local validation on the target population and recording devices.",
-           "- Inputs other than those described below (other units, rates or lengths, uncalibrated amplitudes, "
-           "single-lead wearables, paediatric ECGs) unless a site validates them.\n",
-           "## Training data\n"]
+
+def _details(meta: dict[str, Any]) -> list[str]:
+    from lsemvae.pretrained import pretrained_on
+
+    prov, mc, w = meta["provenance"], meta["model_config"], meta["weights"]
+    code, env = prov.get("code") or {}, prov.get("environment") or {}
+    return [f"# Model card: `{meta['name']}`\n",
+            f"A pretrained LS-EMVAE ({mc.get('profile')} profile): one ECG encoder per lead, fused by {mc.get('fusion')} "
+            f"into a {mc.get('latent_dim')}-dimensional latent, pretrained without labels to reconstruct every lead from "
+            f"the leads present. Pretrained on: {pretrained_on(prov)}. It is a starting point for fine-tuning "
+            "(`lsemvae finetune`) and federated fine-tuning (`simulation/run.py`, the Flower apps), not a classifier.\n",
+            "## Model details\n",
+            f"- Architecture: LS-EMVAE, profile `{mc.get('profile')}`, fusion `{mc.get('fusion')}`, latent "
+            f"{mc.get('latent_dim')}, reconstruction target `{mc.get('recon_target')}`; "
+            f"{w['parameters']:,} parameters in {w['tensors']} tensors ({', '.join(w['dtypes'])}), encoders, fusion and "
+            "decoders; no task heads (fine-tuning adds them).",
+            f"- Weights: `{w['file']}`, {w['bytes']:,} bytes ({_size(w['bytes'])}), safetensors (no executable content), "
+            f"sha256 `{w['sha256']}`, checked on every load.",
+            f"- Made by: `{prov.get('command', 'not recorded')}` at commit `{code.get('commit')}`"
+            + (" (with uncommitted changes)" if code.get("uncommitted_changes") else "")
+            + f"; torch {env.get('torch')}, {env.get('torch_threads')} CPU thread(s), {env.get('machine')}; exported "
+            f"{meta.get('exported')}.",
+            "- Licence of the weights: the repository's (MIT, see LICENSE); the training data's licences below "
+            "require attribution of the datasets wherever the weights or models derived from them are shared.\n"]
+
+
+#: Intended and out-of-scope use: the same for every LS-EMVAE checkpoint.
+_USE = [
+    "## Intended use\n",
+    "- Research on ECG representation learning, and as the starting encoder for fine-tuning on labelled ECGs "
+    "(central or federated, with or without differential privacy) on any subset of the 12 standard leads.",
+    "- Right-heart / pulmonary-hypertension assessment *research*: the project's PH-related tasks are proxies "
+    "(ECG findings such as right ventricular hypertrophy, right atrial overload, right axis deviation), to be "
+    "replaced by a site's own confirmed labels (e.g. right-heart catheterisation).",
+    "- Reconstructing the precordial leads' median beats from the limb leads, to inspect what the encoder "
+    "captures (not as a substitute for recording them).\n",
+    "## Out-of-scope use\n",
+    "- Any clinical decision about a patient: this is not a medical device, has no regulatory clearance, and "
+    "its outputs were never validated prospectively or against confirmed pulmonary hypertension.",
+    "- Use without fine-tuning and local validation on the target population and recording devices.",
+    "- Inputs other than those described below (other units, rates or lengths, uncalibrated amplitudes, "
+    "single-lead wearables, paediatric ECGs) unless a site validates them.\n",
+]
+
+
+def _training_data(prov: dict[str, Any]) -> list[str]:
+    """Sources with counts and licences, the folds never seen, the validation hold-out, the citations."""
+    from lsemvae.pretrained import is_synthetic
+
+    data = prov.get("data") or {}
+    folds = prov.get("excluded_folds") or []
+    out = ["## Training data\n"]
     if is_synthetic(prov):
         out.append("**Synthetic ECGs only**: generated signals, never a real recording. Use for testing the "
                    "machinery on synthetic sites, never as the start of a model for real ECGs.\n")
@@ -130,10 +144,13 @@ def render(meta: dict[str, Any]) -> str:
                "after quality control (records that failed it were skipped; `lsemvae data inspect` lists them). "
                "Preprocessed cohorts (cache keys): "
                + ", ".join(f"`{k}` {v[:12]}…" for k, v in (prov.get("data_cache_keys") or {}).items()) + ".\n")
-    for name in data:
-        if name in DATASETS:
-            out.append(f"- {DATASETS[name]['title']}: {DATASETS[name]['cite']}")
-    out += ["", "## Input\n",
+    out += [f"- {DATASETS[name]['title']}: {DATASETS[name]['cite']}" for name in data if name in DATASETS]
+    return out
+
+
+def _input(prov: dict[str, Any]) -> list[str]:
+    pre = prov.get("preprocess_config") or {}
+    return ["", "## Input\n",
             f"- Sampling rate {pre.get('fs')} Hz, {pre.get('seconds')} s windows ({round(pre.get('fs', 0) * pre.get('seconds', 0))} "
             "samples; longer records centre-cropped, any source rate resampled by preprocessing).",
             f"- Amplitude: {pre.get('amplitude')}"
@@ -142,38 +159,54 @@ def render(meta: dict[str, Any]) -> str:
             + f"; band-pass {pre.get('highpass_hz')}-{pre.get('lowpass_hz')} Hz (Butterworth order {pre.get('filter_order')}), "
             f"mains notch {pre.get('powerline_hz')} Hz; preprocessing pipeline version {prov.get('pipeline_version')}.",
             "- Preprocessing is part of the model: `lsemvae finetune`, `evaluate`, `predict` and the federated sites "
-            "apply the recorded configuration (checkpoint.json, provenance.preprocess_config).\n",
-            "## Lead sets\n",
+            "apply the recorded configuration (checkpoint.json, provenance.preprocess_config).\n"]
+
+
+def _lead_sets(mc: dict[str, Any]) -> list[str]:
+    return ["## Lead sets\n",
             f"Pretrained on 12-lead ECGs ({', '.join(LEADS_12)}) with expert dropout (each lead kept with probability "
             f"{(mc.get('objective') or {}).get('expert_keep_prob', '–')}), so it encodes any subset: the 6 limb leads "
             f"({', '.join(LIMB_LEADS)}), 12 leads, or named leads (`--leads I,II,V1`). Missing leads are masked, not "
-            "imputed.\n",
-            "## Pretraining\n",
+            "imputed.\n"]
+
+
+def _pretraining(meta: dict[str, Any]) -> list[str]:
+    pc = meta["provenance"].get("pretrain_config") or {}
+    tr = meta.get("training") or {}
+    best = tr.get("best_metrics") or {}
+    return ["## Pretraining\n",
             f"{pc.get('epochs')} epochs, batch {pc.get('batch_size')}, AdamW lr {pc.get('lr')} ({pc.get('lr_schedule')}), "
             f"weight decay {pc.get('weight_decay')}, gradient clip {pc.get('grad_clip')}, seed {pc.get('seed')}. Best epoch "
             f"{tr.get('best_epoch')}: validation loss {_fmt(tr.get('best_val_loss'), 1)}, reconstruction R² (12 leads -> 12) "
             f"{_fmt(best.get('val_r2_mean'))}, precordial leads from the limb leads {_fmt(best.get('val_r2_precordial_from_limb'))}, "
-            f"active latent dimensions {best.get('val_active_dims')}/{best.get('latent_dim')}.\n",
-            "## Evaluation\n", *_evaluation(meta.get("evaluation") or []),
-            "## Limitations\n"]
+            f"active latent dimensions {best.get('val_active_dims')}/{best.get('latent_dim')}.\n"]
+
+
+def _limitations(meta: dict[str, Any]) -> list[str]:
+    data = meta["provenance"].get("data") or {}
+    n_records = sum(d.get("records", 0) for d in data.values()) if isinstance(data, dict) else 0
+    out = ["## Limitations\n"]
     if n_records and n_records < SMALL_CORPUS:
         out.append(f"- Small pretraining corpus: {n_records:,} ECGs (the LS-EMVAE paper pretrained on about 800,000). "
                    "A checkpoint pretrained on a large corpus (e.g. MIMIC-IV-ECG) may transfer better (not measured "
                    "here); export it with `lsemvae pretrained export` and it loads, verifies and gets its card the same way.")
-    out += ["- The pulmonary-hypertension tasks of this project are ECG-finding proxies; no figure here is a PH "
-            "diagnostic accuracy.",
-            "- Populations: the sources' recording sites, devices and years (see their documentation); performance on "
-            "other populations, devices and filters is unknown until measured there.",
-            "- Not a medical device; not for clinical use.",
-            *[f"- {n}" for n in meta.get("notes") or []], "",
-            "## How to use\n",
-            f"    lsemvae finetune --checkpoint {meta['name']} --ptbxl ROOT --leads 6L --out runs/ft      # or --cache DIR",
-            f"    python simulation/run.py --data real --checkpoint {meta['name']}",
-            f"    checkpoint = \"{meta['name']}\"        # a federation's run config (configs/federation.toml)",
+    return out + ["- The pulmonary-hypertension tasks of this project are ECG-finding proxies; no figure here is a PH "
+                  "diagnostic accuracy.",
+                  "- Populations: the sources' recording sites, devices and years (see their documentation); performance "
+                  "on other populations, devices and filters is unknown until measured there.",
+                  "- Not a medical device; not for clinical use.",
+                  *[f"- {n}" for n in meta.get("notes") or []], ""]
+
+
+def _usage(meta: dict[str, Any]) -> list[str]:
+    name = meta["name"]
+    return ["## How to use\n",
+            f"    lsemvae finetune --checkpoint {name} --ptbxl ROOT --leads 6L --out runs/ft      # or --cache DIR",
+            f"    python simulation/run.py --data real --checkpoint {name}",
+            f"    checkpoint = \"{name}\"        # a federation's run config (configs/federation.toml)",
             "",
             "A folder that is not shipped loads by its path instead of its name.\n",
             "## Reproduce and verify\n",
-            "    lsemvae pretrained verify " + meta["name"] + "        # recomputes the sha256 above",
+            "    lsemvae pretrained verify " + name + "        # recomputes the sha256 above",
             "    " + meta.get("reproduce", "") + "        # reruns the pretraining and compares",
             ""]
-    return "\n".join(out)

@@ -132,6 +132,8 @@ def pretrain_argv(meta: dict[str, Any], data: dict[str, list[str]], out: Path) -
                           f"(it was made with: {prov.get('command')})")
     cfg = PretrainConfig(epochs=recorded["epochs"], batch_size=recorded["batch_size"], lr=recorded["lr"],
                          seed=recorded["seed"]).model_dump(mode="json")
+    # a setting added after the recording reads as its default, which (new options are off by default) is what ran
+    recorded = PretrainConfig.model_validate(recorded).model_dump(mode="json")
     ours = get_profile(model["profile"], fusion=model["fusion"], amplitude=model["amplitude"]).model_dump(mode="json")
     for what, mine, theirs in (("pretraining settings", cfg, recorded), ("model profile", ours, model),
                                ("preprocessing pipeline", PIPELINE_VERSION, prov.get("pipeline_version"))):

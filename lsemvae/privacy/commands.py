@@ -20,8 +20,13 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="privacy_command", required=True, metavar="ACTION")
     anchor_help = f"directory of ledger anchors (default ${ANCHOR_DIR_ENV} or ~/.lsemvae/ledger-anchors)"
 
-    show = sub.add_parser("show", help="epsilon spent, budget left, history and events of a ledger")
-    show.add_argument("--ledger", type=Path, required=True, help="the site's ledger JSON file")
+    show = sub.add_parser("show", help="a site's privacy statement: budget, spent, left, and every round, job and "
+                          "budget change, like a bank statement",
+                          description="Give --site-config (reads the ledger and anchors the site uses), or --ledger "
+                          "(with --site and --anchor-dir to check it against its anchor).")
+    where = show.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site-config", type=Path, help="the site's TOML (configs/sites/NAME.toml)")
+    where.add_argument("--ledger", type=Path, help="the site's ledger JSON file")
     show.add_argument("--site", help="expected site name (also checks the ledger against its anchor)")
     show.add_argument("--anchor-dir", type=Path, help=anchor_help)
     show.add_argument("--json", action="store_true", help="print the full summary as JSON")
@@ -66,22 +71,51 @@ def register(subparsers) -> None:
 
 
 def _show(args) -> int:
+    job_share = None
+    if args.site_config:
+        from lsemvae.site import load_site_config
+
+        cfg = load_site_config(args.site_config)
+        args.ledger, args.site, args.anchor_dir = cfg.ledger_path, cfg.name, cfg.anchor_dir
+        job_share = cfg.privacy.job_epsilon
     ledger = PrivacyLedger.open(args.ledger, site=args.site, anchor_dir=args.anchor_dir)
     summary = ledger.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"site          {summary['site']}")
-    print(f"ledger        {summary['ledger']}")
-    print(f"epsilon       {summary['epsilon']:.4f} of {summary['max_epsilon']:g} "
-          f"(delta={summary['delta']:g}, accountant {summary['accountant']}); {summary['remaining']:.4f} left")
-    print(f"steps         {summary['total_steps']} over {summary['rounds']} rounds; resets: {summary['resets']}")
-    for sigma, q, n in summary["history"]:
-        print(f"  history     noise multiplier {sigma:.4g}, sample rate {q:.4g}, {n} steps")
-    for e in summary["events"]:
-        detail = {k: v for k, v in e.items() if k not in ("kind", "time", "entries", "previous")}
-        print(f"  {e['time']}  {e['kind']:8s} {json.dumps(detail)}")
+    print("\n".join(statement(summary, job_share=job_share)))
     return 0
+
+
+def statement(summary: dict, *, job_share: float | None = None) -> list[str]:
+    """A ledger as a bank statement: the budget, what was spent and when, what is left."""
+    share = f"; at most {job_share:g} per job" if job_share is not None else ""
+    lines = [f"Privacy statement of site '{summary['site']}' ({summary['ledger']})",
+             f"  budget   epsilon {summary['max_epsilon']:g} over the dataset's life, at delta {summary['delta']:g} "
+             f"({summary['accountant']} accountant){share}",
+             f"  spent    epsilon {summary['epsilon']:.4f} in {summary['rounds']} rounds ({summary['total_steps']} DP-SGD "
+             f"steps); resets: {summary['resets']}",
+             f"  left     epsilon {summary['remaining']:.4f}", "",
+             f"  {'date (UTC)':19s}  {'event':11s}  {'job':16s}  {'round':>5s}  {'steps':>5s}  {'noise':>6s}  "
+             f"{'spent':>8s}  {'epsilon':>8s}"]
+    epsilon = 0.0
+    for e in summary["events"]:
+        when = e["time"].replace("T", " ")[:19]
+        if e["kind"] == "round":
+            sigma = max((s for s, _, _ in e.get("entries", [])), default=float("nan"))
+            lines.append(f"  {when:19s}  {'round':11s}  {str(e['run_id'])[:16]:16s}  {e['round']:>5}  {e['steps']:>5}  "
+                         f"{sigma:>6.3f}  {e['epsilon'] - epsilon:>+8.4f}  {e['epsilon']:>8.4f}")
+            epsilon = e["epsilon"]
+        elif e["kind"] == "budget":
+            lines.append(f"  {when:19s}  {'budget':11s}  budget {e['from']:g} -> {e['to']:g}: {e['reason']} ({e['user']})")
+        elif e["kind"] == "reset":
+            epsilon = 0.0
+            lines.append(f"  {when:19s}  {'RESET':11s}  by {e['user']}: {e['reason']} (previous epsilon "
+                         f"{e['previous'].get('epsilon')})")
+        else:
+            lines.append(f"  {when:19s}  {e['kind']:11s}  " + " ".join(f"{k}={v}" for k, v in e.items()
+                                                                          if k not in ("kind", "time")))
+    return lines
 
 
 def _reset(args) -> int:

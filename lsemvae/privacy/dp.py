@@ -203,9 +203,6 @@ class DPSession:
 
     privacy_engine: Any
     grad_sample_mode: str
-    noise_multiplier: float
-    max_grad_norm: float
-    sample_rate: float
     model: nn.Module
     optimizer: Any
     loss_reduction: str = "mean"
@@ -358,15 +355,8 @@ def make_private(
         private_model, private_opt, private_loader = wrapped
     private_opt.generator = os_generator()
     private_opt.secure_mode = True   # Opacus' floating-point-safe noise draw (needs no torchcsprng)
-    session = DPSession(
-        privacy_engine=engine,
-        grad_sample_mode=grad_sample_mode,
-        noise_multiplier=float(noise_multiplier),
-        max_grad_norm=float(max_grad_norm),
-        sample_rate=1 / len(private_loader),
-        model=private_model,
-        optimizer=private_opt,
-    )
+    session = DPSession(privacy_engine=engine, grad_sample_mode=grad_sample_mode, model=private_model,
+                        optimizer=private_opt)
     return private_model, private_opt, private_loader, session
 
 

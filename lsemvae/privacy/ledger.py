@@ -252,9 +252,6 @@ class PrivacyLedger:
         nxt = _append(self.history, (float(noise_multiplier), float(sample_rate), int(steps)))
         return epsilon_of(nxt, delta=self.delta, accountant=self.accountant)
 
-    def remaining(self) -> float:
-        return max(self.max_epsilon - self.epsilon(), 0.0)
-
     def check_can_train(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Projected epsilon if the round fits the budget; else :class:`BudgetExhausted` (do not train)."""
         projected = self.projected_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)

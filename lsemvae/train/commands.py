@@ -19,38 +19,55 @@ from torch.utils.data import ConcatDataset
 from lsemvae.argtypes import fraction_up_to_one, open_fraction, positive_float, positive_int
 from lsemvae.config import validate
 from lsemvae.errors import ConfigError, LSEMVAEError
-from lsemvae.leads import resolve_lead_set
+from lsemvae.leads import LEADS_12, resolve_lead_set
 from lsemvae.model.config import FUSIONS
 
 
-def _provenance(pcfg, cohorts, args) -> dict:
-    """What a pretrained checkpoint saw and what made it (``lsemvae pretrained export`` carries it into the card)."""
+def _provenance(pcfg, cohorts, args, used) -> dict:
+    """What a pretrained checkpoint saw (``used``: each cohort's rows it trained and validated on) and what made it
+    (``lsemvae pretrained export`` carries it into the card)."""
     from lsemvae.data.preprocess import PIPELINE_VERSION
     from lsemvae.provenance import code_state, command_line, environment
     return {"preprocess_config": pcfg.model_dump(mode="json"), "pipeline_version": PIPELINE_VERSION,
             "data_cache_keys": {c_name: c.key for c_name, c in cohorts.items()},
-            "data": {c_name: {"records": len(c), "patients": len(set(c.patient_ids))} for c_name, c in cohorts.items()},
+            "data": {c_name: {"records": len(used[c_name]), "patients": len({c.patient_ids[i] for i in used[c_name]})}
+                     for c_name, c in cohorts.items()},
             "excluded_folds": sorted(args.exclude_folds) if args.ptbxl else [], "val_fraction": args.val_fraction,
             "code": code_state(), "command": command_line(), "environment": environment()}
 
 
-def load_cohorts(args, pcfg, tasks=(), *, exclude_folds=()) -> dict:
-    """Build (or reuse) the cached cohorts named on the command line; PTB-XL minus ``exclude_folds``."""
-    from lsemvae.data.cache import build_cohort
-    from lsemvae.data.sources import folder_index, ludb_index, ptbxl_index
-    cache = Path(args.cache_dir)
-    rate = 100 if pcfg.fs <= 100 else 500
-    cohorts = {}
-    if args.ptbxl:
-        refs = [r for r in ptbxl_index(args.ptbxl, rate=rate) if r.meta.get("strat_fold") not in set(exclude_folds)]
-        cohorts["ptb-xl"] = build_cohort(refs, list(tasks), pcfg, cache, name="ptb-xl")
-    if getattr(args, "ludb", None):
-        cohorts["ludb"] = build_cohort(ludb_index(args.ludb), list(tasks), pcfg, cache, name="ludb")
-    for folder in getattr(args, "folder", None) or []:
-        cohorts[f"folder:{folder}"] = build_cohort(folder_index(folder), list(tasks), pcfg, cache, name=Path(folder).name)
-    if not cohorts:
+def _datasets(args) -> dict[str, tuple[str, Path]]:
+    """``{cohort key: (layout, root)}`` for the data options given: --ptbxl, --ludb, --folder."""
+    given = {key: (key, root) for key, root in (("ptb-xl", args.ptbxl), ("ludb", getattr(args, "ludb", None))) if root}
+    given.update({f"folder:{f}": ("folder", f) for f in getattr(args, "folder", None) or []})
+    return given
+
+
+def load_cohorts(args, pcfg, tasks=()) -> dict:
+    """The cached cohorts named on the command line, the very caches `lsemvae data prepare` builds (built here once
+    if it has not): a command chooses its rows from them (pretraining leaves PTB-XL's test fold out)."""
+    from lsemvae.data.commands import dataset_cohort
+
+    datasets = _datasets(args)
+    if not datasets:
         raise ConfigError("no data given: pass --ptbxl, --ludb or --folder")
+    cohorts = {}
+    for key, (kind, root) in datasets.items():
+        cohorts[key] = dataset_cohort(kind, Path(root), pcfg, Path(args.cache_dir), tasks=list(tasks))
+        print(f"data: {cohorts[key].path} ({len(cohorts[key])} records)")
     return cohorts
+
+
+def report_lead_faults(cohort, leads, rows) -> None:
+    """Say which records a command leaves out because a lead it reads failed QC (the cache keeps them masked)."""
+    from collections import Counter
+
+    from lsemvae.data.cache import lead_fault_skips
+    skips = lead_fault_skips(cohort, leads, rows)
+    if skips:
+        counts = ", ".join(f"{r} {n}" for r, n in Counter(s["reason"] for s in skips).most_common())
+        print(f"left out {len(skips)} record(s) of {cohort.path.name} with a failed QC check in a lead read ({counts}; "
+              f"e.g. {skips[0]['record']}: {skips[0]['message']})")
 
 
 def run_pretrain(args) -> int:
@@ -64,12 +81,16 @@ def run_pretrain(args) -> int:
     overrides = {k: v for k, v in (("fusion", args.fusion), ("amplitude", args.amplitude)) if v}
     mcfg = get_profile(args.profile, **overrides)
     pcfg = mcfg.preprocess_config()
-    cohorts = load_cohorts(args, pcfg, exclude_folds=args.exclude_folds)
-    train_parts, val_parts = [], []
-    for cohort in cohorts.values():
-        tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed)
-        train_parts.append(CohortDataset(cohort, tr))
-        val_parts.append(CohortDataset(cohort, va))
+    cohorts = load_cohorts(args, pcfg)
+    train_parts, val_parts, used = [], [], {}
+    for name, cohort in cohorts.items():
+        report_lead_faults(cohort, LEADS_12, None)
+        # PTB-XL's test fold stays out of pretraining: rows chosen from the shared cache, split as if it held no more
+        kept = [i for i, m in enumerate(cohort.meta) if m.get("strat_fold") not in set(args.exclude_folds)]
+        tr, va, _ = patient_split(cohort, args.val_fraction, seed=args.seed, rows=kept)
+        used[name] = np.concatenate([tr, va])
+        train_parts.append(CohortDataset(cohort, tr, tasks=[]))  # unlabelled: the caches' labels differ by dataset
+        val_parts.append(CohortDataset(cohort, va, tasks=[]))
     train_set, val_set = ConcatDataset(train_parts), ConcatDataset(val_parts)
     if len(val_set) == 0:
         raise ConfigError("the validation split is empty: raise --val-fraction or add data")
@@ -78,7 +99,8 @@ def run_pretrain(args) -> int:
     torch.manual_seed(args.seed)
     model = build_model(mcfg)
     print(f"pretraining {mcfg.profile}: {len(train_set)} train / {len(val_set)} validation records -> {args.out}")
-    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args), resume=args.resume)
+    state = pretrain(model, train_set, val_set, cfg, args.out, provenance=_provenance(pcfg, cohorts, args, used),
+                     resume=args.resume)
     best = state["best_metrics"]
     print(f"best epoch {state['best_epoch']}: val loss {state['best_val_loss']:.2f}, R2 {best.get('val_r2_mean', float('nan')):.3f}, "
           f"active dims {best.get('val_active_dims')}/{mcfg.latent_dim}; checkpoint {Path(args.out) / 'best.pt'}")
@@ -160,10 +182,12 @@ def run_finetune(args) -> int:
     model, recipe, provenance = _finetune_model(args, tasks, heads)
     # the CNN reads the same preprocessed signals as the profile's LS-EMVAE (identical records and folds)
     pcfg = (model.config if args.model == "lsemvae" else get_profile(args.profile)).preprocess_config()
-    cohort = matching_cohort(prepared, pcfg) if prepared else load_cohorts(args, pcfg, tasks=list(tasks))["ptb-xl"]
-    # the test part is never used here: `lsemvae evaluate --split test` scores it from the recorded split
+    cohort = matching_cohort(prepared, pcfg) if prepared else load_cohorts(args, pcfg, tasks=list(args.task))["ptb-xl"]
+    # the test part is never used here: `lsemvae evaluate --split test` scores it from the recorded split;
+    # QC applies to the leads fine-tuned on: a 6-lead model keeps records whose precordial leads failed
+    report_lead_faults(cohort, leads, None)
     train_idx, val_idx, _, split = cohort_split(cohort, val_fraction=args.val_fraction,
-                                                test_fraction=args.test_fraction, seed=args.split_seed)
+                                                test_fraction=args.test_fraction, seed=args.split_seed, leads=leads)
     train_idx = label_fraction(cohort, train_idx, args.label_fraction, task=next(iter(tasks)), seed=args.seed)
     _require_both_classes(cohort, tasks, {"training": train_idx, "validation": val_idx})
     train_set = CohortDataset(cohort, train_idx, leads=leads, tasks=list(tasks))

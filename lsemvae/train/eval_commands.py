@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from lsemvae.argtypes import open_fraction, positive_int
-from lsemvae.errors import ConfigError
+from lsemvae.errors import ConfigError, LSEMVAEError
+from lsemvae.leads import resolve_lead_set
+from lsemvae.train.commands import report_lead_faults
 
 SHARED_PTBXL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ptb-xl"
 
 
-def _cohort(args, model, ckpt, task_names):
-    from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
-    from lsemvae.data.sources import ptbxl_index
-    from lsemvae.data.tasks import resolve_tasks
+def _cohort(args, model, ckpt):
+    from lsemvae.data.cache import load_cohort, matching_cohort
+    from lsemvae.data.commands import dataset_cohort
     from lsemvae.train.checkpoint import preprocess_config
 
     pcfg = preprocess_config(ckpt, model.config)
@@ -28,24 +31,22 @@ def _cohort(args, model, ckpt, task_names):
     root = args.ptbxl or (SHARED_PTBXL if args.dataset == "ptb-xl" else None)
     if root is None:
         raise ConfigError("no data given: pass --cache DIR (a prepared cohort), --ptbxl ROOT or --dataset ptb-xl")
-    refs = ptbxl_index(root, rate=100 if pcfg.fs <= 100 else 500)
-    return build_cohort(refs, list(resolve_tasks(task_names).values()), pcfg, args.cache_dir, name="ptb-xl")
+    return dataset_cohort("ptb-xl", Path(root), pcfg, args.cache_dir)  # the cache `lsemvae data prepare` builds
 
 
-def _split(cohort, split: str, recorded: dict | None):
-    """``(rows scored, validation rows for thresholds)``: the parts fine-tuning recorded (``recorded``)."""
-    import numpy as np
-
-    from lsemvae.data.cache import cohort_split, has_ptbxl_folds
+def _split(cohort, split: str, recorded: dict | None, leads):
+    """``(rows scored, validation rows for thresholds)``: the parts fine-tuning recorded (``recorded``), records
+    usable with ``leads`` only (QC applies to the leads the model reads)."""
+    from lsemvae.data.cache import cohort_split, has_ptbxl_folds, usable_rows
 
     if split == "all":
-        return np.arange(len(cohort)), None
+        return usable_rows(cohort, leads), None
     # federated and older checkpoints record no split: PTB-XL's official folds, as before
     if recorded is None and not has_ptbxl_folds(cohort):
         raise ConfigError(f"--split {split}: the checkpoint records no fine-tuning split (a federated or older model) "
                           f"and cohort {cohort.path} has no PTB-XL folds; score every record with --split all")
     try:
-        _, val, test, _ = cohort_split(cohort, recorded=recorded)
+        _, val, test, _ = cohort_split(cohort, recorded=recorded, leads=leads)
     except ConfigError as err:
         raise ConfigError(f"--split {split} scores the held-out part of the cohort the model was fine-tuned on: "
                           f"{err}. For external validation on another cohort use --split all") from None
@@ -58,7 +59,7 @@ def run_evaluate(args) -> int:
 
     from lsemvae.data.cache import cohort_tasks
     from lsemvae.data.tasks import task_name
-    from lsemvae.train.evaluate import evaluate, load_classifier
+    from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier
 
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
@@ -67,20 +68,43 @@ def run_evaluate(args) -> int:
     missing = [t for t in task_names if t not in heads]
     if missing:
         raise ConfigError(f"{args.checkpoint}: no head for task(s) {missing}; its heads are {heads}")
-    cohort = _cohort(args, model, ckpt, task_names)
+    cohort = _cohort(args, model, ckpt)
     tasks = cohort_tasks(cohort, task_names)
     provenance = ckpt.get("provenance") or {}
-    test_idx, val_idx = _split(cohort, args.split, provenance.get("split"))
-    leads = args.leads or provenance.get("leads") or "6L"
-    state = ckpt.get("state") or {}
-    evaluate(model, cohort, test_idx, val_indices=val_idx, tasks=tasks,
-             leads=leads, out_dir=args.out, predict_kwargs=state.get("predict_kwargs"), n_boot=args.n_boot,
-             seed=args.seed, threshold_method=args.threshold, target_sensitivity=args.target_sensitivity,
-             interpretability=not args.no_interpret, ig_steps=args.ig_steps, ig_per_class=args.ig_per_class,
-             config={"split": args.split, "checkpoint": str(args.checkpoint)},
-             provenance={"checkpoint": str(args.checkpoint), "checkpoint_provenance": provenance},
-             title=args.title or f"Evaluation of {Path(args.checkpoint).name} on {args.split}")
+    leads = resolve_lead_set(args.leads or provenance.get("leads") or "6L")
+    test_idx, val_idx = _split(cohort, args.split, provenance.get("split"), leads)
+    report_lead_faults(cohort, leads, test_idx if val_idx is None else np.concatenate([test_idx, val_idx]))
+    headline_computable(cohort, tasks, test_idx)
+    cfg = EvalConfig(leads=leads, predict_kwargs=(ckpt.get("state") or {}).get("predict_kwargs") or {},
+                     n_boot=args.n_boot, seed=args.seed, threshold_method=args.threshold,
+                     target_sensitivity=args.target_sensitivity, interpretability=not args.no_interpret,
+                     ig_steps=args.ig_steps, ig_per_class=args.ig_per_class,
+                     title=args.title or f"Evaluation of {Path(args.checkpoint).name} on {args.split}",
+                     extra={"split": args.split, "checkpoint": str(args.checkpoint)})
+    results = evaluate(model, cohort, test_idx, cfg, val_indices=val_idx, tasks=tasks, out_dir=args.out,
+                       provenance={"checkpoint": str(args.checkpoint), "checkpoint_provenance": provenance})
+    missing = [t for t, r in results["tasks"].items() if not np.isfinite(r["macro"]["auroc"])]
+    if missing:
+        raise LSEMVAEError(f"macro AUROC could not be computed for {', '.join(missing)} (no class with both positive "
+                           f"and negative labels among the {len(test_idx)} records scored); the report in {args.out} "
+                           "has what could be computed")
     return 0
+
+
+def headline_computable(cohort, tasks, rows) -> None:
+    """Refuse, before any scoring, an evaluation whose macro AUROC cannot exist: a task without a class that has both
+    positive and negative labels among the records scored (all labels missing, or one class only)."""
+    for name, task in tasks.items():
+        y = np.asarray(cohort.labels[name])[np.asarray(rows, dtype=np.int64)]
+        if ((y == 1).any(0) & (y == 0).any(0)).any():
+            continue
+        from lsemvae.data.tasks import label_sources
+        found = (f"no labels in the {len(rows)} records scored" if np.isnan(y).all() else
+                 f"no class with both positive and negative labels ({int((y == 1).sum())} positive, "
+                 f"{int((y == 0).sum())} negative labels over its classes)")
+        raise ConfigError(f"task {name!r} of cohort {cohort.path} has {found}: its AUROC cannot be computed. It reads "
+                          f"{label_sources(task)}; prepare the cohort with those labels (`lsemvae data prepare "
+                          "--tasks ...`) or score another task with --task")
 
 
 def run_compare(args) -> int:

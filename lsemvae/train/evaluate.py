@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import inspect
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from lsemvae.config import StrictModel
 from lsemvae.errors import ConfigError
 from lsemvae.leads import LEADS_12, lead_index, resolve_lead_set
 from lsemvae.provenance import code_commit
@@ -36,8 +38,10 @@ def _class_names(task: Any, n: int) -> list[str]:
     return classes
 
 
-def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64) -> interpret.LogitsFn:
-    """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated)."""
+def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size: int = 64, *,
+                   sample_mask: torch.Tensor | None = None) -> interpret.LogitsFn:
+    """Scoring that averages logits over ``n_crops`` windows of ``crop_samples`` (as fine-tuning validated), inside
+    the real samples of the records scored (``sample_mask [N, T]`` of the ``x`` the function is given)."""
     from lsemvae.train.finetune import crop_averaged_logits
 
     @torch.no_grad()
@@ -45,7 +49,8 @@ def crop_logits_fn(crop_samples: int | None = None, n_crops: int = 1, batch_size
         model.eval()
         out: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(x), batch_size):
-            logits = crop_averaged_logits(model, x[i:i + batch_size], lead_mask[i:i + batch_size],
+            real = None if sample_mask is None else sample_mask[i:i + batch_size]
+            logits = crop_averaged_logits(model, x[i:i + batch_size], lead_mask[i:i + batch_size], sample_mask=real,
                                           crop_samples=crop_samples, n_crops=n_crops)
             for task, v in logits.items():
                 out.setdefault(task, []).append(v.float().numpy())
@@ -140,93 +145,147 @@ def reconstruction_quality(model: nn.Module, x: torch.Tensor, lead_mask: torch.T
     return {"input_leads": [n for n, on in zip(LEADS_12, lead_mask.any(0).tolist()) if on], "per_lead": out}
 
 
-def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], *, val_indices: Sequence[int] | None = None,
-             tasks: Mapping[str, Any] | None = None, leads: str | Sequence[str] = "6L",
-             out_dir: str | Path | None = None, predict_kwargs: Mapping[str, Any] | None = None,
-             n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = 0, threshold_method: str = "youden",
-             target_sensitivity: float = 0.9, interpretability: bool = True, ig_steps: int = 32,
-             ig_per_class: int = 16, config: Mapping[str, Any] | None = None,
-             provenance: Mapping[str, Any] | None = None, title: str | None = None, progress: bool = True) -> dict:
-    """Score ``model`` on cohort rows ``test_indices`` and (with ``out_dir``) write the report.
+class EvalConfig(StrictModel):
+    """How :func:`evaluate` scores and reports (recorded in ``report.json`` under ``config``)."""
+
+    leads: str | tuple[str, ...] = Field("6L", description="lead set: 6L, 12L or lead names")
+    predict_kwargs: dict[str, Any] = Field(default_factory=dict, description="test-time crop averaging "
+                                           "(``crop_samples``, ``n_crops``), as fine-tuning validated")
+    n_boot: int = Field(metrics.DEFAULT_N_BOOT, gt=0, description="bootstrap resamples for the 95% CIs")
+    seed: int = Field(0, description="bootstrap and IG-sampling seed")
+    threshold_method: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, lt=1, description="for threshold_method sensitivity")
+    interpretability: bool = Field(True, description="gates, integrated gradients, lead ablation, reconstruction")
+    ig_steps: int = Field(32, gt=0, description="integrated-gradients quadrature steps")
+    ig_per_class: int = Field(16, gt=0, description="records per class explained by integrated gradients")
+    title: str = "LS-EMVAE evaluation"
+    progress: bool = True
+    extra: dict[str, Any] = Field(default_factory=dict, description="more entries for the report's config "
+                                  "(e.g. the split scored)")
+
+
+def evaluate(model: nn.Module, cohort, test_indices: Sequence[int], cfg: EvalConfig | None = None, *,
+             val_indices: Sequence[int] | None = None, tasks: Mapping[str, Any] | None = None,
+             out_dir: str | Path | None = None, provenance: Mapping[str, Any] | None = None) -> dict:
+    """Score ``model`` on cohort rows ``test_indices`` as ``cfg`` says and (with ``out_dir``) write the report.
 
     ``tasks`` defaults to the cohort tasks the model has heads for. Thresholds are chosen on
-    ``val_indices`` (fixed 0.5 without them). Returns the results dict (also ``report.json``).
+    ``val_indices`` (fixed 0.5 without them). ``provenance`` adds to the report's provenance.
+    Returns the results dict (also ``report.json``).
     """
-    from lsemvae.data.cache import CohortDataset
-    from lsemvae.data.preprocess import PIPELINE_VERSION
-    from lsemvae.train.finetune import predict
-
-    lead_names = resolve_lead_set(leads)
+    cfg = cfg or EvalConfig()
+    lead_names = resolve_lead_set(cfg.leads)
+    say = print if cfg.progress else (lambda *a, **k: None)
     model.eval()
-    if tasks is None:
-        probe_x, probe_m = load_split(cohort, [int(test_indices[0])], lead_names)
-        with torch.no_grad():
-            heads = set(model.forward_logits(probe_x, probe_m))
-        tasks = {n: t for n, t in cohort.tasks.items() if n in heads}
+    tasks = _model_tasks(model, cohort, test_indices, lead_names) if tasks is None else tasks
     if not tasks:
         raise ConfigError(f"the model's heads and the cohort's tasks ({list(cohort.tasks)}) have nothing in common")
-    kw = dict(predict_kwargs or {})
-    say = print if progress else (lambda *a, **k: None)
     say(f"evaluating on {len(test_indices)} records, leads {','.join(lead_names)}, tasks {', '.join(tasks)}")
-    test = predict(model, CohortDataset(cohort, test_indices, leads=lead_names, tasks=list(tasks)), tasks, **kw)
-    val = (predict(model, CohortDataset(cohort, val_indices, leads=lead_names, tasks=list(tasks)), tasks, **kw)
-           if val_indices is not None and len(val_indices) else None)
+    test = _predict(model, cohort, test_indices, lead_names, tasks, cfg)
+    val = _predict(model, cohort, val_indices, lead_names, tasks, cfg) if val_indices is not None and len(val_indices) else None
     names = {t: _class_names(task, test[t][0].shape[1]) for t, task in tasks.items()}
-    results: dict[str, Any] = {"title": title or "LS-EMVAE evaluation", "tasks": {}}
-    for t, task in tasks.items():
-        y, p = test[t]
-        yv, pv = val[t] if val is not None else (None, None)
-        results["tasks"][t] = metrics.summarize(y, p, yv, pv, names[t], threshold_method=threshold_method,
-                                                target_sensitivity=target_sensitivity, n_boot=n_boot, seed=seed,
-                                                multiclass=_kind(task) == "multiclass")
-        macro = results["tasks"][t]["macro"]
-        say(f"  {t}: macro AUROC {format_ci(macro['auroc'], macro['auroc_ci'])}")
-
-    x, mask = load_split(cohort, test_indices, lead_names)
-    record_ids = [cohort.record_ids[int(i)] for i in test_indices]
-    gates_rows = None
-    if interpretability:
-        logits_fn = crop_logits_fn(kw.get("crop_samples"), kw.get("n_crops", 1))
-        gated = interpret.gate_weights(model, x, mask)
-        if gated is not None:
-            gates_rows, group_names = gated
-            results["gates"] = {t: interpret.gate_summary(gates_rows, test[t][0], group_names, names[t]) for t in tasks}
-        results["lead_shares"], results["lead_ablation"] = {}, {}
-        for t, task in tasks.items():
-            say(f"  {t}: integrated gradients ({ig_steps} steps, up to {ig_per_class} records per class) ...")
-            results["lead_shares"][t] = interpret.ig_lead_shares(model, x, mask, test[t][0], t, names[t],
-                                                                 n_steps=ig_steps, max_per_class=ig_per_class, seed=seed)
-            say(f"  {t}: lead ablation ...")
-            results["lead_ablation"][t] = interpret.lead_ablation(model, x, mask, test[t][0], t, kind=_kind(task),
-                                                                  logits_fn=logits_fn)
-        recon_target = getattr(getattr(model, "config", None), "recon_target", None)
-        if recon_target is not None:
-            idx = np.asarray(test_indices, dtype=np.int64)
-            source = cohort.beats if recon_target == "beat" else cohort.signals
-            rec = reconstruction_quality(model, x, mask, torch.from_numpy(np.array(source[idx], dtype=np.float32)),
-                                         torch.from_numpy(np.asarray(cohort.lead_mask[idx])))
-            if rec is not None:
-                results["reconstruction"] = {"target": recon_target, **rec}
-    results["provenance"] = {
-        "cache_key": cohort.key, "cache_path": str(cohort.path), "pipeline_version": PIPELINE_VERSION,
-        "preprocess_config": cohort.config.model_dump(mode="json"), "n_test": len(test_indices),
-        "n_val": 0 if val_indices is None else len(val_indices), "leads": list(lead_names),
-        "code_commit": code_commit(), **dict(provenance or {}),
-    }
-    results["config"] = {"n_boot": n_boot, "seed": seed, "threshold_method": threshold_method,
-                         "predict_kwargs": kw, "ig_steps": ig_steps, "ig_per_class": ig_per_class, **dict(config or {})}
+    results: dict[str, Any] = {"title": cfg.title, "tasks": _summaries(test, val, tasks, names, cfg, say)}
+    gates = None
+    if cfg.interpretability:
+        found, gates = _interpretability(model, cohort, test_indices, lead_names, test, tasks, names, cfg, say)
+        results.update(found)
+    results["provenance"] = _provenance(cohort, test_indices, val_indices, lead_names, provenance)
+    results["config"] = {"n_boot": cfg.n_boot, "seed": cfg.seed, "threshold_method": cfg.threshold_method,
+                         "predict_kwargs": dict(cfg.predict_kwargs), "ig_steps": cfg.ig_steps,
+                         "ig_per_class": cfg.ig_per_class, **cfg.extra}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = write_report(out, results, predictions={t: test[t] for t in tasks})
-        write_predictions(out / "predictions.csv", record_ids, test, names)
-        if gates_rows is not None:
-            with open(out / "gates.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["record_id", *group_names])
-                w.writerows([rid, *(f"{v:.6g}" for v in row)] for rid, row in zip(record_ids, gates_rows))
+        record_ids = [cohort.record_ids[int(i)] for i in test_indices]
+        paths = _write_outputs(Path(out_dir), results, test, tasks, names, record_ids, gates)
         say(f"report: {paths['html']}")
     return results
+
+
+def _model_tasks(model: nn.Module, cohort, test_indices: Sequence[int], lead_names: Sequence[str]) -> dict[str, Any]:
+    """The cohort's tasks the model has heads for (its heads probed on one record)."""
+    probe_x, probe_m = load_split(cohort, [int(test_indices[0])], lead_names)
+    with torch.no_grad():
+        heads = set(model.forward_logits(probe_x, probe_m))
+    return {n: t for n, t in cohort.tasks.items() if n in heads}
+
+
+def _predict(model: nn.Module, cohort, indices: Sequence[int], lead_names: Sequence[str], tasks: Mapping[str, Any],
+             cfg: EvalConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from lsemvae.data.cache import CohortDataset
+    from lsemvae.train.finetune import predict
+
+    return predict(model, CohortDataset(cohort, indices, leads=lead_names, tasks=list(tasks)), tasks,
+                   **cfg.predict_kwargs)
+
+
+def _summaries(test: Mapping[str, tuple], val: Mapping[str, tuple] | None, tasks: Mapping[str, Any],
+               names: Mapping[str, list[str]], cfg: EvalConfig, say) -> dict[str, dict]:
+    """``metrics.summarize`` of each task, thresholds from ``val`` (fixed 0.5 without it)."""
+    out = {}
+    for t, task in tasks.items():
+        yv, pv = val[t] if val is not None else (None, None)
+        out[t] = metrics.summarize(*test[t], yv, pv, names[t], threshold_method=cfg.threshold_method,
+                                   target_sensitivity=cfg.target_sensitivity, n_boot=cfg.n_boot, seed=cfg.seed,
+                                   multiclass=_kind(task) == "multiclass")
+        say(f"  {t}: macro AUROC {format_ci(out[t]['macro']['auroc'], out[t]['macro']['auroc_ci'])}")
+    return out
+
+
+def _interpretability(model: nn.Module, cohort, test_indices: Sequence[int], lead_names: Sequence[str],
+                      test: Mapping[str, tuple], tasks: Mapping[str, Any], names: Mapping[str, list[str]],
+                      cfg: EvalConfig, say) -> tuple[dict[str, Any], tuple[np.ndarray, list[str]] | None]:
+    """``({"gates", "lead_shares", "lead_ablation", "reconstruction"}, per-record gate weights and group
+    names)``; gates and gate weights only for a gated model, reconstruction only for one with decoders."""
+    x, mask = load_split(cohort, test_indices, lead_names)
+    real = torch.from_numpy(np.asarray(cohort.sample_mask[np.asarray(test_indices, dtype=np.int64)]))
+    logits_fn = crop_logits_fn(cfg.predict_kwargs.get("crop_samples"), cfg.predict_kwargs.get("n_crops", 1),
+                               sample_mask=real)
+    found: dict[str, Any] = {}
+    gated = interpret.gate_weights(model, x, mask)
+    if gated is not None:
+        found["gates"] = {t: interpret.gate_summary(gated[0], test[t][0], gated[1], names[t]) for t in tasks}
+    found["lead_shares"], found["lead_ablation"] = {}, {}
+    for t, task in tasks.items():
+        say(f"  {t}: integrated gradients ({cfg.ig_steps} steps, up to {cfg.ig_per_class} records per class) ...")
+        found["lead_shares"][t] = interpret.ig_lead_shares(model, x, mask, test[t][0], t, names[t], n_steps=cfg.ig_steps,
+                                                           max_per_class=cfg.ig_per_class, seed=cfg.seed)
+        say(f"  {t}: lead ablation ...")
+        found["lead_ablation"][t] = interpret.lead_ablation(model, x, mask, test[t][0], t, kind=_kind(task),
+                                                            logits_fn=logits_fn)
+    recon_target = getattr(getattr(model, "config", None), "recon_target", None)
+    if recon_target is not None:
+        idx = np.asarray(test_indices, dtype=np.int64)
+        source = cohort.beats if recon_target == "beat" else cohort.signals
+        rec = reconstruction_quality(model, x, mask, torch.from_numpy(np.array(source[idx], dtype=np.float32)),
+                                     torch.from_numpy(np.asarray(cohort.lead_mask[idx])))
+        if rec is not None:
+            found["reconstruction"] = {"target": recon_target, **rec}
+    return found, gated
+
+
+def _provenance(cohort, test_indices: Sequence[int], val_indices: Sequence[int] | None, lead_names: Sequence[str],
+                extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    from lsemvae.data.preprocess import PIPELINE_VERSION
+
+    return {"cache_key": cohort.key, "cache_path": str(cohort.path), "pipeline_version": PIPELINE_VERSION,
+            "preprocess_config": cohort.config.model_dump(mode="json"), "n_test": len(test_indices),
+            "n_val": 0 if val_indices is None else len(val_indices), "leads": list(lead_names),
+            "code_commit": code_commit(), **dict(extra or {})}
+
+
+def _write_outputs(out: Path, results: dict, test: Mapping[str, tuple], tasks: Mapping[str, Any],
+                   names: Mapping[str, list[str]], record_ids: list[str],
+                   gates: tuple[np.ndarray, list[str]] | None) -> dict[str, Path]:
+    """``report.{json,md,html}`` with figures, ``predictions.csv`` and (gated models) ``gates.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_report(out, results, predictions={t: test[t] for t in tasks})
+    write_predictions(out / "predictions.csv", record_ids, test, names)
+    if gates is not None:
+        rows, group_names = gates
+        with open(out / "gates.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["record_id", *group_names])
+            w.writerows([rid, *(f"{v:.6g}" for v in row)] for rid, row in zip(record_ids, rows))
+    return paths
 
 
 def load_classifier(path: str | Path) -> tuple[nn.Module, dict]:

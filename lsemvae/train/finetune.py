@@ -13,6 +13,7 @@ central loss is its mean over the records labelled for each task.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any, Literal, Mapping
 
@@ -29,6 +30,8 @@ from lsemvae.model.losses import positive_weights, task_loss
 from lsemvae.model.lsemvae import LSEMVAE
 from lsemvae.train.augment import AugmentConfig, augment
 from lsemvae.train.metrics import auroc
+
+logger = logging.getLogger(__name__)
 
 
 class FinetuneConfig(StrictModel):
@@ -72,7 +75,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         if x.shape[0] == 0:  # Opacus' Poisson sampling can draw an empty batch
             continue
         if augmentation is not None:
-            x = augment(x, augmentation, generator if generator is not None else torch.Generator())
+            x = augment(x, augmentation, generator if generator is not None else torch.Generator(),
+                        sample_mask=batch.get("sample_mask"), lead_mask=mask)
         logits = model.forward_logits(x, mask)
         losses = {name: task_loss(logits[name], batch["y"][name], _kind(t), pos_weight=class_weights.get(name))
                   for name, t in tasks.items()}
@@ -105,14 +109,38 @@ def crop_windows(length: int, crop: int | None, n_crops: int) -> list[slice]:
 
 @torch.no_grad()
 def crop_averaged_logits(model: nn.Module, x: torch.Tensor, lead_mask: torch.Tensor, *,
-                         crop_samples: int | None = None, n_crops: int = 1) -> dict[str, torch.Tensor]:
+                         sample_mask: torch.Tensor | None = None, crop_samples: int | None = None,
+                         n_crops: int = 1) -> dict[str, torch.Tensor]:
     """``{task: logits}`` of one batch averaged over :func:`crop_windows` (the caller sets eval mode).
 
     With ``crop_samples`` (the training crop length) a model trained on crops is scored on inputs
     like the ones it saw; every scoring path (validation, test, ``lsemvae predict``) goes through here.
+    ``sample_mask [B, T]`` (False on the zero padding after a short record's end) puts the windows
+    inside each record's real samples, so padding is never scored as signal: a 7.3 s record gets
+    its crops from its 7.3 s; a record shorter than a window is scored on its real samples alone
+    when the model reads any length (its ``reads_any_length``), else on the padded window.
     """
-    outs = [model.forward_logits(x[..., w], lead_mask) for w in crop_windows(x.shape[-1], crop_samples, n_crops)]
-    return {name: torch.stack([o[name] for o in outs]).mean(0) for name in outs[0]}
+    length = x.shape[-1]
+    real = sample_mask.sum(-1) if sample_mask is not None else torch.full((len(x),), length)
+    full = torch.nonzero(real == length).flatten().tolist()
+    rows: dict[int, dict[str, torch.Tensor]] = {}
+
+    def averaged(xx: torch.Tensor, mm: torch.Tensor, windows: list[slice]) -> dict[str, torch.Tensor]:
+        outs = [model.forward_logits(xx[..., w], mm) for w in windows]
+        return {name: torch.stack([o[name] for o in outs]).mean(0) for name in outs[0]}
+
+    if full:
+        batch = averaged(x[full], lead_mask[full], crop_windows(length, crop_samples, n_crops))
+        rows.update({i: {t: v[k] for t, v in batch.items()} for k, i in enumerate(full)})
+    usual = crop_windows(length, crop_samples, n_crops)
+    for i in sorted(set(range(len(x))) - set(full)):
+        windows = crop_windows(int(real[i]), crop_samples, n_crops)
+        if windows[0].stop - windows[0].start != usual[0].stop - usual[0].start and not getattr(
+                model, "reads_any_length", False):
+            windows = usual  # a model that reads one length only: the padded window
+        one = averaged(x[i:i + 1], lead_mask[i:i + 1], windows)
+        rows[i] = {t: v[0] for t, v in one.items()}
+    return {name: torch.stack([rows[i][name] for i in range(len(x))]) for name in rows[0]}
 
 
 @torch.no_grad()
@@ -124,7 +152,8 @@ def predict(model: nn.Module, dataset: Dataset, tasks: Mapping[str, Any], *, bat
     ys: dict[str, list] = {t: [] for t in tasks}
     ps: dict[str, list] = {t: [] for t in tasks}
     for batch in DataLoader(dataset, batch_size=batch_size):
-        logits = crop_averaged_logits(model, batch["x"], batch["lead_mask"], crop_samples=crop_samples, n_crops=n_crops)
+        logits = crop_averaged_logits(model, batch["x"], batch["lead_mask"], sample_mask=batch.get("sample_mask"),
+                                      crop_samples=crop_samples, n_crops=n_crops)
         for name, t in tasks.items():
             ys[name].append(batch["y"][name].numpy())
             ps[name].append(probabilities(logits[name], _kind(t)).numpy())
@@ -191,6 +220,41 @@ class _ProbeOnCache(nn.Module):
         return self.model.fuse_and_predict(mu, logvar, lead_mask)[1]
 
 
+#: Fewer validation cases than this in a class (its positives, or its negatives if rarer) and the choice of epoch
+#: by validation AUROC means little: by Hanley & McNeil's (1982) formula the standard error of an AUROC of 0.8
+#: with 30 cases of the rarer label (and many of the other) is about 0.05, as large as the differences between the
+#: epochs early stopping chooses from; with 13 it is about 0.07 (and an AUROC of 1.000 there is no evidence).
+MIN_VALIDATION_CASES = 30
+
+
+def auroc_standard_error(auroc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUROC from ``n_pos`` positive and ``n_neg`` negative cases."""
+    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
+    var = (auroc * (1 - auroc) + (n_pos - 1) * (q1 - auroc ** 2) + (n_neg - 1) * (q2 - auroc ** 2)) / (n_pos * n_neg)
+    return float(math.sqrt(max(var, 0.0)))
+
+
+def thin_validation(predictions: Mapping[str, tuple[np.ndarray, np.ndarray]], classes: Mapping[str, Any],
+                    best_epoch: int, best_auroc: float) -> list[str]:
+    """Warnings for classes whose validation labels are too few (:data:`MIN_VALIDATION_CASES`) for early stopping."""
+    out = []
+    for task, (y, _) in predictions.items():
+        names = list(getattr(classes.get(task), "classes", ()) or ()) or [f"class {c}" for c in range(y.shape[1])]
+        for c in range(y.shape[1]):
+            pos, neg = int((y[:, c] == 1).sum()), int((y[:, c] == 0).sum())
+            rare, label = min((pos, "positive"), (neg, "negative"))
+            output = task if y.shape[1] == 1 else f"{task}:{names[c] if c < len(names) else c}"
+            if rare < MIN_VALIDATION_CASES:
+                se = auroc_standard_error(0.8, max(rare, 1), max(pos + neg - rare, 1))
+                out.append(f"early stopping on little evidence: the validation part has only {rare} {label} label(s) "
+                           f"for {output} ({pos} positive, {neg} negative; fewer "
+                           f"than {MIN_VALIDATION_CASES}). The validation AUROC that chose epoch {best_epoch} "
+                           f"({best_auroc:.3f}) has a standard error of about {se:.2f} (Hanley-McNeil at AUROC 0.8), "
+                           "as large as the differences between epochs, so the choice of epoch means little: give "
+                           "validation more records (--val-fraction) or fix the number of epochs (--epochs)")
+    return out
+
+
 def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapping[str, Any], cfg: FinetuneConfig,
              *, progress: bool = True, log: list | None = None) -> dict[str, Any]:
     """Train with early stopping on validation macro AUROC; the model ends with its best weights.
@@ -198,8 +262,9 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
     ``probe`` on an LS-EMVAE encodes every record once with the frozen encoders (whole signal,
     no augmentation, as the paper's probe) and trains fusion + heads on those posteriors: the
     same optimisation as running the frozen encoders every step, at a fraction of the cost.
-    Returns ``{"best_epoch", "best_val_auroc", "history", "predict_kwargs"}`` (the crop averaging
-    to use with :func:`predict` on test, the same as validation used).
+    Returns ``{"best_epoch", "best_val_auroc", "history", "predict_kwargs", "warnings"}`` (the crop
+    averaging to use with :func:`predict` on test, the same as validation used; ``warnings``: classes
+    with too few validation labels for the choice of epoch to mean anything, also logged).
     """
     if len(train_set) == 0:
         raise LSEMVAEError("fine-tuning set is empty: check the folds, lead set and label fraction")
@@ -225,19 +290,23 @@ def finetune(model: nn.Module, train_set: Dataset, val_set: Dataset, tasks: Mapp
         train = train_one_epoch(trained, loader, optimizer, tasks, class_weights=weights, max_grad_norm=cfg.grad_clip,
                                 augmentation=cfg.augment, generator=gen)
         steps += len(loader)
-        val = macro_auroc(predict(trained, val_set, tasks, crop_samples=crop, n_crops=n_crops))
+        val_predictions = predict(trained, val_set, tasks, crop_samples=crop, n_crops=n_crops)
+        val = macro_auroc(val_predictions)
         history.append({"mode": cfg.mode, "epoch": epoch, "train_loss": train["loss"], "val_macro_auroc": val})
         if val > best["auroc"]:
             best = {"auroc": val, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         elif epoch - best["epoch"] >= cfg.patience and steps >= cfg.min_steps:
             break
     model.load_state_dict(best["state"])
+    warnings = thin_validation(val_predictions, tasks, best["epoch"], best["auroc"])
+    for warning in warnings:
+        logger.warning("%s", warning)
     return {"best_epoch": best["epoch"], "best_val_auroc": best["auroc"], "history": history,
-            "predict_kwargs": {"crop_samples": crop, "n_crops": n_crops}}
+            "predict_kwargs": {"crop_samples": crop, "n_crops": n_crops}, "warnings": warnings}
 
 
 
-#: ``faithful`` is the paper's probe protocol (reference-model.md §1.7: Adam 1e-4, batch 32, 50 epochs,
+#: ``faithful`` is the paper's probe protocol (Adam 1e-4, batch 32, 50 epochs,
 #: frozen encoders); we still keep the best validation epoch rather than the last.
 FINETUNE_PROFILES: dict[str, FinetuneConfig] = {
     # Weight decay 0.05 with the compact profile's head dropout 0.5: the larger leads+fused head

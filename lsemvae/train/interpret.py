@@ -17,7 +17,7 @@ error is therefore always measured and reported, never assumed.
 Lead share: a lead's attribution is its IG summed over time (these sum over leads to
 ``f(x) - f(0)``, completeness); its share is ``|A_lead| / sum_leads |A|``, so shares of the
 present leads sum to 1 (absent leads are 0 in the input and get exactly 0). Unlike the paper's
-IGAR (signed min-max scaling, reference-model.md §5), strongly negative evidence counts as
+IGAR (min-max scaling of the signed attributions), strongly negative evidence counts as
 important.
 """
 

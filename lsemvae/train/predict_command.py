@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lsemvae.argtypes import positive_int
+from lsemvae.argtypes import positive_float, positive_int
 from lsemvae.errors import ConfigError, LSEMVAEError
 
 SKIP_NO_LEADS = "no-requested-leads"
@@ -91,15 +91,18 @@ def predict_cohort(model, cohort, tasks: Mapping[str, Any], *, leads: str | Sequ
     """Score every record of ``cohort`` on ``leads`` as evaluation scores test records.
 
     Returns ``(rows, skipped)``: one dict per scored record with the CSV columns ``record_id``,
-    ``path``, ``leads`` (those used: requested and recorded), ``p:<task>:<class>`` and, for gated
+    ``path``, ``leads`` (those used: requested and recorded), ``qc`` (the record's QC notes: an
+    implausible amplitude, leads left out, a gain correction...), ``p:<task>:<class>`` and, for gated
     models, ``gate:<group>`` (weights on the whole signal, as ``evaluate``'s gates.csv); and the
-    records that have none of ``leads`` (``record_id``, ``path``, ``reason``, ``message``).
+    records that have none of ``leads`` or a lead among them that failed QC (``record_id``, ``path``,
+    ``reason``, ``message``). QC applies to the leads scored: a 6-lead model scores a record whose
+    V2 failed.
     """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from lsemvae.data.cache import CohortDataset
+    from lsemvae.data.cache import CohortDataset, lead_fault_skips, usable_rows
     from lsemvae.leads import LEADS_12, resolve_lead_set
     from lsemvae.train.evaluate import _class_names
     from lsemvae.train.finetune import crop_averaged_logits, probabilities
@@ -108,11 +111,13 @@ def predict_cohort(model, cohort, tasks: Mapping[str, Any], *, leads: str | Sequ
     lead_names = resolve_lead_set(leads)
     recorded = np.asarray(cohort.lead_mask)
     used = recorded & np.isin(LEADS_12, lead_names)
-    keep = np.flatnonzero(used.any(1))
+    keep = usable_rows(cohort, lead_names, np.flatnonzero(used.any(1)))
     skipped = [{"record_id": cohort.record_ids[i], "path": cohort.paths[i], "reason": SKIP_NO_LEADS,
                 "message": f"has leads {' '.join(np.array(LEADS_12)[recorded[i]])}, none of those scored "
                            f"({' '.join(lead_names)}; choose others with --leads)"}
                for i in np.flatnonzero(~used.any(1))]
+    skipped += [{"record_id": s["record"], "path": s["path"], "reason": s["reason"], "message": s["message"]}
+                for s in lead_fault_skips(cohort, lead_names, np.flatnonzero(used.any(1)))]
     names = {t: _class_names(task, task.n_outputs) for t, task in tasks.items()}
     kw = dict(predict_kwargs or {})
     model.eval()
@@ -121,13 +126,14 @@ def predict_cohort(model, cohort, tasks: Mapping[str, Any], *, leads: str | Sequ
     with torch.no_grad():
         for batch in tqdm(loader, desc="scoring", unit="batch", disable=not progress):
             x, mask = batch["x"], batch["lead_mask"]
-            logits = crop_averaged_logits(model, x, mask, **kw)
+            logits = crop_averaged_logits(model, x, mask, sample_mask=batch["sample_mask"], **kw)
             probs = {t: probabilities(logits[t], task.kind).numpy() for t, task in tasks.items()}
             gated = gate_weights(model, x, mask)
             for b in range(len(x)):
                 i = int(keep[len(rows)])
                 row = {"record_id": cohort.record_ids[i], "path": cohort.paths[i],
-                       "leads": " ".join(np.array(LEADS_12)[used[i]])}
+                       "leads": " ".join(np.array(LEADS_12)[used[i]]),
+                       "qc": "; ".join(cohort.meta[i].get("qc_flags") or ())}
                 row.update({f"p:{t}:{c}": float(probs[t][b, k]) for t in tasks for k, c in enumerate(names[t])})
                 if gated is not None:
                     row.update({f"gate:{g}": float(gated[0][b, k]) for k, g in enumerate(gated[1])})
@@ -192,12 +198,15 @@ def _cell(value) -> str:
 def _cohort(args, model, ckpt):
     from lsemvae.data.cache import build_cohort, load_cohort, matching_cohort
     from lsemvae.errors import RecordError
+    from lsemvae.data.sources import with_gain_correction
     from lsemvae.train.checkpoint import preprocess_config
 
     pcfg = preprocess_config(ckpt, model.config)
     if args.cache:
         return matching_cohort(load_cohort(args.cache), pcfg, "prepare the records again or give them as INPUT")
     refs = input_refs(args.inputs)
+    if args.gain_correction != 1.0:
+        refs = with_gain_correction(refs, args.gain_correction)
     name = "predict-" + (re.sub(r"[^\w.-]", "_", args.inputs[0].resolve().name).lstrip(".") or "input")
     try:
         return build_cohort(refs, [], pcfg, args.cache_dir, name=name, progress=not args.no_progress,
@@ -213,24 +222,12 @@ def _cohort(args, model, ckpt):
 def run_predict(args) -> int:
     import torch
 
-    from lsemvae.leads import resolve_lead_set
     from lsemvae.train.evaluate import load_classifier
 
-    if bool(args.inputs) == bool(args.cache):
-        raise ConfigError("give the records to score as INPUT files/folders or a prepared cohort with --cache, "
-                          "one of the two")
-    if not args.checkpoint.is_file():
-        raise ConfigError(f"{args.checkpoint}: checkpoint not found (give a fine-tuned model: lsemvae finetune "
-                          "writes OUT/model.pt, a federation <out>/server/final-model.pt)")
+    _check_arguments(args)
     torch.set_num_threads(args.threads)
     model, ckpt = load_classifier(args.checkpoint)
-    # a federated model records no lead set: its sites trained on every lead they had, so it reads them all
-    readable = getattr(model, "leads", None)  # the CNN baseline's input channels; LS-EMVAE reads any lead
-    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or readable or "12L")
-    readable = readable or leads
-    if set(leads) - set(readable):
-        raise ConfigError(f"{args.checkpoint}: this model reads only {' '.join(readable)}; --leads "
-                          f"{' '.join(sorted(set(leads) - set(readable)))} cannot be inputs")
+    leads = _input_leads(args, model, ckpt)
     tasks = head_tasks(model)
     thresholds = read_thresholds(args.thresholds, tasks) if args.thresholds else {}  # refused before any work
     cohort = _cohort(args, model, ckpt)
@@ -240,24 +237,59 @@ def run_predict(args) -> int:
                                     batch_size=args.batch_size, progress=not args.no_progress)
     skipped = [{"record_id": s["record"], "path": s.get("path", ""), "reason": s["reason"], "message": s["message"]}
                for s in cohort.skipped] + no_leads
-    skipped_path = args.out.with_name(f"{args.out.stem}.skipped.csv")
-    if skipped:
-        _write_csv_atomic(skipped_path, ["record_id", "path", "reason", "message"],
-                          [[s["record_id"], s["path"], s["reason"], s["message"]] for s in skipped])
-    else:
-        skipped_path.unlink(missing_ok=True)  # a list from an earlier run would not describe this output
+    skipped_path = _write_skipped(args.out, skipped)
     by_reason = ", ".join(f"{r} {n}" for r, n in Counter(s["reason"] for s in skipped).most_common())
-    source = args.cache or " ".join(map(str, args.inputs))
     if not rows:
+        source = args.cache or " ".join(map(str, args.inputs))
         raise LSEMVAEError(f"no record of {source} could be scored ({by_reason}); each is listed with its reason in "
                            f"{skipped_path}")
-    for row in rows:
-        row.update({"call" + col[1:]: int(row[col] >= thr) for col, thr in thresholds.items()})
-    header = list(rows[0])
-    _write_csv_atomic(args.out, header, [[_cell(row[c]) for c in header] for row in rows])
+    _write_scores(args.out, rows, thresholds)
     print(f"scored {len(rows)} record(s) -> {args.out}; skipped {len(skipped)}"
           + (f" ({by_reason}; listed in {skipped_path})" if skipped else ""))
     return 0
+
+
+def _check_arguments(args) -> None:
+    if bool(args.inputs) == bool(args.cache):
+        raise ConfigError("give the records to score as INPUT files/folders or a prepared cohort with --cache, "
+                          "one of the two")
+    if not args.checkpoint.is_file():
+        raise ConfigError(f"{args.checkpoint}: checkpoint not found (give a fine-tuned model: lsemvae finetune "
+                          "writes OUT/model.pt, a federation <out>/server/final-model.pt)")
+
+
+def _input_leads(args, model, ckpt) -> tuple[str, ...]:
+    """The leads scored: ``--leads``, else those the checkpoint was fine-tuned on, else every lead the model reads."""
+    from lsemvae.leads import resolve_lead_set
+
+    # a federated model records no lead set: its sites trained on every lead they had, so it reads them all
+    readable = getattr(model, "leads", None)  # the CNN baseline's input channels; LS-EMVAE reads any lead
+    leads = resolve_lead_set(args.leads or (ckpt.get("provenance") or {}).get("leads") or readable or "12L")
+    readable = readable or leads
+    if set(leads) - set(readable):
+        raise ConfigError(f"{args.checkpoint}: this model reads only {' '.join(readable)}; --leads "
+                          f"{' '.join(sorted(set(leads) - set(readable)))} cannot be inputs")
+    return leads
+
+
+def _write_scores(out: Path, rows: list[dict], thresholds: Mapping[str, float]) -> None:
+    """The scores CSV, with a ``call:<task>:<class>`` 0/1 column per threshold (``p >= threshold``)."""
+    for row in rows:
+        row.update({"call" + col[1:]: int(row[col] >= thr) for col, thr in thresholds.items()})
+    header = list(rows[0])
+    _write_csv_atomic(out, header, [[_cell(row[c]) for c in header] for row in rows])
+
+
+def _write_skipped(out: Path, skipped: list[dict]) -> Path:
+    """``<out stem>.skipped.csv`` listing ``skipped`` (removed when none: a list from an earlier run would not
+    describe this output); returns its path."""
+    path = out.with_name(f"{out.stem}.skipped.csv")
+    if skipped:
+        _write_csv_atomic(path, ["record_id", "path", "reason", "message"],
+                          [[s["record_id"], s["path"], s["reason"], s["message"]] for s in skipped])
+    else:
+        path.unlink(missing_ok=True)
+    return path
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -274,7 +306,8 @@ def register(subparsers) -> None:
         description="Score new ECG records with a fine-tuned LS-EMVAE or CNN-baseline checkpoint (lsemvae finetune's "
         "OUT/model.pt or the federation's <out>/server/final-model.pt). Records are preprocessed with the "
         "checkpoint's own settings and scored as `lsemvae evaluate` scores test records (same crop averaging). "
-        "Writes OUT (CSV, one row per scored record): record_id, path, leads (those used), p:<task>:<class> (the "
+        "Writes OUT (CSV, one row per scored record): record_id, path, leads (those used), qc (the record's QC "
+        "notes, e.g. implausible-amplitude or leads left out), p:<task>:<class> (the "
         "model's probability), gate:<group> (LS-EMVAE's HiME gate weight per lead group) and, with --thresholds, "
         "call:<task>:<class> (1 when p >= the threshold evaluation chose on validation). Records that cannot be "
         "scored (unreadable, failed quality checks, none of the leads) are listed with their reason in "
@@ -294,6 +327,9 @@ def register(subparsers) -> None:
     p.add_argument("--thresholds", type=Path, default=None, metavar="REPORT.json",
                    help="an `lsemvae evaluate` report.json of this model: adds call:<task>:<class> 0/1 columns at "
                    "its validation-chosen thresholds")
+    p.add_argument("--gain-correction", type=positive_float, default=1.0, metavar="FACTOR",
+                   help="multiply every INPUT signal by FACTOR: the fix for an export with a wrong gain, which QC "
+                   "reports (wrong-scale, implausible-amplitude) with the factor to use")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where preprocessed INPUTs are cached")
     p.add_argument("--workers", type=positive_int, default=1, help="preprocessing processes")
     p.add_argument("--batch-size", type=positive_int, default=64, help="records per forward pass")

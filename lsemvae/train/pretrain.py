@@ -173,8 +173,9 @@ def pretrain(model: LSEMVAE, train_set: Dataset, val_set: Dataset, cfg: Pretrain
 
 
 
-#: Training settings per model profile; ``faithful`` keeps the paper's (reference-model.md §3.1),
-#: with its broken gradient accumulation replaced by plain batches of 128 and no augmentation.
+#: Training settings per model profile; ``faithful`` keeps the paper's code's (AdamW, lr 5e-4, weight decay
+#: 1e-5, 100 epochs, gradient clip 1.0), with its broken gradient accumulation (gradients zeroed every batch,
+#: so only every second batch counted) replaced by plain batches of 128 and no augmentation.
 PRETRAIN_PROFILES: dict[str, PretrainConfig] = {
     "compact": PretrainConfig(),
     "faithful": PretrainConfig(epochs=100, batch_size=128, lr=5e-4, weight_decay=1e-5, grad_clip=1.0, augment=AugmentConfig()),

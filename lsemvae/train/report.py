@@ -196,6 +196,41 @@ def _interpretability_figures(results: dict, fig_dir: Path) -> list[tuple[str, P
     return figs
 
 
+class _Document:
+    """The report's Markdown lines and HTML fragments, written side by side."""
+
+    def __init__(self, title: str):
+        self.md = [f"# {title}", ""]
+        self.html = [f"<h1>{html.escape(title)}</h1>"]
+
+    def table(self, heading: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str | None = None,
+              *, html_heading: str | None = None) -> None:
+        """A section: heading, table and an optional note (``html_heading``: the heading as HTML, if not plain)."""
+        self.md += [f"## {heading}", "", _md_table(header, rows), ""] + ([note, ""] if note else [])
+        self.html += [f"<h2>{html_heading or html.escape(heading)}</h2>", _html_table(header, rows)]
+        if note:
+            self.html.append(f"<p class='note'>{html.escape(note)}</p>")
+
+    def text(self, heading: str, text: str, *, language: str = "json") -> None:
+        self.md += [f"## {heading}", "", f"```{language}", text, "```", ""]
+        self.html += [f"<h2>{heading}</h2>", f"<pre>{html.escape(text)}</pre>"]
+
+    def figures(self, figures: Sequence[tuple[str, Path]], out_dir: Path) -> None:
+        """Linked from the Markdown, embedded in the HTML (data URIs)."""
+        self.md += ["## Figures", ""] + [f"![{cap}]({p.relative_to(out_dir).as_posix()})" for cap, p in figures] + [""]
+        self.html.append("<h2>Figures</h2>")
+        for cap, p in figures:
+            data = base64.b64encode(p.read_bytes()).decode("ascii")
+            self.html.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+          "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:8px}"
+          "img{max-width:520px}.note{font-size:12px;color:#555}pre{background:#f6f6f6;padding:8px;font-size:12px}")
+
+
 def write_report(out_dir: Path, results: dict, *, predictions: Mapping[str, tuple] | None = None,
                  name: str = "report") -> dict[str, Path]:
     """Write ``<name>.json``, ``<name>.md``, ``<name>.html`` and PNG figures under ``out_dir``.
@@ -207,36 +242,56 @@ def write_report(out_dir: Path, results: dict, *, predictions: Mapping[str, tupl
     fig_dir = out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     title = results.get("title", "LS-EMVAE evaluation")
-    figures: list[tuple[str, Path]] = []
-    md = [f"# {title}", ""]
-    body = [f"<h1>{html.escape(title)}</h1>"]
+    doc = _Document(title)
     for task, summary in results["tasks"].items():
-        rows = _metric_rows(summary)
-        boot = summary["bootstrap"]
-        note = (f"Threshold: {summary['threshold_method']} on validation. CIs: {boot['n_boot']} stratified "
-                f"bootstrap resamples (seed {boot['seed']}, {boot['n_skipped']} skipped). "
-                f"ECE: {len(summary['per_class'][summary['classes'][0]]['reliability']['count'])} equal-width bins.")
-        md += [f"## Task `{task}`", "", _md_table(("class",) + _COLUMNS, rows), "", note, ""]
-        body += [f"<h2>Task <code>{html.escape(task)}</code></h2>", _html_table(("class",) + _COLUMNS, rows),
-                 f"<p class='note'>{html.escape(note)}</p>"]
-        if predictions and task in predictions:
+        _task_section(doc, task, summary)
+    figures = _task_figures(results["tasks"], predictions or {}, fig_dir) + _interpretability_figures(results, fig_dir)
+    _interpretability_sections(doc, results)
+    doc.figures(figures, out_dir)
+    for key in ("provenance", "config"):
+        if key in results:
+            doc.text(key.capitalize(), json.dumps(results[key], indent=2, default=str))
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "html": out_dir / f"{name}.html"}
+    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths["md"].write_text("\n".join(doc.md))
+    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                             f"<style>{_STYLE}</style></head><body>{''.join(doc.html)}</body></html>\n")
+    paths.update({f"figure:{p.stem}": p for _, p in figures})
+    return paths
+
+
+def _task_section(doc: _Document, task: str, summary: dict) -> None:
+    boot = summary["bootstrap"]
+    note = (f"Threshold: {summary['threshold_method']} on validation. CIs: {boot['n_boot']} stratified "
+            f"bootstrap resamples (seed {boot['seed']}, {boot['n_skipped']} skipped). "
+            f"ECE: {len(summary['per_class'][summary['classes'][0]]['reliability']['count'])} equal-width bins.")
+    doc.table(f"Task `{task}`", ("class",) + _COLUMNS, _metric_rows(summary), note,
+              html_heading=f"Task <code>{html.escape(task)}</code>")
+
+
+def _task_figures(summaries: Mapping[str, dict], predictions: Mapping[str, tuple],
+                  fig_dir: Path) -> list[tuple[str, Path]]:
+    """Per task: ROC curves (where ``predictions`` has the task) and the reliability diagram."""
+    figs = []
+    for task, summary in summaries.items():
+        if task in predictions:
             y, p = predictions[task]
             aurocs = {c: summary["per_class"][c]["auroc"] for c in summary["classes"]}
-            figures.append((f"{task}: ROC curves (test)", plot_roc(y, p, summary["classes"], fig_dir / f"roc_{task}.png",
-                                                                   title=f"ROC ({task})", aurocs=aurocs)))
+            figs.append((f"{task}: ROC curves (test)", plot_roc(y, p, summary["classes"], fig_dir / f"roc_{task}.png",
+                                                                title=f"ROC ({task})", aurocs=aurocs)))
         rel = {c: summary["per_class"][c]["reliability"] for c in summary["classes"]}
-        figures.append((f"{task}: reliability diagram (test)",
-                        plot_calibration(rel, fig_dir / f"calibration_{task}.png", title=f"Reliability ({task})")))
-    figures += _interpretability_figures(results, fig_dir)
+        figs.append((f"{task}: reliability diagram (test)",
+                     plot_calibration(rel, fig_dir / f"calibration_{task}.png", title=f"Reliability ({task})")))
+    return figs
+
+
+def _interpretability_sections(doc: _Document, results: dict) -> None:
+    """Gate weights, IG lead shares, reconstruction quality and lead ablation, where ``results`` has them."""
     for task, g in results.get("gates", {}).items():
-        header = ("records", *g["groups"])
         rows = [["all", *(_fmt(v) for v in g["mean"])]]
         rows += [[f"{cls} positives", *(_fmt(v) for v in w)] for cls, w in g.get("per_class", {}).items()]
-        heading = f"HiME gate weights: `{task}` (mean per lead group)"
-        md += [f"## {heading}", "", _md_table(header, rows), ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
+        doc.table(f"HiME gate weights: `{task}` (mean per lead group)", ("records", *g["groups"]), rows)
     for task, s in results.get("lead_shares", {}).items():
-        header = ("target", *s["leads"])
         rows = [["mean of classes", *(_fmt(v) for v in s["overall"])]]
         rows += [[f"{cls} (n={s.get('n_records', {}).get(cls, '?')})", *(_fmt(v) for v in w)]
                  for cls, w in s.get("per_class", {}).items()]
@@ -244,41 +299,14 @@ def write_report(out_dir: Path, results: dict, *, predictions: Mapping[str, tupl
         note = (f"Integrated gradients, zero baseline, {s.get('n_steps', '?')} steps; share of |attribution summed over "
                 f"time| per lead. Completeness: median |sum(attr) - (f(x) - f(0))| = {_fmt(comp.get('median_abs_error'))} "
                 f"({_fmt(comp.get('median_rel_error'))} of median |f(x) - f(0)|).")
-        heading = f"Lead shares (integrated gradients): `{task}`"
-        md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>"]
+        doc.table(f"Lead shares (integrated gradients): `{task}`", ("target", *s["leads"]), rows, note)
     if results.get("reconstruction"):
         rec = results["reconstruction"]
-        header = ("lead", "n", "Pearson r (mean)", "Pearson r (median)", "RMSE", "R²")
         rows = [[lead, str(v["n"]), _fmt(v["pearson_r_mean"]), _fmt(v["pearson_r_median"]), _fmt(v["rmse"]), _fmt(v["r2"])]
                 for lead, v in rec["per_lead"].items()]
-        heading = f"Reconstruction ({rec['target']}) from {', '.join(rec['input_leads'])}"
-        md += [f"## {heading}", "", _md_table(header, rows), ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
+        doc.table(f"Reconstruction ({rec['target']}) from {', '.join(rec['input_leads'])}",
+                  ("lead", "n", "Pearson r (mean)", "Pearson r (median)", "RMSE", "R²"), rows)
     for task, a in results.get("lead_ablation", {}).items():
         rows = [[lead, _fmt(v["macro_auroc"]), _fmt(v["delta"])] for lead, v in a["drop"].items()]
-        heading = f"Lead ablation: `{task}` (macro AUROC with all leads {_fmt(a['full'])})"
-        md += [f"## {heading}", "", _md_table(("lead removed", "macro AUROC", "Δ"), rows), ""]
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(("lead removed", "macro AUROC", "Δ"), rows)]
-    md += ["## Figures", ""] + [f"![{cap}]({p.relative_to(out_dir).as_posix()})" for cap, p in figures] + [""]
-    body.append("<h2>Figures</h2>")
-    for cap, p in figures:
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
-        body.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{data}'>"
-                    f"<figcaption>{html.escape(cap)}</figcaption></figure>")
-    for key in ("provenance", "config"):
-        if key in results:
-            text = json.dumps(results[key], indent=2, default=str)
-            md += [f"## {key.capitalize()}", "", "```json", text, "```", ""]
-            body += [f"<h2>{key.capitalize()}</h2>", f"<pre>{html.escape(text)}</pre>"]
-    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md", "html": out_dir / f"{name}.html"}
-    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["md"].write_text("\n".join(md))
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:8px}"
-             "img{max-width:520px}.note{font-size:12px;color:#555}pre{background:#f6f6f6;padding:8px;font-size:12px}")
-    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-    paths.update({f"figure:{p.stem}": p for _, p in figures})
-    return paths
+        doc.table(f"Lead ablation: `{task}` (macro AUROC with all leads {_fmt(a['full'])})",
+                  ("lead removed", "macro AUROC", "Δ"), rows)

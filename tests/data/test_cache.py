@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from lsemvae.data.cache import (
-    CacheError, CohortDataset, build_cohort, group_indices, label_fraction, load_cohort, patient_split, ptbxl_folds,
+    CacheError, CohortDataset, build_cohort, group_indices, label_fraction, lead_fault_skips, load_cohort,
+    patient_split, ptbxl_folds, usable_rows,
 )
 from lsemvae.data.preprocess import PreprocessConfig
 from lsemvae.data.sources import ptbxl_index
 from lsemvae.data.tasks import column_task
 from lsemvae.errors import ConfigError
+from lsemvae.leads import LEADS_12
 
 TASKS = ["superclass", "right_heart", "phenotype"]
 
@@ -33,17 +35,29 @@ def cohort(subset, tmp_path_factory):
                         progress=False)
 
 
-def test_build_skips_partial_records_with_reason(cohort, subset):
-    assert len(subset) == 40 and len(cohort) == 36
-    assert cohort.skipped_by_reason() == {"nan-share": 4}
-    assert {s["record"] for s in cohort.skipped} == {f"ptb-xl/0{i}" for i in range(1017, 1021)}
-    assert cohort.stats["records_in"] == 40 and cohort.stats["records_per_second"] > 0
+def test_partial_records_keep_their_good_lead_and_every_consumer_of_a_failed_lead_leaves_them_out(cohort, subset):
+    """QC applies to the leads a model reads: the cache masks failed leads, consumers skip by their own leads."""
+    partial = {f"ptb-xl/0{i}" for i in range(1017, 1021)}  # every lead but II is 75% NaN
+    assert len(subset) == 40 and len(cohort) == 40 and cohort.skipped == []
+    rows = [cohort.record_ids.index(r) for r in sorted(partial)]
+    assert np.asarray(cohort.lead_mask)[rows].tolist() == [[False, True] + [False] * 10] * 4
+    assert all(set(cohort.meta[i]["lead_faults"]) == set(LEADS_12) - {"II"} for i in rows)
+    assert all(any(f.startswith("masked-leads: missing samples (NaN)") for f in cohort.meta[i]["qc_flags"])
+               for i in rows)
+    for leads in ("12L", "6L"):
+        skips = lead_fault_skips(cohort, leads)
+        assert {s["record"] for s in skips} == partial and {s["reason"] for s in skips} == {"nan-share"}
+        assert all("leads I 75%, III 75%" in s["message"] and " II 75%" not in s["message"] for s in skips)
+        assert len(usable_rows(cohort, leads)) == 36 and not set(usable_rows(cohort, leads)) & set(rows)
+    assert set(rows) <= set(usable_rows(cohort, ["II"]))  # a lead-II reader can use them
+    st = cohort.stats
+    assert st["records_in"] == 40 and st["records_per_second"] == pytest.approx(40 / st["build_seconds"], rel=0.05)
 
 
 def test_arrays_shapes_and_reload_is_read_only_memmap(cohort):
-    assert cohort.signals.shape == (36, 12, 1000) and cohort.beats.shape == (36, 12, 80)
-    assert cohort.lead_mask.shape == (36, 12) and cohort.sample_mask.shape == (36, 1000)
-    assert cohort.labels["superclass"].shape == (36, 5) and cohort.labels["right_heart"].shape == (36, 1)
+    assert cohort.signals.shape == (40, 12, 1000) and cohort.beats.shape == (40, 12, 80)
+    assert cohort.lead_mask.shape == (40, 12) and cohort.sample_mask.shape == (40, 1000)
+    assert cohort.labels["superclass"].shape == (40, 5) and cohort.labels["right_heart"].shape == (40, 1)
     for arr in (cohort.signals, cohort.beats, cohort.lead_mask, cohort.labels["superclass"]):
         assert isinstance(arr, np.memmap) and not arr.flags.writeable
     again = load_cohort(cohort.path)
@@ -98,16 +112,17 @@ def test_splits(cohort):
     train, val, test = ptbxl_folds(cohort)
     folds = np.array([m["strat_fold"] for m in cohort.meta])
     assert set(folds[train]) <= set(range(1, 9)) and set(folds[val]) <= {9} and set(folds[test]) <= {10}
-    assert len(train) + len(val) + len(test) == len(cohort)
+    assert len(train) + len(val) + len(test) == len(usable_rows(cohort)) == 36  # the 4 partial records left out
+    assert len(np.concatenate(ptbxl_folds(cohort, leads=["II"]))) == 40
     tr, va, te = patient_split(cohort, 0.25, seed=1, test_fraction=0.25)
     pats = [{cohort.patient_ids[i] for i in part} for part in (tr, va, te)]
     assert not (pats[0] & pats[1] or pats[0] & pats[2] or pats[1] & pats[2])
-    assert len(tr) + len(va) + len(te) == len(cohort) and len(va) > 0 and len(te) > 0
+    assert len(tr) + len(va) + len(te) == 36 and len(va) > 0 and len(te) > 0
     assert np.array_equal(patient_split(cohort, 0.25, seed=1)[1], patient_split(cohort, 0.25, seed=1)[1])
 
 
 def test_label_fraction_is_stratified_seeded_and_exact(cohort):
-    idx = np.arange(len(cohort))
+    idx = usable_rows(cohort)
     sub = label_fraction(cohort, idx, 0.5, task="superclass", seed=3)
     assert len(sub) == 18 and len(set(sub)) == 18
     assert np.array_equal(sub, label_fraction(cohort, idx, 0.5, task="superclass", seed=3))
@@ -156,9 +171,9 @@ def test_corrupt_cache_errors_clearly(cohort, tmp_path):
 def test_empty_cohort_and_duplicate_ids(subset, tmp_path):
     from lsemvae.errors import RecordError
 
-    partial = [r for r in subset if r.meta["ecg_id"] >= 1017]
+    too_short = PreprocessConfig(seconds=20, min_seconds=15)  # every record lasts 10 s
     with pytest.raises(RecordError, match="every record was rejected"):
-        build_cohort(partial, [], None, tmp_path, name="x", progress=False)
+        build_cohort(subset[:3], [], too_short, tmp_path, name="x", progress=False)
     assert not list(tmp_path.iterdir())  # the temporary build was removed
     with pytest.raises(ConfigError, match="duplicate"):
         build_cohort(subset[:2] + subset[:1], [], None, tmp_path, name="x", progress=False)

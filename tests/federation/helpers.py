@@ -113,6 +113,27 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def stop_session(sid: int) -> None:
+    """Stop every process of session ``sid`` (a shell started with ``start_new_session`` and the background jobs
+    it left, orphaned or not) and everything they spawned: SIGTERM, then SIGKILL what is left."""
+    def session_of(pid: int) -> int | None:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])   # state ppid pgrp session
+        except (OSError, IndexError, ValueError):
+            return None
+
+    members = [int(p) for p in filter(str.isdigit, os.listdir("/proc")) if session_of(int(p)) == sid]
+    targets = {pid: start_time(pid) for m in members for pid in (m, *descendants(m))}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, started in targets.items():
+            if started is not None and start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(alive(p) for p in targets):
+            time.sleep(0.2)
+
+
 def stop_all(procs: list[subprocess.Popen]) -> None:
     """Stop processes we started (each in its own session) and everything they spawned.
 
@@ -200,17 +221,27 @@ def check_outgoing(rows: list[dict], *, site, model_shapes: dict[str, tuple], fo
             sent = {spec.name: tuple(spec.shape) for spec in reply.layout}
             assert sent == allowed, f"arrays sent {sorted(set(sent) ^ set(allowed))[:5]} differ from the trained groups"
             assert set(reply.group_weights) == groups
+            evaluation = reply.evaluation
         elif row["message_type"] == K.EVALUATE:
             reply = EvaluateReply.model_validate(body)
             assert row["records"]["arrays"] == []
-            policy = site.evaluation
-            for hist in reply.histograms.values():
-                for counts in [*hist.pos, *hist.neg]:
-                    if counts is not None:
-                        assert len(counts.counts) <= policy.bins
-                        assert min(counts.counts) >= policy.min_cell, counts.counts
-            assert set(reply.gates) <= {"limb", "augmented", "septal", "lateral"}
-            assert reply.num_examples >= policy.min_records
+            evaluation = reply.evaluation
         else:
             SiteInfo.model_validate(body)
             assert row["records"]["arrays"] == []
+            evaluation = None
+        if evaluation is not None:
+            _check_evaluation(evaluation, site.evaluation)
+
+
+def _check_evaluation(evaluation, policy) -> None:
+    """Every count holds at least the site's min_cell records, on at most its bins; gates name lead groups."""
+    for hist in evaluation.histograms.values():
+        for counts in [*hist.pos, *hist.neg]:
+            if counts is not None:
+                assert len(counts.counts) <= policy.bins
+                assert min(counts.counts) >= policy.min_cell, counts.counts
+    from lsemvae.leads import LEAD_GROUPS
+
+    assert set(evaluation.gates) <= set(LEAD_GROUPS)
+    assert evaluation.num_examples >= policy.min_records

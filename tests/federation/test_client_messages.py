@@ -176,7 +176,7 @@ def test_six_lead_site_sends_only_its_groups_and_aggregates(world):
     ev_body, ev_arrays = body(ev, EvaluateReply)
     assert ev_arrays == {}
     # the gate's mean weight per lead group: an average over the evaluation records, none on groups not recorded
-    gates = ev_body.gates
+    gates = ev_body.evaluation.gates
     assert set(gates) == {"limb", "augmented", "septal", "lateral"} and abs(sum(gates.values()) - 1) < 1e-6
     assert gates["septal"] == gates["lateral"] == 0 and gates["limb"] > 0 and gates["augmented"] > 0
     inspect(world, site, [reply, ev])
@@ -195,8 +195,10 @@ def test_evaluation_sends_only_k_anonymous_counts_on_the_sites_own_bins(world):
     try:
         path.write_text(original.replace("min_cell = 2", "min_cell = 3").replace("[evaluation]", "[evaluation]\nbins = 20")
                         .replace("val_fraction = 0.3", "val_fraction = 0.7"))
-        got, _ = body(call(world, site, K.EVALUATE), EvaluateReply)
-        for hist in got.histograms.values():
+        reply = call(world, site, K.EVALUATE)
+        inspect(world, site, [reply])     # what went out: only the policy's aggregates (gates by lead group)
+        got, _ = body(reply, EvaluateReply)
+        for hist in got.evaluation.histograms.values():
             reported = [c for c in [*hist.pos, *hist.neg] if c is not None]
             assert reported and all(min(c.counts) >= 3 and len(c.counts) <= 20 for c in reported)
         # the server cannot ask for finer bins: the instruction has no such field
@@ -358,3 +360,20 @@ def test_the_outgoing_audit_fails_closed(world, monkeypatch):
     monkeypatch.setattr("client.audit.append_private", broken)
     reply = call(world, names[0], K.EVALUATE)
     assert reply.has_error() and reply.error.code == K.ERR_AUDIT and not reply.has_content()
+
+
+def test_a_train_reply_carries_the_evaluation_of_the_model_it_received(world):
+    """Evaluation rides on the next round's train exchange: the same aggregates an evaluate message gives."""
+    tmp, names, fed, state = world
+    site = names[2]
+    alone, _ = body(call(world, site, K.EVALUATE), EvaluateReply)
+    trained, _ = body(call(world, site, K.TRAIN, update={"evaluate": True, "job_id": "ee" * 8}), TrainReply)
+    assert trained.evaluation == alone.evaluation and trained.evaluation_refused is None
+    path = tmp / "sites" / f"{site}.toml"
+    original = path.read_text()
+    try:   # a site whose policy refuses evaluation still trains, and says why it did not evaluate
+        path.write_text(original.replace("[evaluation]", "[evaluation]\nenabled = false"))
+        refused, _ = body(call(world, site, K.TRAIN, update={"evaluate": True, "job_id": "ef" * 8}), TrainReply)
+        assert refused.evaluation is None and refused.evaluation_refused == K.ERR_EVAL_REFUSED
+    finally:
+        path.write_text(original)

@@ -131,3 +131,54 @@ def test_launcher_check_and_dry_run(tmp_path):
     # TLS is the default: without --insecure and without a CA file the preflight refuses
     out = subprocess.run(run[:-2] + ["--check", "--skip-network-check"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "connection.root_certificates is not set" in out.stdout
+
+
+def test_an_anchor_dir_inside_the_state_dir_is_refused(tmp_path):
+    """Deleting the state dir would delete the anchors with it and reset the budget: refused, naming both."""
+    path = write(tmp_path, BASE.replace('anchor_dir = "anchors"', 'anchor_dir = "state/anchors"'))
+    with pytest.raises(ConfigError, match="anchor_dir .* is inside state_dir"):
+        load_site_config(path)
+    path = write(tmp_path, BASE.replace('anchor_dir = "anchors"', 'anchor_dir = "state"'))
+    with pytest.raises(ConfigError, match="is inside state_dir"):
+        load_site_config(path)
+    assert load_site_config(write(tmp_path, BASE)).anchor_dir == tmp_path / "anchors"
+
+
+def test_preflight_refuses_an_expired_ca_certificate(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=40)).not_valid_after(now - dt.timedelta(days=2))
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "ca.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    check = check_certificate(path)
+    assert not check.ok and "expired on" in check.message and "renewed CA certificate" in check.message
+
+
+def test_pki_command_makes_a_ca_a_server_certificate_with_extra_names_and_site_keys(tmp_path):
+    import subprocess
+    import sys
+
+    from cryptography import x509
+
+    out = tmp_path / "pki"
+    run = subprocess.run([sys.executable, "-m", "server.pki", str(out), "--sites", "aspire", "ukbiobank",
+                          "--san", "DNS:fl.example.org", "--san", "IP:10.0.0.5"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    cert = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "fl.example.org"} <= set(sans.get_values_for_type(x509.DNSName))
+    assert {"127.0.0.1", "10.0.0.5"} <= {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
+    for site in ("aspire", "ukbiobank"):
+        assert check_auth_key(out / "keys" / site).ok and (out / "keys" / f"{site}.pub").is_file()
+    assert check_certificate(out / "ca.crt").ok

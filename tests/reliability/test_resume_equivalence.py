@@ -1,13 +1,10 @@
-"""Resume reproduces the uninterrupted run: a non-DP simulation run as 1 round + resume to 2 rounds
-ends with exactly the same global model (bitwise) as 2 rounds in one go.
+"""Resume reproduces the uninterrupted run: a non-DP FedAdam simulation run as 1 round + resume to 2
+rounds ends with exactly the same global model (bitwise) as 2 rounds in one go.
 
-Why bitwise holds without DP: the server state restores the weights, the strategy state and the
-RNG, so each round sends the same seed and every site samples batches and initialises its noise
-from it. With DP it holds up to the noise-multiplier plan: an uninterrupted run keeps the
-multiplier planned in round 1 (in the SuperNode's Context.state, lost on restart), a resumed one
-re-plans it from the site's ledger for the rounds left, which lands on the same target epsilon
-within the planner's relative tolerance (lsemvae.privacy.dp.PLAN_RELATIVE_TOLERANCE), so weights
-then agree only to that tolerance, not bitwise.
+Why bitwise holds without DP: the server state restores the weights, the strategy state (FedAdam's
+moments and step count: dropping them changes round 2's server step) and the RNG, so each round sends
+the same seed and every site samples its batches from it. DP runs are not reproducible at all: a
+site's noise and sampling come from its own OS randomness (lsemvae.privacy.randomness).
 """
 
 from __future__ import annotations
@@ -41,7 +38,8 @@ def _sims(tmp: Path, *runs: list[str]) -> None:
 
 def test_non_dp_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     ckpt = write_checkpoint(tmp_path / "ckpt.pt")
-    base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "3"]
+    base = ["--sites", "2", "--records", "16", "--batch-size", "8", "--checkpoint", str(ckpt), "--no-dp", "--seed", "3",
+            "--strategy", "fedadam", "--eval-min-cell", "1"]
     _sims(tmp_path, base + ["--rounds", "2", "--out", str(tmp_path / "straight")],
           base + ["--rounds", "1", "--out", str(tmp_path / "resumed")])
     _sims(tmp_path, base + ["--rounds", "2", "--resume", "--out", str(tmp_path / "resumed")])

@@ -41,7 +41,7 @@ def test_deleted_state_dir_does_not_reset_the_budget(world):
     assert str(cfg.ledger_path) in log and "lsemvae privacy" in log
     assert not cfg.ledger_path.exists()                                 # nothing recreated behind the operator's back
     ev = call(world, site, K.EVALUATE, 2, update=_job(32))
-    assert ev.has_error()                                               # no "epsilon 0" report either
+    assert ev.has_error() and ev.error.code == K.ERR_SITE_SETUP         # no "epsilon 0" report either
 
 
 def test_truncated_ledger_refuses_to_train(world):

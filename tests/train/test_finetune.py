@@ -136,16 +136,14 @@ def test_task_loss_ignores_nan_and_weights_positives():
 
 
 @pytest.mark.e2e
-def test_tiny_real_pretrain_then_finetune_learns(ptbxl_root, tmp_path):
-    """120 real PTB-XL records: 2 pretraining epochs lower the loss; fine-tuning beats chance on held-out patients."""
+def test_tiny_real_pretraining_lowers_the_reconstruction_loss(ptbxl_root, tmp_path):
+    """120 real PTB-XL records: 2 pretraining epochs lower the reconstruction loss."""
     from lsemvae.data.cache import CohortDataset, build_cohort, patient_split
     from lsemvae.data.sources import ptbxl_index
-    from lsemvae.data.tasks import get_task
-    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint
     from lsemvae.train.pretrain import PretrainConfig, pretrain
 
     refs = ptbxl_index(ptbxl_root, rate=100)[:120]
-    cohort = build_cohort(refs, ["superclass"], get_profile("compact").preprocess_config(), tmp_path / "cache", name="tiny",
+    cohort = build_cohort(refs, [], get_profile("compact").preprocess_config(), tmp_path / "cache", name="tiny",
                           progress=False)
     tr, va, _ = patient_split(cohort, 0.3, seed=0)
     torch.manual_seed(0)
@@ -156,13 +154,30 @@ def test_tiny_real_pretrain_then_finetune_learns(ptbxl_root, tmp_path):
     rows = [__import__("json").loads(l) for l in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["train_recon"] < rows[0]["train_recon"]
 
+
+@pytest.mark.e2e
+def test_finetuning_beats_chance_on_patients_that_neither_trained_nor_chose_the_model(ptbxl_root, tmp_path):
+    """The shipped encoder probed on 300 records of folds 1-8 (the epoch chosen on fold 9) scores fold 10, which
+    neither its pretraining nor its fine-tuning saw, above 99% of label permutations."""
+    from lsemvae.data.cache import CohortDataset, build_cohort, ptbxl_folds
+    from lsemvae.data.sources import ptbxl_index
+    from lsemvae.data.tasks import get_task
+    from lsemvae.train.checkpoint import load_checkpoint, model_from_checkpoint, preprocess_config
+    from lsemvae.train.finetune import macro_auroc, predict
+
+    ckpt = load_checkpoint("compact-ptbxl-ludb")
     task = get_task("superclass")
-    clf = model_from_checkpoint(load_checkpoint(tmp_path / "pre" / "last.pt"),
-                                tasks={"superclass": {"kind": task.kind, "n_outputs": task.n_outputs}})
-    train = CohortDataset(cohort, tr, leads="6L", tasks=["superclass"])
-    held = CohortDataset(cohort, va, leads="6L", tasks=["superclass"])
-    # 10 epochs: after only 2 pretraining epochs the compact profile (alignment weight 1.0) needs ~7 to pass chance
-    cfg = FinetuneConfig(epochs=10, batch_size=16, lr=3e-3, patience=10, augment=AugmentConfig(crop_samples=400), eval_crops=2)
-    result = finetune(clf, train, held, {"superclass": task}, cfg, progress=False)
-    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
-    assert result["best_val_auroc"] > 0.6
+    cohort = build_cohort(ptbxl_index(ptbxl_root, rate=100), ["superclass"], preprocess_config(ckpt), tmp_path / "cache",
+                          name="ptb-xl", progress=False)
+    tr, va, te = ptbxl_folds(cohort)
+    clf = model_from_checkpoint(ckpt, tasks={"superclass": {"kind": task.kind, "n_outputs": task.n_outputs}})
+    cfg = FinetuneConfig(mode="probe", epochs=5, batch_size=32, lr=3e-3, patience=5, eval_crops=2)
+    torch.manual_seed(0)
+    finetune(clf, CohortDataset(cohort, tr[:300], leads="6L", tasks=["superclass"]),
+             CohortDataset(cohort, va, leads="6L", tasks=["superclass"]), {"superclass": task}, cfg, progress=False)
+    y, p = predict(clf, CohortDataset(cohort, te, leads="6L", tasks=["superclass"]), {"superclass": task},
+                   crop_samples=cfg.augment.crop_samples, n_crops=2)["superclass"]
+    observed = macro_auroc({"superclass": (y, p)})
+    rng = np.random.default_rng(0)
+    null = [macro_auroc({"superclass": (y[rng.permutation(len(y))], p)}) for _ in range(200)]
+    assert observed > np.quantile(null, 0.99), (observed, np.quantile(null, 0.99))

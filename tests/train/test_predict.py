@@ -20,7 +20,7 @@ from lsemvae.model.config import TaskHeadSpec, get_profile
 from lsemvae.model.lsemvae import build_model
 from lsemvae.train.baselines import ResNet1D
 from lsemvae.train.checkpoint import save_checkpoint
-from lsemvae.train.evaluate import evaluate, load_classifier, load_split
+from lsemvae.train.evaluate import EvalConfig, evaluate, load_classifier, load_split
 from lsemvae.train.finetune import predict
 from lsemvae.train.interpret import gate_weights
 from lsemvae.train.predict_command import head_tasks, input_refs, predict_cohort
@@ -48,25 +48,6 @@ def records100(ptbxl_root):
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    """A compact LS-EMVAE with a superclass head saved as `lsemvae finetune` saves it (6 leads, crop averaging).
-
-    Its heads start at zero (every probability 0.5): the weights are perturbed so scores differ by record.
-    """
-    torch.manual_seed(0)
-    cfg = get_profile("compact", tasks={"superclass": TaskHeadSpec(kind="multilabel", n_outputs=5)})
-    model = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, epoch=1, state={"predict_kwargs": CROPS},
-                    provenance={"leads": list(LIMB_LEADS),
-                                "preprocess_config": cfg.preprocess_config().model_dump(mode="json")})
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
@@ -87,7 +68,7 @@ def test_scores_a_folder_as_evaluation_scores_it(records100, ckpt_path, cache_di
                  "--cache-dir", str(cache_dir), "--no-progress"]) == 0
     assert "scored 10 record(s)" in capsys.readouterr().out
     rows = read_csv(out)
-    assert list(rows[0]) == ["record_id", "path", "leads", *(f"p:superclass:{c}" for c in CLASSES),
+    assert list(rows[0]) == ["record_id", "path", "leads", "qc", *(f"p:superclass:{c}" for c in CLASSES),
                              "gate:limb", "gate:augmented", "gate:septal", "gate:lateral"]
     assert [r["record_id"] for r in rows] == [f"{n:05d}_lr" for n in range(1, 11)]
     assert rows[0]["path"] == str(folder / "00001_lr.hea")
@@ -202,7 +183,7 @@ def test_cnn_checkpoint_through_the_command_and_user_errors(records100, ckpt_pat
                  str(folder / "00002_lr.dat"), str(folder), "--out", str(out), "--leads", "I,II,III", *common]) == 0
     rows = read_csv(out)  # the record named twice (file and folder) is scored once
     assert [r["record_id"] for r in rows] == ["00001_lr", "00002_lr", "ecgs/00003_lr"]
-    assert list(rows[0])[3:] == [f"p:superclass:{c}" for c in CLASSES]  # no gates in a CNN
+    assert list(rows[0])[4:] == [f"p:superclass:{c}" for c in CLASSES]  # no gates in a CNN
     assert {r["leads"] for r in rows} == {"I II III"}
     capsys.readouterr()
 
@@ -234,8 +215,9 @@ def test_cnn_checkpoint_through_the_command_and_user_errors(records100, ckpt_pat
 
 def test_thresholds_from_an_evaluation_report(records100, ckpt_path, cache_dir, labelled, tmp_path, capsys):
     model, ckpt = load_classifier(ckpt_path)
-    evaluate(model, labelled, np.arange(10), val_indices=np.arange(10), leads=LIMB_LEADS, out_dir=tmp_path / "eval",
-             predict_kwargs=CROPS, n_boot=10, interpretability=False, progress=False)
+    evaluate(model, labelled, np.arange(10), EvalConfig(leads=LIMB_LEADS, predict_kwargs=CROPS, n_boot=10,
+                                                         interpretability=False, progress=False),
+             val_indices=np.arange(10), out_dir=tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     thresholds = {c: report["tasks"]["superclass"]["per_class"][c]["threshold"] for c in CLASSES}
 

@@ -16,7 +16,7 @@ from lsemvae.data.sources import ptbxl_index
 from lsemvae.data.tasks import get_task
 from lsemvae.train.baselines import ResNet1D
 from lsemvae.train.checkpoint import save_checkpoint
-from lsemvae.train.evaluate import compare_predictions, evaluate, read_predictions
+from lsemvae.train.evaluate import EvalConfig, compare_predictions, evaluate, read_predictions
 
 torch.set_num_threads(1)
 
@@ -34,8 +34,8 @@ def test_evaluate_function_and_command_agree(cohort, tmp_path):
     torch.manual_seed(0)
     model = ResNet1D({"superclass": get_task("superclass")}, widths=(8, 16)).eval()
     _, val, test = ptbxl_folds(cohort)
-    res = evaluate(model, cohort, test, val_indices=val, out_dir=tmp_path / "fn", n_boot=100,
-                   ig_steps=4, ig_per_class=2, progress=False)
+    res = evaluate(model, cohort, test, EvalConfig(n_boot=100, ig_steps=4, ig_per_class=2, progress=False),
+                   val_indices=val, out_dir=tmp_path / "fn")
     summary = res["tasks"]["superclass"]
     ids, preds = read_predictions(tmp_path / "fn" / "predictions.csv")
     assert ids == [cohort.record_ids[i] for i in test]
@@ -70,7 +70,8 @@ def test_evaluate_reports_gates_for_lsemvae(cohort, tmp_path):
     torch.manual_seed(0)
     model = build_model(get_profile("compact", tasks={"superclass": TaskHeadSpec(kind="multilabel", n_outputs=5)}))
     _, val, test = ptbxl_folds(cohort)
-    res = evaluate(model, cohort, test[:30], val_indices=val, n_boot=50, ig_steps=2, ig_per_class=1, progress=False)
+    res = evaluate(model, cohort, test[:30], EvalConfig(n_boot=50, ig_steps=2, ig_per_class=1, progress=False),
+                   val_indices=val)
     gates = res["gates"]["superclass"]
     assert gates["groups"] == ["limb", "augmented", "septal", "lateral"]
     assert gates["mean"][2] == 0 and gates["mean"][3] == 0  # 6-lead input: precordial groups carry no weight

@@ -2,8 +2,8 @@
 
 Each module exposes ``NAME``, ``sniff(path) -> bool`` (by content, never by extension alone) and
 ``read(path) -> ECGRecord``. Lead identity is always read from the file (channel codes, lead IDs,
-signal labels), never assumed from channel position: the reference code's positional naming is
-what swapped aVL and aVF (reference-model.md §6.1).
+signal labels), never assumed from channel position: the paper's code named channels by position
+and fed aVL's encoder the aVF signal (and the reverse).
 
 ``FORMATS`` lists them in sniffing order for the registry in :mod:`lsemvae.data.readers`.
 Failure reasons shared by all readers are documented in :data:`common.REASONS`. Every reader checks

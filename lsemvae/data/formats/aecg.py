@@ -19,7 +19,8 @@ import numpy as np
 
 from lsemvae.data.formats import limits
 from lsemvae.data.formats.common import (
-    children, count_values, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
+    check_equal_lengths, children, count_values, first_child, mv_per_unit, parse_number, parse_root, select_leads,
+    xml_root_name,
 )
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
@@ -47,46 +48,14 @@ def _pick_series(root: ET.Element, where: str) -> ET.Element:
     return (rhythm or series)[0]
 
 
-def _value(seq: ET.Element) -> ET.Element | None:
-    return next(iter(children(seq, "value")), None)
-
-
 def read(path: str | Path) -> ECGRecord:
     where = str(path)
-    root = parse_xml(path, record=where)
-    if local(root.tag) != "AnnotatedECG":
-        raise RecordError(where, f"root element is {local(root.tag)!r}, not AnnotatedECG", reason="corrupt")
+    root = parse_root(path, "AnnotatedECG", record=where)
     series = _pick_series(root, where)
     sets = [ss for comp in children(series, "component") for ss in children(comp, "sequenceSet")]
     if not sets:
         raise RecordError(where, "series has no sequenceSet", reason="not-ecg")
-
-    fs = None
-    labels: list[str | None] = []
-    rows: list[np.ndarray] = []
-    for set_index, sset in enumerate(sets):
-        for comp in children(sset, "component"):
-            for seq in children(comp, "sequence"):
-                code = _code(seq)
-                value = _value(seq)
-                if code.upper().startswith("TIME_"):
-                    set_fs = _sampling_rate(value, where)
-                    if fs is not None and abs(set_fs - fs) > 1e-6:
-                        raise RecordError(where, f"sequenceSets sampled at {fs} Hz and {set_fs} Hz",
-                                          reason="mixed-fs")
-                    fs = set_fs
-                    continue
-                label = code or None
-                rows.append(_lead_samples(value, label or f"sequence {len(rows) + 1}", where))
-                labels.append(label)
-    if fs is None:
-        raise RecordError(where, "no TIME_ABSOLUTE/TIME_RELATIVE sequence: sampling rate unknown", reason="fs")
-    if not rows:
-        raise RecordError(where, "sequenceSet holds no lead sequences", reason="not-ecg")
-    lengths = {len(r) for r in rows}
-    if len(lengths) != 1:
-        detail = ", ".join(f"{l}: {len(r)}" for l, r in zip(labels, rows))
-        raise RecordError(where, f"lead sequences have different sample counts ({detail})", reason="sample-count")
+    fs, labels, rows = _sequences(sets, where)
     keep, leads, dropped = select_leads(labels, record=where)
     if len(sets) > 1 and len(set(leads)) != len(leads):
         raise RecordError(where, f"{len(sets)} sequenceSets repeat leads (time-segmented layout): "
@@ -95,15 +64,39 @@ def read(path: str | Path) -> ECGRecord:
     subject = root.find(f".//{{{NS}}}trialSubject/{{{NS}}}id")
     record_id = Path(path).stem
     patient_id = (subject.get("extension") if subject is not None else None) or record_id
-    ecg_id = next(iter(children(root, "id")), None)
+    ecg_id = first_child(root, "id")
     meta = {"format": NAME, "series_code": _code(series), "dropped_channels": dropped,
             "aecg_id": ecg_id.get("root", "") if ecg_id is not None else ""}
     return ECGRecord(signal=np.stack([rows[i] for i in keep]), fs=fs, leads=tuple(leads), record_id=record_id,
                      patient_id=patient_id, source=where, meta=meta)
 
 
+def _sequences(sets: list[ET.Element], where: str) -> tuple[float, list[str | None], list[np.ndarray]]:
+    """``(fs, lead labels, millivolt rows)`` of the sequenceSets: one sampling rate, leads of one length."""
+    fs = None
+    labels: list[str | None] = []
+    rows: list[np.ndarray] = []
+    for seq in (seq for sset in sets for comp in children(sset, "component") for seq in children(comp, "sequence")):
+        code = _code(seq)
+        if code.upper().startswith("TIME_"):
+            set_fs = _sampling_rate(first_child(seq, "value"), where)
+            if fs is not None and abs(set_fs - fs) > 1e-6:
+                raise RecordError(where, f"sequenceSets sampled at {fs} Hz and {set_fs} Hz", reason="mixed-fs")
+            fs = set_fs
+            continue
+        label = code or None
+        rows.append(_lead_samples(first_child(seq, "value"), label or f"sequence {len(rows) + 1}", where))
+        labels.append(label)
+    if fs is None:
+        raise RecordError(where, "no TIME_ABSOLUTE/TIME_RELATIVE sequence: sampling rate unknown", reason="fs")
+    if not rows:
+        raise RecordError(where, "sequenceSet holds no lead sequences", reason="not-ecg")
+    check_equal_lengths(labels, rows, record=where, what="lead sequences")
+    return fs, labels, rows
+
+
 def _sampling_rate(value: ET.Element | None, where: str) -> float:
-    inc = next(iter(children(value, "increment")), None) if value is not None else None
+    inc = first_child(value, "increment") if value is not None else None
     if inc is None:
         raise RecordError(where, "time sequence has no increment: sampling rate unknown", reason="fs")
     step = parse_number(inc.get("value"), record=where, what="time increment", reason="fs")
@@ -121,9 +114,9 @@ def _lead_samples(value: ET.Element | None, label: str, where: str) -> np.ndarra
     if vtype != "SLIST_PQ":
         raise RecordError(where, f"{label}: value type {vtype!r} not supported (expected SLIST_PQ)",
                           reason="unsupported-variant")
-    origin = next(iter(children(value, "origin")), None)
-    scale = next(iter(children(value, "scale")), None)
-    digits = next(iter(children(value, "digits")), None)
+    origin = first_child(value, "origin")
+    scale = first_child(value, "scale")
+    digits = first_child(value, "digits")
     if scale is None or digits is None:
         raise RecordError(where, f"{label}: SLIST_PQ lacks scale or digits", reason="corrupt")
     scale_mv = parse_number(scale.get("value"), record=where, what=f"{label} scale") * mv_per_unit(

@@ -155,6 +155,15 @@ def parse_xml(path: str | Path, *, record: str) -> ET.Element:
                           "none, and they are not expanded (entity amplification)", reason="corrupt") from None
 
 
+def parse_root(path: str | Path, name: str, *, record: str) -> ET.Element:
+    """The root element of an XML file that must be a ``name`` document (:func:`parse_xml`; another root
+    element is ``corrupt``)."""
+    root = parse_xml(path, record=record)
+    if local(root.tag) != name:
+        raise RecordError(record, f"root element is {local(root.tag)!r}, not {name}", reason="corrupt")
+    return root
+
+
 def local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
@@ -171,6 +180,23 @@ def child_text(elem: ET.Element | None, name: str) -> str | None:
 
 def children(elem: ET.Element, name: str) -> Iterable[ET.Element]:
     return (c for c in elem if local(c.tag) == name)
+
+
+def first_child(elem: ET.Element, name: str) -> ET.Element | None:
+    """The first direct child with local name ``name``, or None."""
+    return next(iter(children(elem, name)), None)
+
+
+def text_fields(fields: Iterable[tuple[str, ET.Element | None, str]]) -> dict[str, str]:
+    """``{key: text}`` of each ``(key, element, child name)`` whose child has text, in order (for ``meta``)."""
+    return {key: text for key, elem, tag in fields if (text := child_text(elem, tag))}
+
+
+def check_equal_lengths(labels: Sequence[str | None], rows: Sequence[np.ndarray], *, record: str, what: str) -> None:
+    """Refuse channels of different lengths (``sample-count``), listing each channel's count."""
+    if len({len(r) for r in rows}) != 1:
+        detail = ", ".join(f"{label}: {len(r)}" for label, r in zip(labels, rows))
+        raise RecordError(record, f"{what} have different sample counts ({detail})", reason="sample-count")
 
 
 def count_values(text: str, separator: str | None = None) -> int:

@@ -24,7 +24,8 @@ import numpy as np
 
 from lsemvae.data.formats import limits
 from lsemvae.data.formats.common import (
-    child_text, children, local, mv_per_unit, parse_number, parse_xml, select_leads, xml_root_name,
+    check_equal_lengths, child_text, children, first_child, mv_per_unit, parse_number, parse_root, select_leads,
+    text_fields, xml_root_name,
 )
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
@@ -39,21 +40,41 @@ def sniff(path: str | Path) -> bool:
 
 def read(path: str | Path) -> ECGRecord:
     where = str(path)
-    root = parse_xml(path, record=where)
-    if local(root.tag) != "RestingECG":
-        raise RecordError(where, f"root element is {local(root.tag)!r}, not RestingECG", reason="corrupt")
+    root = parse_root(path, "RestingECG", record=where)
+    wave = _rhythm(root, where)
+    base = parse_number(child_text(wave, "SampleBase"), record=where, what="SampleBase", reason="fs")
+    exponent = parse_number(child_text(wave, "SampleExponent") or "0", record=where, what="SampleExponent",
+                            reason="fs")
+    fs = base * 10.0 ** exponent
+
+    labels, rows = _lead_data(wave, where)
+    keep, leads, dropped = select_leads(labels, record=where)
+    signal = {name: rows[i] for i, name in zip(keep, leads)}
+    derived = _derive_limb_leads(signal)
+    order = [name for name in LEADS_12 if name in signal]
+
+    demo, test = first_child(root, "PatientDemographics"), first_child(root, "TestDemographics")
+    record_id = Path(path).stem
+    meta = {"format": NAME, "derived_leads": derived, "dropped_channels": dropped,
+            **text_fields([("age", demo, "PatientAge"), ("sex", demo, "Gender"), ("device", test, "AcquisitionDevice"),
+                           ("site", test, "Site"), ("acquired", test, "AcquisitionDate")])}
+    return ECGRecord(signal=np.stack([signal[n] for n in order]), fs=fs, leads=tuple(order), record_id=record_id,
+                     patient_id=child_text(demo, "PatientID") or record_id, source=where, meta=meta)
+
+
+def _rhythm(root, where: str):
+    """The first ``Rhythm`` waveform (median beats alone are no recording)."""
     waveforms = list(children(root, "Waveform"))
     rhythm = [w for w in waveforms if (child_text(w, "WaveformType") or "").lower() == "rhythm"]
     if not rhythm:
         types = [child_text(w, "WaveformType") for w in waveforms]
         raise RecordError(where, f"no Rhythm waveform (found {types or 'none'}); median beats alone are not "
                           "read as a recording", reason="not-ecg")
-    wave = rhythm[0]
-    base = parse_number(child_text(wave, "SampleBase"), record=where, what="SampleBase", reason="fs")
-    exponent = parse_number(child_text(wave, "SampleExponent") or "0", record=where, what="SampleExponent",
-                            reason="fs")
-    fs = base * 10.0 ** exponent
+    return rhythm[0]
 
+
+def _lead_data(wave, where: str) -> tuple[list[str | None], list[np.ndarray]]:
+    """Lead labels and millivolt rows of the waveform's ``LeadData``, all of one length."""
     labels, rows = [], []
     for i, lead in enumerate(children(wave, "LeadData")):
         label = child_text(lead, "LeadID") or None
@@ -61,33 +82,20 @@ def read(path: str | Path) -> ECGRecord:
         rows.append(_decode_lead(lead, label or f"LeadData {i + 1}", where))
     if not rows:
         raise RecordError(where, "Rhythm waveform has no LeadData", reason="not-ecg")
-    counts = {len(r) for r in rows}
-    if len(counts) != 1:
-        detail = ", ".join(f"{l}: {len(r)}" for l, r in zip(labels, rows))
-        raise RecordError(where, f"leads have different sample counts ({detail})", reason="sample-count")
-    keep, leads, dropped = select_leads(labels, record=where)
-    signal = {name: rows[i] for i, name in zip(keep, leads)}
+    check_equal_lengths(labels, rows, record=where, what="leads")
+    return labels, rows
 
+
+def _derive_limb_leads(signal: dict[str, np.ndarray]) -> list[str]:
+    """Add III, aVR, aVL, aVF computed from I and II where the file lacks them; returns those added."""
+    if "I" not in signal or "II" not in signal:
+        return []
     derived = []
-    if "I" in signal and "II" in signal:
-        for name, values in derive_limb_leads(signal["I"], signal["II"]).items():
-            if name not in signal:
-                signal[name] = values
-                derived.append(name)
-    order = [name for name in LEADS_12 if name in signal]
-
-    demo = next(iter(children(root, "PatientDemographics")), None)
-    test = next(iter(children(root, "TestDemographics")), None)
-    record_id = Path(path).stem
-    patient_id = child_text(demo, "PatientID") or record_id
-    meta = {"format": NAME, "derived_leads": derived, "dropped_channels": dropped}
-    for key, elem, tag in (("age", demo, "PatientAge"), ("sex", demo, "Gender"),
-                           ("device", test, "AcquisitionDevice"), ("site", test, "Site"),
-                           ("acquired", test, "AcquisitionDate")):
-        if value := child_text(elem, tag):
-            meta[key] = value
-    return ECGRecord(signal=np.stack([signal[n] for n in order]), fs=fs, leads=tuple(order), record_id=record_id,
-                     patient_id=patient_id, source=where, meta=meta)
+    for name, values in derive_limb_leads(signal["I"], signal["II"]).items():
+        if name not in signal:
+            signal[name] = values
+            derived.append(name)
+    return derived
 
 
 def _decode_lead(lead, label: str, where: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lsemvae.data.formats import limits, xli
-from lsemvae.data.formats.common import child_text, children, local, parse_number, parse_xml, select_leads, xml_root_name
+from lsemvae.data.formats.common import child_text, parse_number, parse_root, select_leads, xml_root_name
 from lsemvae.data.record import ECGRecord
 from lsemvae.errors import RecordError
 from lsemvae.leads import LEADS_12, derive_limb_leads
@@ -56,9 +56,7 @@ def _find(elem, *names: str):
 
 def read(path: str | Path) -> ECGRecord:
     where = str(path)
-    root = parse_xml(path, record=where)
-    if local(root.tag) != "restingecgdata":
-        raise RecordError(where, f"root element is {local(root.tag)!r}, not restingecgdata", reason="corrupt")
+    root = parse_root(path, "restingecgdata", record=where)
     info = _find(root, "documentinfo")
     doc_type, version = child_text(info, "documenttype"), child_text(info, "documentversion")
     if version not in VERSIONS:
