@@ -196,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                        "float16 updates in same-seed synthetic federations",
                "checkpoint": _rel(args.checkpoint), "tasks": list(TASKS), "computed": computed_bytes(),
                "float16_rounding": float16_rounding(args.checkpoint)}
-    if args.bytes_only:   # keep the measured runs of an earlier full run, and its provenance
+    if args.bytes_only:   # keep the measured runs of an earlier full run, and the command that made them
         results["runs"] = old.get("runs", [])
-        head = H.ResultMeta.model_validate({k: old[k] for k in H.ResultMeta.model_fields}) if old.get("benchmark") \
-            else H.meta("communication", argv, started)
+        results["runs_command"] = old.get("runs_command") or old.get("command")
+        head = H.meta("communication", argv, started,
+                      command=H.joined_commands([results["runs_command"], H.command_line("communication", argv)]))
     else:
         spec = spec_with_overrides(default_cohort(), sites=3, records=args.records, seed=0)
         sites = H.load_sites(H.synthetic_sites(spec, args.out / "cohort"))
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"].append({"label": label, "seed": seed, "sites": 3, "records_per_site": args.records,
                                     "rounds": args.rounds, "runs": runs, "auroc_difference": diff, **gaps})
             print(f"{label}: AUROC float16 - float32 {diff}, weights {gaps}", flush=True)
+        results["runs_command"] = H.command_line("communication", argv)
         head = H.meta("communication", argv, started)
     results["summary"] = summary(results)
     H.write_results(H.RESULTS / "communication.json", head, results)

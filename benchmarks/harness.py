@@ -143,14 +143,19 @@ def start(cmd: list[str], log: Path, *, env: dict | None = None, cwd: Path | Non
                             env={**os.environ, **QUIET_ENV, **(env or {})}, cwd=cwd, start_new_session=True)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, *, timeout: float = 60.0) -> None:
-    """Wait until a Flower SuperLink answers ``/health`` on ``port``; fail if ``proc`` exits first."""
+def wait_healthy(port: int, proc: subprocess.Popen, *, scheme: str = "http", cafile: str | None = None,
+                 timeout: float = 60.0) -> None:
+    """Wait until a Flower SuperLink answers ``/health`` on ``port`` (``https``: verified against ``cafile``); fail
+    if ``proc`` exits first."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile) if scheme == "https" else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process {proc.args[0]} exited with code {proc.returncode} before it was healthy")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=ctx) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -175,7 +180,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
+    """The process' start time (clock ticks since boot; None if it is gone): with its pid, one process for good."""
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
@@ -188,7 +194,7 @@ def stop(*procs: subprocess.Popen | None, grace: float = 15.0) -> None:
     Flower's SuperExec starts ServerApps and ClientApps in sessions of their own, which outlive a group
     kill: they are remembered (pid and start time, so a reused pid is never hit) before the groups stop."""
     live = [p for p in procs if p is not None and p.poll() is None]
-    spawned = {pid: _start_time(pid) for p in live for pid in descendants(p.pid)}
+    spawned = {pid: start_time(pid) for p in live for pid in descendants(p.pid)}
     for p in live:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
@@ -201,7 +207,7 @@ def stop(*procs: subprocess.Popen | None, grace: float = 15.0) -> None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=5)
     for pid, started in spawned.items():
-        if started is not None and _start_time(pid) == started:
+        if started is not None and start_time(pid) == started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

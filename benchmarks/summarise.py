@@ -40,6 +40,11 @@ STALE = {
     "memory_rounds.json": "ran before the round moved into lsemvae/federation and before sites refused evaluation "
                           "below evaluation.min_records (its tiny sites now evaluate with --eval-min-cell 1); rerun "
                           "`python -m benchmarks.memory_rounds`",
+    "communication.json": "the bytes per round are current (`python -m benchmarks.communication --bytes-only`); the "
+                          "float16 runs (AUROC differences, the bytes the server measured) ran through simulation/run.py "
+                          "before the round moved into lsemvae/federation, with an evaluate message every round; rerun "
+                          "`python -m "
+                          "benchmarks.communication` (~15 min)",
     "privacy_utility.json": "ran on the benchmark's own copy of the federated round, before it drove the library's "
                             "(lsemvae/federation run_rounds over in-process sites); rerun `python -m "
                             "benchmarks.privacy_utility --only synthetic,synthetic-probe` and `--only real,real-full` "
