@@ -201,5 +201,5 @@ def test_weighted_mean_ignores_unweighted_and_non_finite_values():
     assert weighted_mean([1.0, 100.0, float("nan")], [2, 0, 5]) == pytest.approx(1.0)
     assert np.isnan(weighted_mean([], [])) and np.isnan(weighted_mean([float("nan")], [1]))
     assert np.isnan(weighted_mean([5.0], [0]))          # a site that trained on nothing weighs nothing
-    with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedprox, fedadam, fedyogi"):
+    with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedprox, fedavgm, fedadam, fedyogi"):
         ServerOptimizer("fedsgd")  # type: ignore[arg-type]
