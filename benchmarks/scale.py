@@ -217,10 +217,10 @@ def message_latencies(rows: list[dict], audit_logs: list[Path]) -> list[dict]:
     for path in audit_logs:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            m = r.get("metrics", {}).get("metrics", {})
-            if "site-seconds" in m:
+            seconds = (r.get("body") or {}).get("site_seconds")   # the reply's body, as the site logged it
+            if seconds is not None:
                 replies[(path.parent.name, int(r["group_id"]), r["message_type"])] = {"end": r["time"],
-                                                                                    "seconds": m["site-seconds"]}
+                                                                                    "seconds": seconds}
     out = []
     for row in rows:
         st = row["stage_seconds"]

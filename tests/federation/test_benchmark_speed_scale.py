@@ -79,9 +79,9 @@ def test_message_latencies_from_the_outgoing_logs(tmp_path):
     # 1000.5, ends 1006.5; the row is stamped at 1007, the final evaluate sent then and ends at 1009.5
     rows = [_row(2, 1000.0), _row(3, 1007.0, last=True)]
     (tmp_path / "a").mkdir()
-    lines = [{"message_type": "train", "group_id": "2", "time": 998.0, "metrics": {"metrics": {"site-seconds": 4.0}}},
-             {"message_type": "train", "group_id": "3", "time": 1005.0, "metrics": {"metrics": {"site-seconds": 4.0}}},
-             {"message_type": "evaluate", "group_id": "3", "time": 1009.0, "metrics": {"metrics": {"site-seconds": 1.0}}},
+    lines = [{"message_type": "train", "group_id": "2", "time": 998.0, "body": {"site_seconds": 4.0}},
+             {"message_type": "train", "group_id": "3", "time": 1005.0, "body": {"site_seconds": 4.0}},
+             {"message_type": "evaluate", "group_id": "3", "time": 1009.0, "body": {"site_seconds": 1.0}},
              {"message_type": "train", "group_id": "1", "time": 5.0, "error": {"code": 4000, "reason": "x"}}]
     log = tmp_path / "a" / "outgoing-messages.jsonl"
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
