@@ -46,6 +46,7 @@ def _site(fields: dict, workdir: Path):
     return SiteConfig.model_validate({
         **fields, "name": "mia-site", "state_dir": str(workdir / "state"), "anchor_dir": str(workdir / "anchors"),
         "privacy": {"epsilon": 100.0, "delta": 1e-5, "max_grad_norm": 1.0, "allow_non_dp": True},
+        "limits": {"max_local_epochs": 1000},   # every epoch in one round: the audit's site allows it
         "connection": {"superlink": "127.0.0.1:8000"}})
 
 
@@ -154,7 +155,7 @@ def run_setting(site, data, pre_json: str, *, epsilon: float | None, epochs: int
     torch.manual_seed(seed)
     model = build(data.tasks)
     ins = Instruction(job_id=f"{seed:016x}", server_round=1, num_server_rounds=1, local_epochs=epochs, lr=lr,
-                      batch_size=batch, proximal_mu=0.0, dp=epsilon is not None, train_encoders=True,
+                      batch_size=batch, proximal_mu=0.0, dp=epsilon is not None, train_encoders=True, evaluate=False,
                       update_dtype="float32", seed=seed, model_config_json=model.config.model_dump_json(),
                       preprocess_config_json=pre_json)
     started = time.perf_counter()

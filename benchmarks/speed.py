@@ -224,7 +224,7 @@ def site_round(site, data, *, dp: bool, batch: int, seed: int, profile: bool = F
                          noise_multiplier=1.0 if dp else None, history=[] if dp else None, seed=seed,
                          train_encoders=train_encoders)
     if profile:
-        evaluate(model if not dp else compact_model(data.tasks), data, site, bins=20)
+        evaluate(model if not dp else compact_model(data.tasks), data, site)
     return result
 
 
