@@ -52,11 +52,6 @@ STALE = {
     "membership_inference.json": "ran before the compact profile read millimetres and before a site's training moved "
                                  "into lsemvae/federation/site_round; rerun `python -m benchmarks.membership_inference` "
                                  "(~8 min here)",
-    "membership_inference_ptbxl.json": "ran before the compact profile read millimetres and before a site's training "
-                                       "moved into lsemvae/federation/site_round; rerun "
-                                       "`python -m benchmarks.membership_inference --site-config "
-                                       "configs/sites/ptbxl-site1.toml --records 240 --out "
-                                       "benchmarks/results/membership_inference_ptbxl.json` (~2 min here)",
 }
 
 

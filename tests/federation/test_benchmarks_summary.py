@@ -130,7 +130,8 @@ def test_paired_contrasts_resample_records_and_seeds():
     assert abs(harness.contrast(y, [good, bad], [bad, bad], n_boot=200)["diff"] - d["diff"]) < 1e-12
 
 
-def test_membership_files_found_by_pattern_flagged_stale_and_make_run_beside_exact(tmp_path):
+def test_membership_files_found_by_pattern_flagged_stale_and_make_run_beside_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(summarise, "STALE", {"membership_inference_ptbxl.json": "ran before X; rerun `Y`"})
     res = tmp_path / "results"
     res.mkdir()
     attack = {"auroc": 0.78, "auroc_ci95": [0.72, 0.84]}
@@ -147,8 +148,8 @@ def test_membership_files_found_by_pattern_flagged_stale_and_make_run_beside_exa
     attacks = _rows(mia.split("Held-out AUROC")[0])
     assert "0.780 [0.720, 0.840]" in attacks["synthetic site"] and "ptbxl" in attacks
     assert "`python -m benchmarks.membership_inference --out membership_inference_ptbxl.json`" in mia
-    assert "`results/membership_inference.json`: ran before" in mia.split("**Stale**")[1]   # with what refreshes it
-    assert "`results/membership_inference_ptbxl.json`: ran before" in mia
+    assert "**Stale**: `results/membership_inference_ptbxl.json`: ran before X; rerun `Y`." in mia   # found by pattern
+    assert "`results/membership_inference.json`:" not in mia
     private = _section(readme, ". What private evaluation costs")
     assert "| 0.974 / 0.877 | 7.990 |" in _rows(private)["d (defaults)"]
     assert "Other results files" not in readme                       # every file has its section
