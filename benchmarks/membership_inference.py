@@ -15,7 +15,7 @@ noise, the round recorded in its privacy ledger). The achieved epsilon is the si
 model starts from a random initialisation (no pretraining), the setting in which a small site's
 fine-tuning memorises most.
 
-    python -m benchmarks.membership_inference            # synthetic site, no DP / eps 8 / eps 1 (~5 min here)
+    python -m benchmarks.membership_inference            # synthetic site, no DP / eps 8 / eps 1 (~2 min here)
     python -m benchmarks.membership_inference --quick    # smaller, fewer epochs (~1-2 min)
     python -m benchmarks.membership_inference --site-config configs/sites/ptbxl-site1.toml --records 240 \
         --out benchmarks/results/membership_inference_ptbxl.json                      # a real PTB-XL site

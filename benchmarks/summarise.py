@@ -49,9 +49,6 @@ STALE = {
                             "(lsemvae/federation run_rounds over in-process sites); rerun `python -m "
                             "benchmarks.privacy_utility --only synthetic,synthetic-probe` and `--only real,real-full` "
                             "(hours on 2 cores)",
-    "membership_inference.json": "ran before the compact profile read millimetres and before a site's training moved "
-                                 "into lsemvae/federation/site_round; rerun `python -m benchmarks.membership_inference` "
-                                 "(~8 min here)",
 }
 
 
