@@ -31,7 +31,7 @@ test: $(STAMP)
 # benchmarks/README.md (one table per issue-5 section) from benchmarks/results/*.json; runs no benchmark.
 # Needs only matplotlib: the .venv of `make setup` if present, else $(PY).
 benchmarks-summary:
-	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/summarise.py
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) -m benchmarks.summarise
 
 # Mutation testing of the modules the privacy and fault guarantees rest on, each group driven by its fast tests
 # (hours on 2 cores, incremental afterwards; not in CI). Writes benchmarks/results/mutation.md and fails on a

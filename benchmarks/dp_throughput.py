@@ -9,8 +9,8 @@ same batch sizes); ``-fastconv`` modes use :func:`lsemvae.privacy.dp.conv1d_grad
 Conv1d per-sample gradients instead of Opacus' im2col-based one. Modes are interleaved over repeats and the median is kept, which matters on a
 shared 2-core machine.
 
-    python benchmarks/dp_throughput.py                    # defaults, < 2 min
-    python benchmarks/dp_throughput.py --batch-sizes 32 64 128 --steps 8 --repeats 3
+    python -m benchmarks.dp_throughput                    # defaults, < 2 min
+    python -m benchmarks.dp_throughput --batch-sizes 32 64 128 --steps 8 --repeats 3
 
 Writes benchmarks/results/dp_throughput.json (or --out).
 """
@@ -18,13 +18,10 @@ Writes benchmarks/results/dp_throughput.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -32,8 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lsemvae.privacy.dp import make_private  # noqa: E402
+from benchmarks import harness as H
+from lsemvae.privacy.dp import make_private
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF")
 MODES = ("non-dp", "hooks", "hooks-fastconv", "functorch", "ghost", "ghost-fastconv")
@@ -103,7 +100,8 @@ def time_mode(mode: str, batch_size: int, steps: int, warmup: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dp_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64], help="batch sizes to time")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
@@ -111,9 +109,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dp_throughput.json"
+        "--out", type=Path, default=H.RESULTS / "dp_throughput.json"
     )
     args = parser.parse_args(argv)
+    started = time.monotonic()
     torch.set_num_threads(args.threads)
 
     runs = {(b, m): [] for b in args.batch_sizes for m in args.modes}
@@ -139,26 +138,10 @@ def main(argv=None) -> int:
                 }
             )
             print(f"batch {b:4d}  {m:15s} {med:8.1f} ECG/s" + (f"  {ratio:6.1%} of non-DP" if base else ""))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "what": "training throughput, per-lead conv encoders (compact profile shape), 6 leads x 1000 samples",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__,
-                "threads": args.threads,
-                "load_average_at_end": list(os.getloadavg()),
-                "machine": platform.machine(),
-                "steps": args.steps,
-                "warmup": args.warmup,
-                "repeats": args.repeats,
-                "command": "python benchmarks/dp_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "results": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    H.write_results(args.out, H.meta("dp_throughput", argv, started), {
+        "what": "training throughput, per-lead conv encoders (compact profile shape), 6 leads x 1000 samples",
+        "threads": args.threads, "load_average_at_end": list(os.getloadavg()), "steps": args.steps,
+        "warmup": args.warmup, "repeats": args.repeats, "results": results})
     print(f"wrote {args.out}")
     return 0
 

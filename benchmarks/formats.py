@@ -10,8 +10,8 @@
   recording, e.g. an artefact over 10 mV), refused with a reason (counted by reason), or a traceback
   (any other exception).
 
-    python benchmarks/formats.py                 # ~1 min on 2 shared cores
-    python benchmarks/formats.py --repeats 5     # quicker
+    python -m benchmarks.formats                 # ~1 min on 2 shared cores
+    python -m benchmarks.formats --repeats 5     # quicker
 
 Writes benchmarks/results/formats.json (or --out).
 """
@@ -19,28 +19,22 @@ Writes benchmarks/results/formats.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import traceback
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
+from lsemvae.data.readers import read_record, sniff_format
+from lsemvae.errors import RecordError
+from lsemvae.leads import check_limb_identities
 
-from lsemvae.data.readers import read_record, sniff_format  # noqa: E402
-from lsemvae.errors import RecordError  # noqa: E402
-from lsemvae.leads import check_limb_identities  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
+SHARED = H.SHARED_DATA
 
 
 def pydicom_files() -> list[Path]:
@@ -107,19 +101,14 @@ def corpus() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20, help="timed reads per format")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "formats.json")
+    p.add_argument("--out", type=Path, default=H.RESULTS / "formats.json")
     args = p.parse_args(argv)
-    result = {
-        "command": "python benchmarks/formats.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "speed": speed(args.repeats),
-        "corpus": corpus(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    started = time.monotonic()
+    body = {"speed": speed(args.repeats), "corpus": corpus()}
+    result = H.write_results(args.out, H.meta("formats", argv, started), body)
     for row in result["speed"]:
         print(f"{row['format']:12s} {row['records_per_s']:8.1f} records/s ({row['median_s'] * 1000:.1f} ms a read)")
     for name, part in result["corpus"].items():

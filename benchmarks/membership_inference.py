@@ -15,9 +15,10 @@ noise, the round recorded in its privacy ledger). The achieved epsilon is the si
 model starts from a random initialisation (no pretraining), the setting in which a small site's
 fine-tuning memorises most.
 
-    python benchmarks/membership_inference.py            # synthetic site, no DP / eps 8 / eps 1 (~5 min here)
-    python benchmarks/membership_inference.py --quick    # smaller, fewer epochs (~1-2 min)
-    python benchmarks/membership_inference.py --site-config configs/sites/ptbxl-site1.toml   # a real PTB-XL site
+    python -m benchmarks.membership_inference            # synthetic site, no DP / eps 8 / eps 1 (~2 min here)
+    python -m benchmarks.membership_inference --quick    # smaller, fewer epochs (~1-2 min)
+    python -m benchmarks.membership_inference --site-config configs/sites/ptbxl-site1.toml --records 240 \
+        --out benchmarks/results/membership_inference_ptbxl.json                      # a real PTB-XL site
 
 Writes benchmarks/results/membership_inference.json (or --out).
 """
@@ -25,20 +26,16 @@ Writes benchmarks/results/membership_inference.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks import harness as H
 
 TASKS = ("right_heart", "left_atrial")
 
@@ -49,6 +46,7 @@ def _site(fields: dict, workdir: Path):
     return SiteConfig.model_validate({
         **fields, "name": "mia-site", "state_dir": str(workdir / "state"), "anchor_dir": str(workdir / "anchors"),
         "privacy": {"epsilon": 100.0, "delta": 1e-5, "max_grad_norm": 1.0, "allow_non_dp": True},
+        "limits": {"max_local_epochs": 1000},   # every epoch in one round: the audit's site allows it
         "connection": {"superlink": "127.0.0.1:8000"}})
 
 
@@ -157,7 +155,7 @@ def run_setting(site, data, pre_json: str, *, epsilon: float | None, epochs: int
     torch.manual_seed(seed)
     model = build(data.tasks)
     ins = Instruction(job_id=f"{seed:016x}", server_round=1, num_server_rounds=1, local_epochs=epochs, lr=lr,
-                      batch_size=batch, proximal_mu=0.0, dp=epsilon is not None, train_encoders=True,
+                      batch_size=batch, proximal_mu=0.0, dp=epsilon is not None, train_encoders=True, evaluate=False,
                       update_dtype="float32", seed=seed, model_config_json=model.config.model_dump_json(),
                       preprocess_config_json=pre_json)
     started = time.perf_counter()
@@ -179,8 +177,19 @@ def run_setting(site, data, pre_json: str, *, epsilon: float | None, epochs: int
     return row
 
 
+def summary(rows: list[dict]) -> dict:
+    out = {}
+    for row in rows:
+        a = row["attack"]
+        eps = f" (ledger {row['achieved_epsilon']:.2f})" if row.get("achieved_epsilon") else ""
+        out[f"{row['setting']}{eps}: attack AUROC [95% CI]"] = \
+            f"{a['auroc']:.3f} [{a['auroc_ci95'][0]:.3f}, {a['auroc_ci95'][1]:.3f}]"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.membership_inference", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer records and epochs (a smoke run, ~1-2 min)")
     p.add_argument("--site-config", type=Path, help="a site TOML (e.g. configs/sites/ptbxl-site1.toml) instead of "
                    "the synthetic site")
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--epsilons", default="8,1", help="comma-separated DP targets (delta 1e-5), besides no DP")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "membership_inference.json")
+    p.add_argument("--out", type=Path, default=H.RESULTS / "membership_inference.json")
     args = p.parse_args(argv)
     if args.quick:
         args.records, args.epochs = min(args.records, 96), min(args.epochs, 8)
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     from lsemvae.federation.runtime import load_site_data
     from lsemvae.model.config import get_profile
 
-    started = time.perf_counter()
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mia-") as tmp:
         work = Path(tmp)
         if args.site_config:
@@ -228,13 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                     "guarantee is the accountant's epsilon, this audit is a sanity check that nothing bypasses it.",
         "data": str(args.site_config) if args.site_config else f"synthetic site ({args.records} records, seed {args.seed})",
         "delta": site.privacy.delta, "max_grad_norm": site.privacy.max_grad_norm, "quick": args.quick,
-        "settings": rows, "seconds": round(time.perf_counter() - started, 1),
-        "command": "python benchmarks/membership_inference.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
+        "settings": rows, "summary": summary(rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out} ({result['seconds']} s)")
+    H.write_results(args.out, H.meta("membership_inference", argv, started), result)
+    print(f"wrote {args.out} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

@@ -10,17 +10,14 @@ After each round (a new line in metrics.jsonl) it records each process's RSS, th
 rounds ``--skip``..N: the slope (MB per round) says whether memory is flat. In a deployment each
 ClientApp message runs in a fresh process, so the simulation's long-lived actors are the harder case.
 
-    python benchmarks/memory_rounds.py                 # 30 rounds, 2 sites, DP (~3-6 min here)
-    python benchmarks/memory_rounds.py --rounds 10     # quicker
+    python -m benchmarks.memory_rounds                 # 30 rounds, 2 sites, DP (~3-6 min here)
+    python -m benchmarks.memory_rounds --rounds 10     # quicker
 Writes benchmarks/results/memory_rounds.json (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,68 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
 
-from tests.federation.helpers import write_checkpoint as tiny_checkpoint  # noqa: E402  (same narrow model as the tests)
-
-ROLES = {"server": "flwr-simulation", "site": "ClientAppActor", "superlink": "flower-superlink"}
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def descendants(root: int) -> list[int]:
-    kids, out, todo = _children(), [], [root]
-    while todo:
-        pid = todo.pop()
-        for child in kids.get(pid, []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def sample(root: int) -> dict[str, dict[int, float]]:
-    """RSS (MB) of every process of each role under ``root``."""
-    out: dict[str, dict[int, float]] = {role: {} for role in ROLES}
-    for pid in descendants(root):
-        cmd = cmdline(pid)
-        for role, needle in ROLES.items():
-            if needle in cmd:
-                mb = rss_mb(pid)
-                if mb is not None:
-                    out[role][pid] = mb
-    return out
+ROLES = H.SIMULATION_ROLES
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -121,14 +59,15 @@ def summarise(per_round: list[dict], rounds: int, skip: int) -> tuple[dict, bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory_rounds", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--sites", type=int, default=2)
     p.add_argument("--records", type=int, default=16, help="synthetic records per site")
     p.add_argument("--no-dp", action="store_true", help="train without DP (default: DP)")
     p.add_argument("--skip", type=int, default=3, help="warm-up rounds left out of the slope")
     p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory_rounds.json")
+    p.add_argument("--out", type=Path, default=H.RESULTS / "memory_rounds.json")
     args = p.parse_args(argv)
     if args.rounds <= args.skip + 2:
         p.error(f"--rounds must exceed --skip + 2 ({args.skip + 2})")
@@ -136,16 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="memrounds-") as tmp:
         work = Path(tmp)
-        ckpt = tiny_checkpoint(work / "ckpt.pt")
+        ckpt = H.narrow_checkpoint(work / "ckpt.pt")
         sim_out = work / "sim"
-        cmd = [sys.executable, str(REPO / "simulation" / "run.py"), "--sites", str(args.sites), "--records",
+        cmd = [sys.executable, str(H.REPO / "simulation" / "run.py"), "--sites", str(args.sites), "--records",
                str(args.records), "--rounds", str(args.rounds), "--batch-size", "8", "--epsilon", "50",
-               "--checkpoint", str(ckpt), "--out", str(sim_out), "--round-timeout", "300"]
+               "--checkpoint", str(ckpt), "--out", str(sim_out), "--round-timeout", "300",
+               "--eval-min-cell", "1"]   # tiny sites: evaluate (from 2 records on), as larger ones do
         if args.no_dp:
             cmd.append("--no-dp")
         print("running:", " ".join(cmd), flush=True)
-        log = open(work / "simulation.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = H.start(cmd, work / "simulation.log")
         per_round: list[dict] = []
         peak: dict[str, float] = {role: 0.0 for role in ROLES}
         stop = threading.Event()
@@ -154,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = sim_out / "server" / "metrics.jsonl"
             done = 0
             while not stop.is_set():
-                snap = sample(proc.pid)
+                snap = H.rss_by_role(proc.pid)
                 for role, rows in snap.items():
                     if rows:
                         peak[role] = max(peak[role], max(rows.values()))
@@ -179,21 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop.set()
             watcher.join(timeout=5)
-            if proc.poll() is None:
-                # The SuperLink runs in its own session: remember every descendant before stopping the launcher.
-                spawned = descendants(proc.pid)
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
-                for pid in spawned:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            log.close()
+            H.stop(proc, grace=30)   # the SuperLink runs in a session of its own: stop() ends it too
         tail = (work / "simulation.log").read_text()[-3000:]
     if rc != 0 or len(per_round) < args.rounds:
         print(tail, file=sys.stderr)
@@ -211,14 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         "flat": flat,
         "flat_rule": "|second-half slope| x fitted rounds < max(5% of the first fitted RSS, 20 MB) for every role",
         "summary": summary, "per_round": per_round,
-        "seconds": round(time.monotonic() - started, 1),
-        "command": "python benchmarks/memory_rounds.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    H.write_results(args.out, H.meta("memory_rounds", argv, started), result)
     for role, v in summary.items():
         print(f"{role:>9}: {v['first_mb']:.0f} -> {v['last_mb']:.0f} MB, slope {v['slope_mb_per_round']:+.2f} MB/round")
-    print(f"memory {'flat' if flat else 'GROWS'}; wrote {args.out} ({result['seconds']} s)")
+    print(f"memory {'flat' if flat else 'GROWS'}; wrote {args.out} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

@@ -7,8 +7,8 @@ LUDB, 40 epochs), then fully fine-tuned on the 6 limb leads for the five diagnos
 checkpoint. ``ptbxl_accuracy.py`` then measures the chosen defaults on the test fold.
 
 Usage (from the repo root; about 30 min on 2 cores for every variant):
-    .venv/bin/python benchmarks/model_variants.py
-    .venv/bin/python benchmarks/model_variants.py --variants reference standardised   # a subset
+    .venv/bin/python -m benchmarks.model_variants
+    .venv/bin/python -m benchmarks.model_variants --variants reference standardised   # a subset
 Writes benchmarks/results/model_variants.json (a subset run keeps the other variants' rows).
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import ptbxl_accuracy as bench  # noqa: E402
+from benchmarks import harness as H
+from benchmarks import ptbxl_accuracy as bench
+
+REPO = H.REPO
 
 #: name -> (what it changes, model overrides, fine-tuning recipe overrides, pretraining recipe overrides); a variant
 #: with model (other than head) or pretraining overrides is pretrained anew, the others reuse the reference checkpoint
@@ -71,17 +70,18 @@ def model_overrides(overrides: dict) -> dict:
 
 def main(argv=None) -> int:
     shared = REPO.parent / "shared" / "data"
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.model_variants", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--ptbxl", type=Path, default=shared / "ptb-xl")
     p.add_argument("--ludb", type=Path, default=shared / "ludb")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "variants")
     p.add_argument("--jobs", type=int, default=2, help="parallel single-threaded processes")
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "model_variants.json")
+    p.add_argument("--output", type=Path, default=H.RESULTS / "model_variants.json")
     args = p.parse_args(argv)
     args.pretrain_epochs, args.finetune_epochs, args.patience = 40, 40, 10
-    t0 = time.time()
+    t0 = time.monotonic()
     bench.load_data(args)  # build the reference caches once, before the workers read them
     args.work_dir.mkdir(parents=True, exist_ok=True)
     pretrained, rows = {}, []
@@ -109,11 +109,11 @@ def main(argv=None) -> int:
             r = fut.result()
             rows.append({"variant": name, **{k: r[k] for k in ("fraction", "seed", "val_macro_auroc", "best_epoch", "seconds")}})
             print(f"{name:16s} labels {r['fraction']:.0%} seed {r['seed']}: val {r['val_macro_auroc']:.3f}", flush=True)
-    write(args, rows, pretrained, time.time() - t0)
+    write(args, rows, pretrained, t0)
     return 0
 
 
-def write(args, rows: list[dict], pretrained: dict, seconds: float) -> None:
+def write(args, rows: list[dict], pretrained: dict, started: float) -> None:
     from lsemvae.train.checkpoint import load_checkpoint
     keep = ("epoch", "val_r2_mean", "val_r2_precordial_from_limb", "val_active_dims", "val_kl")
     old = json.loads(args.output.read_text()) if args.output.exists() else {"variants": {}}
@@ -135,14 +135,11 @@ def write(args, rows: list[dict], pretrained: dict, seconds: float) -> None:
     for v in variants.values():
         own_ref = v.get("reference_val_macro_auroc_mean", ref)
         v["vs_reference"] = {k: round(x - own_ref[k], 4) for k, x in v["val_macro_auroc_mean"].items() if k in own_ref}
-    result = {"benchmark": "model_variants",
-              "selection": "PTB-XL fold-9 validation macro AUROC only, mean of seeds 0-1, full fine-tuning, "
+    result = {"selection": "PTB-XL fold-9 validation macro AUROC only, mean of seeds 0-1, full fine-tuning, "
                            "6 limb leads, superclass; fold 10 (test) never scored",
-              "note": old.get("note", ""), "variants": variants, "runtime_seconds": round(seconds),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
-              "command": "python benchmarks/model_variants.py --variants " + " ".join(args.variants)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+              "note": old.get("note", ""), "variants": variants, "runtime_seconds": round(time.monotonic() - started),
+              "torch_threads_per_process": 1}
+    H.write_results(args.output, H.meta("model_variants", ["--variants", *args.variants], started), result)
     for name, v in variants.items():
         print(f"{name:16s} " + "  ".join(f"{k} {x:.3f} ({v['vs_reference'].get(k, 0):+.3f})"
                                          for k, x in v["val_macro_auroc_mean"].items()))

@@ -6,8 +6,8 @@ For each fine-tuning mode (probe: frozen encoders; full: everything) and seed, o
     lsemvae finetune --ptbxl ROOT --checkpoint NAME --mode MODE --leads 6L --seed S --out WORK/MODE-sS
     lsemvae evaluate --checkpoint WORK/MODE-sS/model.pt --ptbxl ROOT --split test --out WORK/MODE-sS/eval
 
-then the seed-mean fold-10 macro AUROC with a bootstrap 95% CI (benchmarks/ptbxl_accuracy.py's
-seed_mean_bootstrap: identical stratified resamples for every seed), each seed's AUROC and CI as
+then the seed-mean fold-10 macro AUROC with a bootstrap 95% CI (:func:`benchmarks.harness.seed_mean_bootstrap`:
+identical stratified resamples for every seed), each seed's AUROC and CI as
 `lsemvae evaluate` reports them, and the reconstruction R² of V1-V6 from the 6 limb leads as `lsemvae
 evaluate` reports it (from the probe models: their encoders and decoders are the pretrained ones).
 
@@ -15,8 +15,8 @@ Writes benchmarks/results/pretrained_card.json and the card's evaluation (checkp
 the checkpoint folder; the weights are not touched).
 
 Usage (from the repo root, ~10 min on 2 shared cores):
-    .venv/bin/python benchmarks/pretrained_card.py                       # compact-ptbxl-ludb, 3 seeds
-    .venv/bin/python benchmarks/pretrained_card.py --checkpoint runs/pretrained/my-ckpt --no-update
+    .venv/bin/python -m benchmarks.pretrained_card                       # compact-ptbxl-ludb, 3 seeds
+    .venv/bin/python -m benchmarks.pretrained_card --checkpoint runs/pretrained/my-ckpt --no-update
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
+from benchmarks.harness import seed_mean_bootstrap
 
-from ptbxl_accuracy import seed_mean_bootstrap  # noqa: E402  (this folder is on sys.path)
+REPO = H.REPO
 
 TASK = "superclass"
 PRECORDIAL = ("V1", "V2", "V3", "V4", "V5", "V6")
@@ -103,7 +103,7 @@ def card_entries(summary: dict, runs: list[dict], seeds: list[int]) -> list[dict
                     f"Seeds {seeds_text}; the CI is a bootstrap over test records (1,000 stratified resamples, the same "
                     "for every seed) of the seed-mean AUROC.",
         "metric": "test_macro_auroc", "figures": summary["auroc"], "rows": rows,
-        "commands": ["python benchmarks/pretrained_card.py        # all of the following, and this card", ""]
+        "commands": ["python -m benchmarks.pretrained_card        # all of the following, and this card", ""]
                     + [c for r in runs if r["seed"] == seeds[0] for c in r["commands"]]
                     + [f"(and the same with --seed {', '.join(map(str, seeds[1:]))})"] * (len(seeds) > 1),
     }]
@@ -124,14 +124,15 @@ def card_entries(summary: dict, runs: list[dict], seeds: list[int]) -> list[dict
 
 def main(argv=None) -> int:
     shared = REPO.parent / "shared" / "data"
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pretrained_card", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="compact-ptbxl-ludb", help="shipped name or checkpoint folder")
     p.add_argument("--ptbxl", type=Path, default=shared / "ptb-xl")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "pretrained-card")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", choices=["probe", "full"], default=["probe", "full"])
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "pretrained_card.json")
+    p.add_argument("--output", type=Path, default=H.RESULTS / "pretrained_card.json")
     p.add_argument("--no-update", action="store_true", help="do not write the figures into the checkpoint's card")
     args = p.parse_args(argv)
     from lsemvae.pretrained import locate, read_meta
@@ -139,17 +140,14 @@ def main(argv=None) -> int:
 
     folder = locate(args.checkpoint)
     meta = read_meta(folder)
-    t0 = time.time()
+    t0 = time.monotonic()
     runs = [run_one(args, mode, seed) for mode in args.modes for seed in args.seeds]
     summary = summarise(runs)
     entries = card_entries(summary, runs, args.seeds)
-    result = {"benchmark": "pretrained_card", "checkpoint": meta["name"], "sha256": meta["weights"]["sha256"],
-              "command": "python benchmarks/pretrained_card.py" + ("" if argv is None else " " + shlex.join(argv)),
+    result = {"checkpoint": meta["name"], "sha256": meta["weights"]["sha256"],
               "summary": summary, "evaluation": entries,
-              "runs": [{k: v for k, v in r.items() if k != "reconstruction"} for r in runs],
-              "runtime_seconds": round(time.time() - t0)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+              "runs": [{k: v for k, v in r.items() if k != "reconstruction"} for r in runs]}
+    H.write_results(args.output, H.meta("pretrained_card", argv, t0), result)
     for mode, f in summary["auroc"].items():
         print(f"{mode}: fold-10 macro AUROC {f['mean']:.3f} [{f['ci'][0]:.3f}, {f['ci'][1]:.3f}] "
               f"(seeds {', '.join(f'{v:.3f}' for v in f['per_seed'])})")
@@ -160,7 +158,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"{folder}: its weights changed during the run: card not updated")
         write_meta(folder, {**meta, "evaluation": entries})
         print(f"card updated: {folder}")
-    print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+    print(f"wrote {args.output} in {time.monotonic() - t0:.0f} s")
     return 0
 
 

@@ -1,68 +1,89 @@
 """Privacy-utility curve (issue 5, item 3): federated AUROC at epsilon 0.5, 1, 2, 4, 8 and without DP.
 
-    python benchmarks/privacy_utility.py                       # synthetic, real, real-full (~40 min here)
-    python benchmarks/privacy_utility.py --only real           # one cohort; the others' results are kept
+    python -m benchmarks.privacy_utility                       # synthetic, real, real-full (~40 min here)
+    python -m benchmarks.privacy_utility --only real           # one cohort; the others' results are kept
 
 Cohorts (delta 1e-5 at every site):
 
 * ``synthetic``: 5 sites x 4,000 = 20,000 synthetic records generated at 100 Hz (the 5-site spec of
-  benchmarks/federation.py with every site a 6-lead device: fine-tuning is on the limb leads, and
+  the benchmarks, :func:`benchmarks.harness.five_site_spec`, with every site a 6-lead device: fine-tuning is on the limb leads, and
   6-lead DP-SGD is what fits the compute budget), half of each site's patients held out for
   evaluation; tasks right_heart, left_atrial.
-* ``real``: PTB-XL subset split by recording site + LUDB, 6 limb leads (benchmarks/federation.py's
-  real sites); tasks superclass (PTB-XL sites) and left_atrial_lvh (all sites). The run-config default
+* ``real``: PTB-XL subset split by recording site + LUDB, 6 limb leads (:func:`benchmarks.harness.real_sites`); tasks superclass (PTB-XL sites) and left_atrial_lvh (all sites). The run-config default
   (train-encoders = auto: under DP only fusion + heads train); ``real-full`` trains the encoders under DP
   too, for comparison; ``synthetic-probe`` is the synthetic cohort with train-encoders = false.
 
-Every setting is a fresh federated run from the same pretrained checkpoint (FedAvg, batch 32,
-lr 1e-3, 1 local epoch per round; rounds per cohort in the JSON): each site plans its noise
-multiplier once for all rounds to end at the target epsilon and records every round in its own new
-privacy ledger; the epsilon reported per site is the ledger's, recomputed by Opacus' RDP accountant
-from the recorded (noise multiplier, sample rate, steps) history, not the target. AUROC is exact on
-the pooled evaluation splits. The runs use benchmarks/federation.py's harness (the ClientApp's and
-ServerApp's functions in one process). Writes benchmarks/results/privacy_utility.json, .md and .png.
+Every setting is a fresh federated job from the same pretrained checkpoint (FedAvg, batch 32,
+lr 1e-3, 1 local epoch per round; rounds per cohort in the JSON) through the library's own round
+(:func:`benchmarks.harness.federate`: ``run_rounds`` over ``InProcessSites``, every site in a fresh
+state dir): each site plans its noise multiplier once per job to end at the target epsilon (its whole
+budget: ``epsilon = run_epsilon = target``) and records every round in its new privacy ledger; the
+epsilon reported per site is the ledger's, recomputed by Opacus' RDP accountant from the recorded
+(noise multiplier, sample rate, steps) history, not the target. The sites' noise ceiling
+(``privacy.max_noise_multiplier``, default 5) is lifted to 1000 so that every site trains at every
+target (a real site would refuse the smallest budgets rather than send mostly noise). AUROC is exact on
+the pooled evaluation splits. Writes benchmarks/results/privacy_utility.json, .md and .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+import numpy as np
 
-import federation as H  # noqa: E402  (the harness: sites, federate, machine)
+from benchmarks import harness as H
 
 DELTA = 1e-5
+NO_CEILING = {"max_noise_multiplier": 1000.0}
+
+
+def run(sites, checkpoint, *, tasks, rounds: int, epsilon: float | None, train_encoders: bool | str, seed: int,
+        work: Path, eval_records: int | None) -> dict:
+    """One federated job; exact AUROC of its final model on the sites' held-out records."""
+    import torch
+
+    from lsemvae.train.checkpoint import load_checkpoint, preprocess_config
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    rc = {"checkpoint": str(checkpoint), "tasks": ",".join(tasks), "num-server-rounds": rounds,
+          "dp": epsilon is not None, "train-encoders": train_encoders, "seed": seed}
+    tag = ("nodp" if epsilon is None else f"eps{epsilon:g}") + f"-seed{seed}"
+    state = H.federate(sites, rc, work / "run-state" / tag,
+                       privacy=None if epsilon is None else {**H.budget(epsilon), **NO_CEILING})
+    pre = preprocess_config(load_checkpoint(str(checkpoint))).model_dump_json()
+    scores = H.exact_scores(H.model_of(state), sites, pre, limit=eval_records)
+    last = state.metrics[-1]
+    out = {"auroc": {t: H.macro_auroc(s["y"], s["p"]) for t, s in scores.items()},
+           "auroc_per_site": {site.name: {t: H.macro_auroc(s["y"][s["site"] == site.name], s["p"][s["site"] == site.name])
+                                          for t, s in scores.items() if (s["site"] == site.name).any()}
+                              for site in sites},
+           "private_auroc": last["auroc"], "seconds": round(time.monotonic() - started, 1)}
+    if epsilon is not None:
+        out["epsilon"] = {s: r["epsilon"] for s, r in last["train"].items()}
+        out["noise_multiplier"] = {s: r["noise_multiplier"] for s, r in last["train"].items()}
+    return out
 
 
 def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float], work: Path,
-          eval_per_site: int | None = None, train_encoders: bool | str = True, seeds: int = 1) -> list[dict]:
+          eval_records: int | None = None, train_encoders: bool | str = True, seeds: int = 1) -> list[dict]:
     """One row per setting; with ``seeds`` > 1 each setting runs once per run seed (head initialisation, the
-    sites' sampling and DP noise) and the row's AUROC is the seed mean (every seed's in ``per_seed``); the
-    row's other fields (per-site AUROC, rounds, noise multipliers) are seed 0's."""
-    import numpy as np
-
+    sites' batch order without DP) and the row's AUROC is the seed mean (every seed's in ``per_seed``); the
+    row's other fields (per-site AUROC, noise multipliers) are seed 0's."""
     rows = []
     for eps in [None, *epsilons]:
         label = "no DP" if eps is None else f"epsilon {eps:g}"
         print(f"-- {label}", flush=True)
-        runs = []
-        for seed in range(seeds):
-            state = work / (("ledgers-nodp" if eps is None else f"ledgers-eps{eps:g}") + f"-seed{seed}")
-            shutil.rmtree(state, ignore_errors=True)    # a fresh ledger per run: each run spends its own budget
-            runs.append(H.federate(sites, checkpoint, tasks=tasks, rounds=rounds, dp=eps is not None, epsilon=eps,
-                                   state_dir=state, eval_rounds="last", eval_per_site=eval_per_site,
-                                   train_encoders=train_encoders, seed=seed))
-            if eps is not None:
-                print(f"   seed {seed} site epsilon (ledger): "
-                      f"{', '.join(f'{s} {e:.3f}' for s, e in runs[-1]['epsilon'].items())}", flush=True)
-        row = {"setting": label, "target_epsilon": eps, **H.strip(runs[0]),
+        runs = [run(sites, checkpoint, tasks=tasks, rounds=rounds, epsilon=eps, train_encoders=train_encoders,
+                    seed=seed, work=work, eval_records=eval_records) for seed in range(seeds)]
+        for seed, r in enumerate(runs):
+            print(f"   seed {seed}: AUROC {r['auroc']}" + (f"; site epsilon (ledger) {r['epsilon']}" if eps else ""),
+                  flush=True)
+        row = {"setting": label, "target_epsilon": eps, **runs[0],
                "auroc": {t: float(np.mean([r["auroc"][t] for r in runs])) for t in tasks}}
         if seeds > 1:
             row["auroc_sd"] = {t: float(np.std([r["auroc"][t] for r in runs], ddof=1)) for t in tasks}
@@ -76,31 +97,28 @@ def curve(sites, checkpoint: Path, *, tasks, rounds: int, epsilons: list[float],
 def run_synthetic(args, *, train_encoders: bool = True) -> dict:
     work = args.out / f"synthetic-{5 * args.records}"
     spec = H.five_site_spec(args.records, fs=100, leads="6L")
-    sites = H.load_sites(H.synthetic_sites(spec, work, val_fraction=args.synthetic_eval_share, delta=DELTA),
-                         args.synthetic_checkpoint)
+    sites = H.load_sites(H.synthetic_sites(spec, work, val_fraction=args.synthetic_eval_share, delta=DELTA))
     return {"data": f"synthetic, 5 sites x {args.records} records = {5 * args.records}, 100 Hz, 6 leads; "
                     f"{args.synthetic_eval_share:.0%} of each site's patients held out, "
                     f"{args.synthetic_eval_records} of them per site scored"
                     + ("" if train_encoders else "; run-config train-encoders = false: only fusion + heads train"),
             "n_records": 5 * args.records, "checkpoint": str(args.synthetic_checkpoint), "tasks": list(H.SYNTH_TASKS),
-            "rounds": args.synthetic_rounds,
-            "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
+            "rounds": args.synthetic_rounds, "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA,
             "train_encoders": train_encoders,
             "settings": curve(sites, args.synthetic_checkpoint, tasks=H.SYNTH_TASKS, rounds=args.synthetic_rounds,
-                              epsilons=args.epsilons, work=work, eval_per_site=args.synthetic_eval_records,
+                              epsilons=args.epsilons, work=work, eval_records=args.synthetic_eval_records,
                               train_encoders=train_encoders)}
 
 
 def run_real(args, *, train_encoders: bool | str = "auto") -> dict:
     work = args.out / "real-6L"
-    sites = H.load_sites(H.real_sites(work, delta=DELTA), args.real_checkpoint)
+    sites = H.load_sites(H.real_sites(work, delta=DELTA))
     how = {"auto": "run-config train-encoders = auto (the default): only fusion + heads train under DP, everything "
                    "without", True: "run-config train-encoders = true: the encoders train under DP too"}[train_encoders]
     return {"data": "PTB-XL subset by recording site (0, 1, 2+3+small) + LUDB, 6 limb leads; 20% of each site's "
                     f"patients held out; {how}",
             "checkpoint": str(args.real_checkpoint), "tasks": list(H.REAL_TASKS), "rounds": args.real_rounds,
-            "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "labels": H.label_counts(sites),
-            "train_encoders": train_encoders,
+            "local_epochs": 1, "batch_size": 32, "lr": 1e-3, "delta": DELTA, "train_encoders": train_encoders,
             "seeds": args.real_seeds,
             "settings": curve(sites, args.real_checkpoint, tasks=H.REAL_TASKS, rounds=args.real_rounds,
                               epsilons=args.epsilons, work=work, train_encoders=train_encoders, seeds=args.real_seeds)}
@@ -131,12 +149,13 @@ def summarise(results: dict) -> dict:
 
 def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_encoders: bool = True) -> int:
     """Parameters a site trains under DP (its leads' encoders unless a probe, fusion, its heads; minus DP_FROZEN)."""
-    from lsemvae.federation.training import DP_FROZEN
     from lsemvae.federation.groups import group_of, groups_for
+    from lsemvae.federation.server_round import initial_state
+    from lsemvae.federation.training import DP_FROZEN
+    from lsemvae.site import federation_config
 
-    path = Path(checkpoint) if Path(checkpoint).is_absolute() else REPO / checkpoint
-    _, state = H._initial(path, tasks)   # the model the federation builds (its heads follow the run config)
-    model = H._model(state.model_config, state.model)
+    state = initial_state(federation_config({"checkpoint": checkpoint, "tasks": ",".join(tasks)}))
+    model = H.model_of(state)   # the model the federation builds (its heads follow the run config)
     groups = {g for g in groups_for(leads, tasks) if train_encoders or not g.startswith("encoders.")}
     return sum(p.numel() for n, p in model.named_parameters() if group_of(n) in groups and n not in DP_FROZEN)
 
@@ -144,7 +163,7 @@ def dp_trained_parameters(checkpoint: str, leads: tuple[str, ...], tasks, train_
 def write_markdown(results: dict, path: Path) -> None:
     """Table per cohort, and the noise-to-signal bound of one DP-SGD step: the Gaussian noise added to the
     batch's summed clipped gradients has norm ~ sigma * C * sqrt(d), the signal at most B * C."""
-    lines = ["# Privacy-utility curve (federated, FedAvg)\n", "From `python benchmarks/privacy_utility.py` (commands, "
+    lines = ["# Privacy-utility curve (federated, FedAvg)\n", "From `python -m benchmarks.privacy_utility` (commands, "
              "machine, per-site AUROC and noise multipliers in privacy_utility.json; plot privacy_utility.png). "
              "epsilon per site = the site's privacy ledger (Opacus RDP accountant over the recorded history), "
              "not the target.\n"]
@@ -173,9 +192,8 @@ def write_markdown(results: dict, path: Path) -> None:
         under = sorted({s for row in r["settings"] if row.get("epsilon") for s, e in row["epsilon"].items()
                         if e < 0.97 * row["target_epsilon"]})
         if under:
-            lines.append(f"\nLedger epsilon below 97% of the target at {', '.join(under)}: this run planned the noise with "
-                         "sample rate batch/n, while Opacus' Poisson loader samples at 1/ceil(n/batch) (fixed in the "
-                         "ClientApp and this harness since; those sites trained with more noise than their budget needed).")
+            lines.append(f"\nLedger epsilon below 97% of the target at {', '.join(under)}: those sites spent less than "
+                         "their budget (their noise was planned for more than they trained).")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
 
@@ -215,7 +233,8 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from lsemvae.leads import LIMB_LEADS
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.privacy_utility", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="synthetic,real,real-full",
                    help="comma-separated subset of " + ", ".join(COHORTS) + " (empty: only rewrite the reports)")
     p.add_argument("--epsilons", default="0.5,1,2,4,8", help="DP targets (besides no DP)")
@@ -229,33 +248,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-seeds", type=int, default=3,
                    help="run seeds per setting on the real cohort, AUROC averaged (default 3: its small sites make "
                         "one run's AUROC under DP swing by 0.1-0.3 from seed to seed)")
-    p.add_argument("--synthetic-checkpoint", type=Path, default=None)
-    p.add_argument("--real-checkpoint", type=Path, default=REPO / "runs" / "bench" / "pretrain" / "best.pt")
-    p.add_argument("--out", type=Path, default=REPO / "runs" / "bench-privacy-utility")
+    p.add_argument("--synthetic-checkpoint", type=Path, default=None,
+                   help="default: the simulation's quick synthetic pretraining (cached)")
+    p.add_argument("--real-checkpoint", default="compact-ptbxl-ludb",
+                   help="pretrained on PTB-XL folds 1-9 + LUDB (default: the shipped compact-ptbxl-ludb)")
+    p.add_argument("--out", type=Path, default=H.REPO / "runs" / "bench-privacy-utility")
     args = p.parse_args(argv)
+    started = time.monotonic()
     args.out = args.out.resolve()
     args.epsilons = [float(e) for e in args.epsilons.split(",") if e.strip()]
+    H.quiet_sites()
     if args.synthetic_checkpoint is None:
-        from simulation.run import parse_args, pretrained_checkpoint
-
-        args.synthetic_checkpoint = pretrained_checkpoint(parse_args([]))
-    path = H.RESULTS / "privacy_utility.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results = {k: v for k, v in results.items() if k in COHORTS}
+        args.synthetic_checkpoint = H.synthetic_checkpoint()
+    results = {k: v for k, v in H.read_results("privacy_utility.json").items() if k in COHORTS}
     for key in [k.strip() for k in args.only.split(",") if k.strip()] + [None]:   # None: rewrite the reports
         if key is not None:
             print(f"== {key}", flush=True)
-            started = time.monotonic()
+            begun = time.monotonic()
             r = COHORTS[key](args)
             # counted now, while the checkpoint is at hand (the report of a kept cohort must not need it)
             r["dp_parameters"] = dp_trained_parameters(r["checkpoint"], LIMB_LEADS, r["tasks"],
                                                        r.get("train_encoders", True) is True)  # auto: a probe under DP
-            results[key] = r | {
-                "seconds": round(time.monotonic() - started, 1), "machine": H.machine(),
-                "command": "python benchmarks/privacy_utility.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-        out = {"summary": summarise(results), "command": "python benchmarks/privacy_utility.py", "machine": H.machine(),
-               **results}
-        path.write_text(json.dumps(out, indent=2) + "\n")
+            results[key] = r | {"seconds": round(time.monotonic() - begun, 1), "machine": H.machine(),
+                                "command": H.command_line("privacy_utility", argv)}
+        command = H.joined_commands(r.get("command") for r in results.values())
+        H.write_results(H.RESULTS / "privacy_utility.json", H.meta("privacy_utility", argv, started, command=command),
+                        {"summary": summarise(results), **results})
         plot(results, H.RESULTS / "privacy_utility.png")
         write_markdown(results, H.RESULTS / "privacy_utility.md")
     print(json.dumps(summarise(results), indent=1))

@@ -19,9 +19,9 @@ resamples for every seed and method), validation (fold 9) AUROC, and the paired 
 difference of each method against the CNN (seed-mean AUROC on identical resamples).
 
 Usage (from the repo root):
-    .venv/bin/python benchmarks/ptbxl_accuracy.py            # full run, ~40-60 min on 2 shared cores
-    .venv/bin/python benchmarks/ptbxl_accuracy.py --quick    # smoke run, a few minutes
-    .venv/bin/python benchmarks/ptbxl_accuracy.py --pretrained runs/bench/pretrain/best.pt  # reuse
+    .venv/bin/python -m benchmarks.ptbxl_accuracy            # full run, ~40-60 min on 2 shared cores
+    .venv/bin/python -m benchmarks.ptbxl_accuracy --quick    # smoke run, a few minutes
+    .venv/bin/python -m benchmarks.ptbxl_accuracy --pretrained runs/bench/pretrain/best.pt  # reuse
 Writes benchmarks/results/ptbxl_accuracy.json (or --output).
 """
 
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
+from benchmarks.harness import seed_mean_bootstrap
+
+REPO = H.REPO
 
 TASK = "superclass"
 METHODS = ("lsemvae-probe", "lsemvae-full", "random-probe", "cnn", "cnn-12l")
@@ -139,29 +139,10 @@ def run_finetune(args, method: str, fraction: float, seed: int, checkpoint: str 
     return {**row, "seconds": round(time.time() - t0, 1)}
 
 
-def seed_mean_bootstrap(y: np.ndarray, scores: list[np.ndarray], reference: list[np.ndarray] | None = None,
-                        *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Seed-mean macro AUROC with a bootstrap CI over test records (identical resamples for every
-    seed and method); with ``reference``, the paired difference of the seed means."""
-    from lsemvae.train import metrics
-    w = np.concatenate(list(metrics.bootstrap_weights(y, n_boot=n_boot, seed=seed)))
-    boot = lambda s: np.nanmean(metrics._boot_class_metrics(y, s, w)[0], axis=1)  # [n_boot] macro AUROC
-    point = float(np.mean([np.nanmean(metrics.auroc(y, s)) for s in scores]))
-    dist = np.mean([boot(s) for s in scores], axis=0)
-    out = {"mean": point, "ci": [float(np.nanpercentile(dist, 2.5)), float(np.nanpercentile(dist, 97.5))]}
-    if reference is not None:
-        ref_point = float(np.mean([np.nanmean(metrics.auroc(y, s)) for s in reference]))
-        d = dist - np.mean([boot(s) for s in reference], axis=0)
-        d = d[np.isfinite(d)]
-        out["diff_vs_cnn"] = {"diff": point - ref_point, "ci": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
-                              "p_value": float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))}
-    return out
-
-
 def command_line(args) -> str:
     work = Path(args.work_dir).resolve()
     work = "" if work == REPO / "runs" / "bench" else f" --work-dir {work.relative_to(REPO) if work.is_relative_to(REPO) else work}"
-    return ("python benchmarks/ptbxl_accuracy.py" + (" --quick" if args.quick else "") + work
+    return ("python -m benchmarks.ptbxl_accuracy" + (" --quick" if args.quick else "") + work
             + (f" --pretrained {args.pretrained}" if args.pretrained else "")
             + ("" if list(args.methods) == list(METHODS) else " --methods " + " ".join(args.methods))
             + ("" if list(args.fractions) == [1.0, 0.1] else " --fractions " + " ".join(map(str, args.fractions))))
@@ -193,17 +174,14 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
     keep = ("epoch", "val_loss", "val_recon", "val_kl", "val_r2_mean", "val_r2_precordial_from_limb",
             "val_r2_12to12", "val_r2_6to12", "val_active_dims", "latent_dim")
     return {
-        "benchmark": "ptbxl_accuracy", "quick": args.quick,
+        "quick": args.quick,
         "protocol": "PTB-XL subset (../shared/data), 6 limb leads, diagnostic superclasses (5, multilabel); "
                     "train folds 1-8, early stopping on fold 9 macro AUROC, test fold 10; pretraining on PTB-XL "
                     "folds 1-9 + LUDB (12-lead, unlabeled use, 10% of patients held out for validation); "
                     "seeds " + ",".join(map(str, sorted({r["seed"] for r in runs}))) + "; bootstrap 1000 stratified "
                     "resamples; early stopping (patience 10 epochs) waits for 300 optimizer steps",
         "pretrain": {k: pretrain_metrics.get(k) for k in keep},
-        "results": rows, "runtime_seconds": round(seconds), "jobs": args.jobs,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads per process 1",
-        # every command whose runs the file holds, in order (a --methods/--fractions rerun keeps the others)
-        "command": " ; then ".join(dict.fromkeys(r.get("command", command_line(args)) for r in runs)),
+        "results": rows, "runtime_seconds": round(seconds), "jobs": args.jobs, "torch_threads_per_process": 1,
         # a run restricted with --methods keeps the other methods' runs from WORK_DIR/runs.jsonl
         "methods_run_by_last_command": None if args.summarise_only else list(args.methods),
         "fractions_run_by_last_command": None if args.summarise_only else list(args.fractions),
@@ -213,7 +191,8 @@ def summarise(runs: list[dict], pretrain_metrics: dict, args, seconds: float) ->
 
 def main(argv=None) -> int:
     shared = REPO.parent / "shared" / "data"
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ptbxl_accuracy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ptbxl", type=Path, default=shared / "ptb-xl")
     p.add_argument("--ludb", type=Path, default=shared / "ludb")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache")
@@ -229,7 +208,7 @@ def main(argv=None) -> int:
                    help="run only these; runs of other methods (or other --fractions) already in WORK_DIR/runs.jsonl "
                         "are kept")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pretraining and 3 fine-tuning epochs, one seed")
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "ptbxl_accuracy.json")
+    p.add_argument("--output", type=Path, default=H.RESULTS / "ptbxl_accuracy.json")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. what a partial run left out)")
     p.add_argument("--summarise-only", action="store_true", help="rebuild the results file from WORK_DIR/runs.jsonl")
     args = p.parse_args(argv)
@@ -237,7 +216,7 @@ def main(argv=None) -> int:
         args.pretrain_epochs, args.finetune_epochs, args.patience, args.seeds = 2, 3, 3, [0]
         if args.output == p.get_default("output"):
             args.output = args.work_dir / "ptbxl_accuracy_quick.json"
-    t0 = time.time()
+    t0 = time.monotonic()
     runs_log = args.work_dir / ("runs-quick.jsonl" if args.quick else "runs.jsonl")
     if args.summarise_only:
         runs = [json.loads(l) for l in runs_log.read_text().splitlines()]
@@ -275,15 +254,16 @@ def main(argv=None) -> int:
 def write_results(runs: list[dict], checkpoint: str, args, t0: float) -> int:
     from lsemvae.train.checkpoint import load_checkpoint
     pretrain_metrics = load_checkpoint(checkpoint)["state"].get("best_metrics", {}) if checkpoint else {}
-    result = summarise(runs, pretrain_metrics, args, time.time() - t0)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result = summarise(runs, pretrain_metrics, args, time.monotonic() - t0)
+    # a --methods/--fractions rerun keeps the others' runs, and their commands
+    command = H.joined_commands(r.get("command", command_line(args)) for r in runs)
+    H.write_results(args.output, H.meta("ptbxl_accuracy", None, t0, command=command), result)
     for row in result["results"]:
         d = row["diff_vs_cnn"]
         print(f"{row['method']:14s} {row['label_fraction']:>4.0%}: {row['test_macro_auroc_mean']:.3f} "
               f"[{row['test_ci'][0]:.3f}, {row['test_ci'][1]:.3f}]"
               + (f"  vs CNN {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else ""))
-    print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+    print(f"wrote {args.output} in {time.monotonic() - t0:.0f} s")
     return 0
 
 

@@ -15,12 +15,14 @@
     server process' RSS after each round.
 
     Framework overhead (simulation): the engine runs P = (cores Ray sees) / (CPUs per site) = 2
-    ClientApp actors at once. For each stage (train, evaluate) the client compute is the makespan
-    of the sites' handler times on P workers (longest first, no dispatch cost): the best any
-    scheduler could do with that work. overhead = round wall - (train makespan + evaluate
-    makespan); it contains message passing, Ray dispatch, serialisation, the server's
-    aggregation/metrics and idle polling. Rounds after the first are summarised (round 1 also
-    builds each site's data cache and starts the actors).
+    ClientApp actors at once. A round is one exchange: each site's train handler also evaluates the
+    previous round's model and sends the result with its update. The client compute is the makespan of
+    the sites' handler times on P workers (longest first, no dispatch cost): the best any scheduler
+    could do with that work. overhead = round wall - client compute; it contains message passing, Ray
+    dispatch, serialisation, the server's aggregation and idle polling. Rounds after the first are
+    summarised (round 1 also builds each site's data cache, starts the actors and has no model to
+    evaluate yet). The last model's evaluation, one evaluate message after the last round, is reported
+    apart (``final_evaluate_s``).
 
 (c) Deployment: flower-superlink and 2 flower-supernode processes (``client/run.py``) on
     127.0.0.1, same model and per-site data, ``flwr run``: the same overhead with P = 2 nodes, and per
@@ -30,9 +32,9 @@
     concurrent object transfers (``--object-concurrency``) to test whether per-object latency is the cost.
     The SuperLink keeps its state in memory by default (``--superlink-db file`` for SQLite).
 
-    python benchmarks/scale.py --workers 2         # ~40 min on 2 shared cores (the 50k cache build dominates)
-    python benchmarks/scale.py --quick             # < 3 min: 1k records, 2 sites, 2 rounds, no deployment
-    python benchmarks/scale.py --records 1000 10000 --sites 2 5 --no-deployment
+    python -m benchmarks.scale --workers 2         # ~40 min on 2 shared cores (the 50k cache build dominates)
+    python -m benchmarks.scale --quick             # < 3 min: 1k records, 2 sites, 2 rounds, no deployment
+    python -m benchmarks.scale --records 1000 10000 --sites 2 5 --no-deployment
 
 Writes benchmarks/results/scale.json (or --out).
 """
@@ -44,35 +46,29 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark (a site-packages "benchmarks" shadows ours)
-from memory_rounds import descendants, sample  # noqa: E402  (process roles and RSS from /proc)
-
+REPO = H.REPO
 RESULTS = REPO / "benchmarks" / "results"
 BATCH = 32
 OVERHEAD_DEFINITION = (
     "overhead = round wall time (server, run_round start to end) - client compute, where client compute = "
-    "makespan_P(train site-seconds) + makespan_P(evaluate site-seconds), makespan_P = longest-first greedy "
-    "schedule of the sites' handler wall times on P parallel workers with zero dispatch cost; P = 2 ClientApp "
-    "actors in simulation (2 cores / 1 CPU per site), P = 2 SuperNodes in deployment (one site each). "
-    "site-seconds = wall time of the ClientApp handler from its first statement after its own imports to the "
-    "reply (read message, load data, build model, DP accounting, train or evaluate; lazy imports inside the data "
-    "layer included). Summaries use rounds 2..R (round 1 also builds site caches and starts workers).")
+    "makespan_P(train site-seconds), makespan_P = longest-first greedy schedule of the sites' handler wall times "
+    "on P parallel workers with zero dispatch cost; P = 2 ClientApp actors in simulation (2 cores / 1 CPU per "
+    "site), P = 2 SuperNodes in deployment (one site each). site-seconds = wall time of the ClientApp handler from "
+    "its first statement after its own imports to the reply (read message, load data, build model, DP accounting, "
+    "evaluate the previous round's model, train; lazy imports inside the data layer included). Summaries use "
+    "rounds 2..R (round 1 also builds site caches, starts workers and evaluates nothing); the last model's "
+    "evaluation (one evaluate message after the last round) is outside every round's wall time.")
 
 
 def load() -> list[float]:
@@ -152,9 +148,9 @@ PHASES = {"synth": phase_synth, "cache": phase_cache, "epoch": phase_epoch}
 
 def run_phase(phase: str, n: int, work: Path, extra: list[str]) -> dict:
     """Run one phase in a fresh process; its JSON line is the result (with that process' peak RSS)."""
-    cmd = [sys.executable, __file__, "--phase", phase, str(n), str(work), *extra]
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--phase", phase, str(n), str(work), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"phase {phase} {n} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -189,48 +185,53 @@ def makespan(times: list[float], workers: int) -> float:
 
 
 def round_overhead(row: dict, workers: int) -> dict:
+    """A round's wall time against its sites' handler times (train, with the previous model's evaluation)."""
     train = [t["site_seconds"] for t in row["train"].values()]
-    evals = [e["site_seconds"] for e in row["eval"].values()]
-    if any(v is None for v in train + evals):
+    if any(v is None for v in train):
         raise RuntimeError("a site reported no site-seconds: the ClientApp predates the timing metric")
     wall = row["seconds"]
-    compute = makespan(train, workers) + makespan(evals, workers)
+    compute = makespan(train, workers)
     st = row.get("stage_seconds", {})
-    return {
+    out = {
         "round": row["round"], "wall_s": round(wall, 3),
         "client_compute_parallel_s": round(compute, 3),
-        "client_compute_sum_s": round(sum(train) + sum(evals), 3),
+        "client_compute_sum_s": round(sum(train), 3),
         "train_round_sum_s": round(sum(t["train_seconds"] for t in row["train"].values()), 3),
         "overhead_s": round(wall - compute, 3), "overhead_share": round((wall - compute) / wall, 4),
         "stage_s": {k: round(v, 3) for k, v in st.items()},
-        "train_stage_overhead_s": round(st.get("train", math.nan) - makespan(train, workers), 3),
-        "evaluate_stage_overhead_s": round(st.get("evaluate", math.nan) - makespan(evals, workers), 3),
-        "site_train_s": [round(v, 3) for v in train], "site_eval_s": [round(v, 3) for v in evals],
+        "train_stage_overhead_s": round(st.get("train", math.nan) - compute, 3),
+        "site_train_s": [round(v, 3) for v in train],
     }
+    if "evaluate" in st:   # the last row: its model's evaluation came after the round
+        out["final_evaluate_s"] = round(st["evaluate"], 3)
+    return out
 
 
 def message_latencies(rows: list[dict], audit_logs: list[Path]) -> list[dict]:
     """Per round and site: seconds from the server sending a message to the site's handler starting (pre), and
     from the handler's reply being logged at the site to the server's stage ending (post). From the server's
-    stage times and each site's outgoing-message log (same machine, same clock)."""
+    stage times and each site's outgoing-message log (same machine, same clock). The final evaluate message (the
+    last row's ``evaluate`` stage) is sent when the round's row is stamped, so its pre also holds the server's
+    checkpoint of that round."""
     replies: dict[tuple[str, int, str], dict] = {}
     for path in audit_logs:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            m = r.get("metrics", {}).get("metrics", {})
-            if "site-seconds" in m:
+            seconds = (r.get("body") or {}).get("site_seconds")   # the reply's body, as the site logged it
+            if seconds is not None:
                 replies[(path.parent.name, int(r["group_id"]), r["message_type"])] = {"end": r["time"],
-                                                                                    "seconds": m["site-seconds"]}
+                                                                                    "seconds": seconds}
     out = []
     for row in rows:
         st = row["stage_seconds"]
-        train_send = row["time"] - row["seconds"] + st["wait_nodes"]
-        eval_send = train_send + st["train"] + st["aggregate"]
-        ends = {"train": train_send + st["train"], "evaluate": eval_send + st["evaluate"]}
-        sends = {"train": train_send, "evaluate": eval_send}
+        sends = {"train": row["time"] - row["seconds"] + st["wait_nodes"]}
+        ends = {"train": sends["train"] + st["train"]}
+        if "evaluate" in st:
+            sends["evaluate"] = row["time"]
+            ends["evaluate"] = row["time"] + st["evaluate"]
         for site in row["train"]:
             entry = {"round": row["round"], "site": site}
-            for kind in ("train", "evaluate"):
+            for kind in sends:
                 rep = replies.get((site, row["round"], kind))
                 if rep:
                     entry[f"{kind}_pre_s"] = round(rep["end"] - rep["seconds"] - sends[kind], 2)
@@ -248,9 +249,8 @@ def summarise_rounds(per_round: list[dict]) -> dict:
             "client_compute_sum_s": mean("client_compute_sum_s"), "overhead_s": mean("overhead_s"),
             "overhead_share": round(sum(r["overhead_s"] for r in steady) / wall, 4),
             "train_stage_overhead_s": mean("train_stage_overhead_s"),
-            "evaluate_stage_overhead_s": mean("evaluate_stage_overhead_s"),
-            "server_aggregate_plus_metrics_s": round(sum(r["stage_s"].get("aggregate", 0) + r["stage_s"].get("metrics", 0)
-                                                         for r in steady) / len(steady), 3)}
+            "server_aggregate_s": round(sum(r["stage_s"].get("aggregate", 0) for r in steady) / len(steady), 3),
+            "final_evaluate_s": next((r["final_evaluate_s"] for r in per_round if "final_evaluate_s" in r), None)}
 
 
 def compact_checkpoint(path: Path) -> Path:
@@ -288,7 +288,7 @@ class RoundWatcher:
     def _run(self) -> None:
         done = 0
         while not self._stop.is_set():
-            snap = sample(self.root)
+            snap = H.rss_by_role(self.root)
             for role, rows in snap.items():
                 if rows:
                     self.peak[role] = max(self.peak.get(role, 0.0), sum(rows.values()))
@@ -301,24 +301,6 @@ class RoundWatcher:
                 self.per_round.append({"round": rounds, "load": load(),
                                        **{f"{role}_rss_mb": round(sum(v.values()), 1) for role, v in snap.items()}})
             self._stop.wait(0.25)
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Stop a process group we started (and any descendants that left it)."""
-    if proc.poll() is not None:
-        return
-    spawned = descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    for pid in spawned:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def sites_point(n_sites: int, work: Path, args, *, dp: bool) -> dict:
@@ -338,7 +320,7 @@ def sites_point(n_sites: int, work: Path, args, *, dp: bool) -> dict:
             except subprocess.TimeoutExpired:
                 rc = None
             finally:
-                kill_tree(proc)
+                H.stop(proc, grace=30)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (out / "server" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if rc != 0 or len(rows) < args.rounds:
@@ -364,16 +346,17 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
     ``object_concurrency`` sets Flower's (private, undocumented) limits on concurrent object pushes and pulls
     (default 2) in every process: a probe of whether per-object transfer latency is what the overhead is made of.
     """
-    from tests.federation.helpers import (
-        BIN, QUIET_ENV, free_port, read_jsonl, run_config_arg, start, stop_all, wait_healthy, write_sites,
-    )
+    from lsemvae.data.synthetic import default_cohort, spec_with_overrides
+    from simulation.run import run_config_arg
 
     tmp = work / ("deployment" if object_concurrency is None else f"deployment-objects{object_concurrency}")
     tmp.mkdir(parents=True, exist_ok=True)
-    names = write_sites(tmp, n_sites=2, records=args.site_records, epsilon=50.0)
-    port, node_ports = free_port(), [free_port(), free_port()]
-    env = {"PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]), "FLWR_HOME": str(tmp / "flwr-home"),
-           "LSEMVAE_LEDGER_ANCHOR_DIR": str(tmp / "anchors")}
+    spec = spec_with_overrides(default_cohort(), sites=2, records=args.site_records, seed=7)
+    paths = H.synthetic_sites(spec, tmp, val_fraction=0.3, epsilon=50.0, evaluation={"min_cell": 2, "min_records": 4})
+    names = [p.stem for p in paths]
+    port, node_ports = H.free_port(), [H.free_port(), H.free_port()]
+    bindir = Path(sys.executable).parent
+    env = {"PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "")]), "FLWR_HOME": str(tmp / "flwr-home")}
     if object_concurrency:
         env |= {"FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES": str(object_concurrency),
                 "FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PULLS": str(object_concurrency)}
@@ -385,34 +368,30 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
     t0 = time.perf_counter()
     try:
         database = ["--database", str(tmp / "state.db")] if args.superlink_db == "file" else []
-        link = start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+        link = H.start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                       *database, "--disable-runtime-dependency-installation"], tmp / "superlink.log", env=env, cwd=tmp)
         procs.append(link)
-        wait_healthy(port, link)
+        H.wait_healthy(port, link)
         for name, node_port in zip(names, node_ports):
-            procs.append(start([sys.executable, str(REPO / "client" / "run.py"), "--site", name, "--sites-dir",
-                                str(tmp / "sites"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
+            procs.append(H.start([sys.executable, str(REPO / "client" / "run.py"), "--site", name, "--sites-dir",
+                                  str(tmp / "sites"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
                                 str(node_port), "--max-retries", "20"], tmp / f"{name}.log", env=env, cwd=tmp))
         run_cfg = {"num-server-rounds": args.deployment_rounds, "min-sites": 2, "round-timeout": 600.0, "batch-size": BATCH,
                    "checkpoint": str(args.checkpoint), "out-dir": str(out), "dp": False}
-        res = subprocess.run([str(BIN / "flwr"), "run", str(REPO), "bench", "--stream", "--run-config",
+        res = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "bench", "--stream", "--run-config",
                               run_config_arg(run_cfg)], capture_output=True, text=True, timeout=args.timeout,
-                             cwd=tmp, env={**os.environ, **QUIET_ENV, **env})
+                             cwd=tmp, env={**os.environ, **H.QUIET_ENV, **env})
         (tmp / "flwr-run.log").write_text(res.stdout + res.stderr)
     finally:
-        # flwr-serverapp / flwr-clientapp run in sessions of their own: stopping our process groups can orphan them
-        spawned = [pid for proc in procs for pid in descendants(proc.pid)]
-        stop_all(procs)
-        for pid in spawned:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        H.stop(*procs)   # also the flwr-serverapp / flwr-clientapp processes, which run in sessions of their own
     wall = time.perf_counter() - t0
-    rows = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
+    rows = ([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            if (out / "metrics.jsonl").is_file() else [])
     if res.returncode != 0 or len(rows) < args.deployment_rounds:
         raise RuntimeError(f"deployment run failed (exit {res.returncode}, {len(rows)} rounds; logs in {tmp}): "
                            f"{res.stdout[-1500:]}{res.stderr[-1500:]}")
     per_round = [round_overhead(r, workers=2) for r in rows]
-    latencies = message_latencies(rows, sorted((tmp / "state").glob("*/outgoing-messages.jsonl")))
+    latencies = message_latencies(rows, sorted((tmp / "site-state").glob("*/outgoing-messages.jsonl")))
     result = {"sites": 2, "dp": False, "records_per_site": args.site_records, "rounds": args.deployment_rounds,
               "superlink_db": args.superlink_db, "flower_object_concurrency": object_concurrency or 2,
               "process_seconds": round(wall, 1), "workers_P": 2, "per_round": per_round, **summarise_rounds(per_round),
@@ -423,14 +402,6 @@ def deployment_point(work: Path, args, *, object_concurrency: int | None = None)
 
 
 # ----------------------------------------------------------------------------- main
-
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "note": "2 cores shared with other users' jobs: absolute timings are noisy; load average recorded per step"}
-
 
 def summary(res: dict) -> dict:
     s: dict = {}
@@ -459,7 +430,8 @@ def summary(res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1k records, 2 sites, 2 rounds, no DP point or deployment")
     p.add_argument("--records", type=int, nargs="*", default=None, help="record counts (default 1000 10000 50000)")
     p.add_argument("--sites", type=int, nargs="*", default=None, help="site counts (default 2 5 10 20)")
@@ -500,16 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     def write(partial: bool) -> dict:
         """The results so far (after every section, so a later failure keeps the finished parts)."""
         res["summary"] = summary(res)
-        result = {
-            "benchmark": "scale", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": machine(), "quick": args.quick, "partial": partial, "overhead_definition": OVERHEAD_DEFINITION,
-            "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
-                          "extrapolated linearly to the whole cohort",
-            "seconds": round(time.monotonic() - started, 1), "load_at_end": load(), **res,
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        result = {"quick": args.quick, "partial": partial, "overhead_definition": OVERHEAD_DEFINITION,
+                  "epoch_note": f"pretraining epoch timed on at most {args.max_batches} random batches of {BATCH} and "
+                                "extrapolated linearly to the whole cohort",
+                  "load_at_end": load(), **res}
+        return H.write_results(args.out, H.meta("scale", argv, started), result)
         return result
 
     with contextlib.ExitStack() as stack:

@@ -26,8 +26,8 @@ Everything runs the project's own code on real PTB-XL (``--ptbxl``, default ../s
 Timed parts are interleaved over ``--repeats`` and the median is kept; ratios pair runs made next to
 each other. ``os.getloadavg()`` is recorded with every timing (the machine is shared).
 
-    python benchmarks/speed.py              # ~10-20 min on 2 shared cores
-    python benchmarks/speed.py --quick      # ~2 min: fewer records and repeats, no simulation profile
+    python -m benchmarks.speed              # ~10-20 min on 2 shared cores
+    python -m benchmarks.speed --quick      # ~2 min: fewer records and repeats, no simulation profile
 
 Writes benchmarks/results/speed.json (or --out).
 """
@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -47,19 +46,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Subset
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks import harness as H
 
-RESULTS = REPO / "benchmarks" / "results"
+REPO, RESULTS = H.REPO, H.RESULTS
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -229,7 +224,7 @@ def site_round(site, data, *, dp: bool, batch: int, seed: int, profile: bool = F
                          noise_multiplier=1.0 if dp else None, history=[] if dp else None, seed=seed,
                          train_encoders=train_encoders)
     if profile:
-        evaluate(model if not dp else compact_model(data.tasks), data, site, bins=20)
+        evaluate(model if not dp else compact_model(data.tasks), data, site)
     return result
 
 
@@ -301,9 +296,7 @@ def pyspy_simulation_round(work: Path, top: int) -> dict:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         return {"skipped": "py-spy not installed (pip install py-spy)"}
-    from tests.federation.helpers import write_checkpoint
-
-    ckpt = write_checkpoint(work / "sim-ckpt.pt")
+    ckpt = H.narrow_checkpoint(work / "sim-ckpt.pt")
     folded = work / "pyspy.txt"
     shutil.rmtree(work / "sim", ignore_errors=True)
     cmd = [sys.executable, str(REPO / "simulation" / "run.py"), "--sites", "2", "--records", "48", "--rounds", "1",
@@ -351,14 +344,9 @@ def pyspy_roles(folded: Path, top: int) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "note": "2 cores shared with other users' jobs: absolute timings are noisy, ratios are paired"}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ptbxl", type=Path, default=REPO.parent / "shared" / "data" / "ptb-xl")
     p.add_argument("--quick", action="store_true", help="256 records, 1 repeat, no simulation profile (~2 min)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats of each timing (default 3, quick 1)")
@@ -453,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         if micro.is_file():
             rows = json.loads(micro.read_text())["results"]
             res["dp_throughput_microbenchmark"] = {
-                "source": "benchmarks/results/dp_throughput.json (python benchmarks/dp_throughput.py)",
+                "source": "benchmarks/results/dp_throughput.json (python -m benchmarks.dp_throughput)",
                 "batch_32": {r["mode"]: r["ratio_to_non_dp"] for r in rows if r["batch_size"] == 32}}
 
         print("inference latency...", flush=True)
@@ -472,14 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         res["peak_rss_mb_with_profilers"] = peak_rss_mb()  # torch.profiler keeps every event in memory
 
     res["summary"] = summary(res)
-    result = {
-        "benchmark": "speed", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(), "quick": args.quick, "repeats": repeats, "threads": args.threads,
-        "seconds": round(time.monotonic() - started, 1), "load_at_end": load(), **res,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    result = H.write_results(args.out, H.meta("speed", argv, started),
+                             {"quick": args.quick, "repeats": repeats, "threads": args.threads, "load_at_end": load(),
+                              "note": "2 cores shared with other users' jobs: absolute timings are noisy, ratios are "
+                                      "paired", **res})
     for k, v in result["summary"].items():
         print(f"{k:55s} {v}")
     print(f"wrote {args.out} ({result['seconds']} s)")

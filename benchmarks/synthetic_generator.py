@@ -9,8 +9,8 @@ V6, P in II, terminal P in V1, R and S in I), for ``right_heart``, ``left_atrial
 It should be clearly above chance and not perfect: a perfect score would make the benchmark tasks
 trivial, a chance score would mean the labels are not in the signal.
 
-    python benchmarks/synthetic_generator.py            # ~1 min on 2 cores
-    python benchmarks/synthetic_generator.py --records 2000
+    python -m benchmarks.synthetic_generator            # ~1 min on 2 cores
+    python -m benchmarks.synthetic_generator --records 2000
 
 Writes benchmarks/results/synthetic_generator.json (or --out).
 """
@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +31,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lsemvae.data.synth.features import beat_features, median_beats  # noqa: E402
-from lsemvae.data.synthetic import GENERATOR_VERSION, default_cohort, generate_signals, write_cohort  # noqa: E402
+from benchmarks import harness as H
+from lsemvae.data.synth.features import beat_features, median_beats
+from lsemvae.data.synthetic import GENERATOR_VERSION, default_cohort, generate_signals, write_cohort
 
 FEW = ("qrs_axis_deg", "v1_r_mv", "v6_s_mv", "p_ii_mv")
 
@@ -83,12 +79,14 @@ def separability(n: int, fs: int = 250) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic_generator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=10_000, help="records for the large timing (500 Hz)")
     parser.add_argument("--separability-records", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "synthetic_generator.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=H.RESULTS / "synthetic_generator.json")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
 
     speed = {}
     for fs in (100, 500):
@@ -103,15 +101,10 @@ def main() -> int:
         summary = write_cohort(default_cohort(), tmp, progress=False)
         speed["seconds_to_write_default_cohort"] = round(time.perf_counter() - start, 1)
         speed["default_cohort_records"] = summary["n_records"]
-    result = {
-        "benchmark": "synthetic_generator", "generator_version": GENERATOR_VERSION,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count()},
+    result = H.write_results(args.out, H.meta("synthetic_generator", argv, started), {
+        "generator_version": GENERATOR_VERSION, "numpy": np.__version__,
         "note": "10 s records, site artefacts on; shared 2-core machine, single process",
-        "speed": speed, "separability": separability(args.separability_records),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        "speed": speed, "separability": separability(args.separability_records)})
     print(json.dumps(result, indent=2))
     return 0
 

@@ -276,7 +276,7 @@ class FederationConfig(StrictModel):
 
     num_server_rounds: int = Field(3, ge=1, le=10_000)
     tasks: str = Field("right_heart,left_atrial", description="comma-separated task heads the federation trains")
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"] = "fedavg"
     min_sites: int = Field(2, ge=1, description="fewer answers than this in a round stops the run")
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for sites in each round")
     local_epochs: int = Field(1, ge=1)
@@ -284,7 +284,7 @@ class FederationConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal weight (used with strategy fedprox)")
     server_lr: float = Field(0.01, gt=0, description="FedAdam/FedYogi server learning rate")
-    server_beta1: float = Field(0.9, ge=0, lt=1)
+    server_beta1: float = Field(0.9, ge=0, lt=1, description="FedAdam/FedYogi first-moment decay; FedAvgM's momentum")
     server_beta2: float = Field(0.99, ge=0, lt=1)
     server_tau: float = Field(1e-3, gt=0)
     dp: bool = Field(True, description="ask sites to train with DP-SGD (a site may still refuse non-DP)")

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sites", type=int, default=None, help="number of sites (default: 4)")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     p.add_argument("--epsilon", type=float, default=0.0, help="every site's total epsilon (default: the site configs')")
-    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedadam", "fedyogi"], default="fedavg")
+    p.add_argument("--strategy", choices=["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"], default="fedavg")
     p.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy (comparison only)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/simulation/<UTC time>)")
     p.add_argument("--records", type=int, default=400, help="synthetic records per site (default 400)")

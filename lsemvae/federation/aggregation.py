@@ -3,9 +3,10 @@
 A site sends only the groups it trained (its leads' encoders, the fusion gates, its tasks'
 heads) together with, per group, the number of examples that trained it. Each parameter is
 averaged over the sites that sent it, weighted by those counts; a parameter nobody sent keeps
-its global value. On top of that average, a server optimiser (FedAvg: take it; FedAdam and
-FedYogi: treat ``average - global`` as a pseudo-gradient, Reddi et al. 2021) gives the next
-global weights. FedProx differs only on the client (proximal term), so it aggregates as FedAvg.
+its global value. On top of that average, a server optimiser (FedAvg: take it; FedAvgM: add it to a
+momentum of the earlier rounds' updates, Hsu et al. 2019; FedAdam and FedYogi: treat ``average - global``
+as a pseudo-gradient, Reddi et al. 2021) gives the next global weights. FedProx differs only on the
+client (proximal term), so it aggregates as FedAvg.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from lsemvae.federation.groups import group_of
 
 Arrays = dict[str, np.ndarray]
-Strategy = Literal["fedavg", "fedprox", "fedadam", "fedyogi"]
-STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedyogi")
+Strategy = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"]
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 
 
 class AggregationError(ValueError):
@@ -91,7 +92,11 @@ class ServerOptimizerState:
 
 @dataclass(frozen=True)
 class ServerOptimizer:
-    """Hyperparameters of the server step (defaults from Reddi et al. 2021, tau for stability)."""
+    """Hyperparameters of the server step (defaults from Reddi et al. 2021, tau for stability).
+
+    FedAvgM uses ``beta1`` as its momentum and steps at rate 1 (FedAvg's own step; ``lr`` is FedAdam's and
+    FedYogi's): ``m <- beta1 m + (average - global)``, ``global <- global + m``.
+    """
 
     strategy: Strategy = "fedavg"
     lr: float = 0.01
@@ -121,6 +126,12 @@ def server_step(
             new[k] = np.array(v, dtype=global_arrays[k].dtype, copy=True)
         return new, ServerOptimizerState(dict(state.m), dict(state.v), state.steps + 1)
     m, v = dict(state.m), dict(state.v)
+    if opt.strategy == "fedavgm":
+        for k, avg in averaged.items():
+            x = global_arrays[k].astype(np.float64)
+            m[k] = opt.beta1 * m.get(k, np.zeros_like(x)) + (avg.astype(np.float64) - x)
+            new[k] = (x + m[k]).astype(global_arrays[k].dtype)
+        return new, ServerOptimizerState(m, v, state.steps + 1)
     for k, avg in averaged.items():
         x = global_arrays[k].astype(np.float64)
         delta = avg.astype(np.float64) - x

@@ -49,7 +49,7 @@ def _size(n: int) -> str:
 def _evaluation(entries: list[dict[str, Any]]) -> list[str]:
     if not entries:
         return ["Not measured yet for these weights (an export of other weights drops the figures measured on "
-                "the earlier ones): `python benchmarks/pretrained_card.py --checkpoint FOLDER` measures them.\n"]
+                "the earlier ones): `python -m benchmarks.pretrained_card --checkpoint FOLDER` measures them.\n"]
     lines = []
     for e in entries:
         lines.append(f"### {e['title']}\n")

@@ -6,23 +6,18 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+# the process helpers the benchmarks use too
+from benchmarks.harness import descendants, free_port, start, start_time, stop, wait_healthy  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_sites(tmp: Path, n_sites: int = 2, records: int = 24, *, epsilon: float = 8.0) -> list[str]:
@@ -74,29 +69,6 @@ def run_config_arg(cfg: dict) -> str:
     return fmt(cfg)
 
 
-def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """Start a process in its own session (its group is killed as a whole in stop_all)."""
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **QUIET_ENV, **(env or {})},
-                            cwd=cwd, start_new_session=True)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), whatever session or group it moved to."""
-    kids: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
@@ -104,13 +76,6 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def start_time(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def stop_session(sid: int) -> None:
@@ -140,44 +105,7 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
     SIGTERM first (a SuperNode says goodbye, a SuperLink stops its SuperExec), then SIGKILL what is
     left, including descendants in other sessions: the SuperExec starts ServerApps and ClientApps in
     sessions of their own, which outlive a group kill and then retry forever."""
-    spawned = {pid: start_time(pid) for p in procs if p.poll() is None for pid in descendants(p.pid)}
-    _stop_groups(procs)
-    for pid, started in spawned.items():
-        if started is not None and start_time(pid) == started:    # still that process, not a reused pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _stop_groups(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=5)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, *, scheme: str = "http", cafile: str | None = None,
-                 timeout: float = 60) -> None:
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=cafile) if scheme == "https" else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", timeout=1, context=ctx) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"no healthy server on port {port} after {timeout} s")
+    stop(*procs, grace=10)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -96,6 +96,19 @@ def test_adaptive_step_moves_toward_average_and_is_pure(kind):
     assert new["fusion.w"][0] == pytest.approx(0.1 * 0.1 * d / (np.sqrt(v1) + tau), rel=1e-5)
 
 
+def test_fedavgm_adds_the_average_update_to_its_momentum():
+    g = {"fusion.w": np.zeros(2, np.float32), "encoders.I.w": np.ones(2, np.float32)}
+    opt = ServerOptimizer("fedavgm", beta1=0.5)
+    x1, s1 = server_step(g, {"fusion.w": np.array([1.0, -2.0], np.float32)}, opt, ServerOptimizerState())
+    np.testing.assert_allclose(x1["fusion.w"], [1.0, -2.0])            # round 1: FedAvg's step
+    np.testing.assert_array_equal(x1["encoders.I.w"], g["encoders.I.w"])   # untouched group
+    x2, s2 = server_step(x1, {"fusion.w": np.array([2.0, -2.0], np.float32)}, opt, s1)
+    np.testing.assert_allclose(x2["fusion.w"], [1.0 + 0.5 * 1.0 + 1.0, -2.0 + 0.5 * -2.0 + 0.0])
+    assert s2.steps == 2 and "encoders.I.w" not in s2.m
+    plain, _ = server_step(x1, {"fusion.w": np.array([2.0, -2.0], np.float32)}, ServerOptimizer("fedavgm", beta1=0.0), s1)
+    np.testing.assert_allclose(plain["fusion.w"], [2.0, -2.0])           # no momentum: FedAvg
+
+
 def test_bad_contributions_are_refused_with_site_and_key():
     g = model_like()
     with pytest.raises(AggregationError, match="site 'x' sent unknown parameter 'encoders.II.w'"):
@@ -188,5 +201,5 @@ def test_weighted_mean_ignores_unweighted_and_non_finite_values():
     assert weighted_mean([1.0, 100.0, float("nan")], [2, 0, 5]) == pytest.approx(1.0)
     assert np.isnan(weighted_mean([], [])) and np.isnan(weighted_mean([float("nan")], [1]))
     assert np.isnan(weighted_mean([5.0], [0]))          # a site that trained on nothing weighs nothing
-    with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedprox, fedadam, fedyogi"):
+    with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedprox, fedavgm, fedadam, fedyogi"):
         ServerOptimizer("fedsgd")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Every task's labels reach training, aggregation and evaluation intact, at 12- and 6-lead sites.
 
 Guards the suspects of a task that learns at the centre but not in the federation (left_atrial,
-benchmarks/results/federation.md): a label column mis-read or swapped at a site, a head that is not
+benchmarks/results/federation.json): a label column mis-read or swapped at a site, a head that is not
 trained, not sent or averaged with the wrong weights, evaluation histograms scored from another
 task's output.
 """
