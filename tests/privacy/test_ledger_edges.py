@@ -215,3 +215,52 @@ def test_a_reset_of_an_unreadable_ledger_says_why_and_takes_settings_given(paths
     with pytest.raises(LedgerError, match="give --delta and --max-epsilon"):
         PrivacyLedger.reset(paths[0].with_name("other.json"), site="nobody", reason="only a delta given",
                             anchor_dir=paths[1], delta=1e-5)
+
+
+@pytest.mark.parametrize("delta, budget", [(0.0, 8.0), (1.0, 8.0), (1e-5, 0.0), (1e-5, -1.0), (1e-5, float("inf")),
+                                           (1e-5, float("nan"))])
+def test_a_new_ledger_needs_a_delta_in_0_1_and_a_positive_finite_budget(paths, delta, budget):
+    with pytest.raises(LedgerError, match=f"site 'aspire': need 0 < delta < 1 and max_epsilon > 0 \\(got delta={delta}"):
+        new_ledger(paths, delta=delta, max_epsilon=budget)
+    assert new_ledger(paths, delta=0.999, max_epsilon=0.5).max_epsilon == 0.5
+
+
+def _rewrite(path: Path, change) -> None:
+    """Edit a ledger or anchor file the way a forger would: the body changed, its checksum recomputed."""
+    import json
+
+    from lsemvae.privacy.ledger import _sha256
+
+    doc = json.loads(path.read_text())
+    change(doc["body"])
+    doc["sha256"] = _sha256(doc["body"])
+    path.write_text(json.dumps(doc))
+
+
+def test_an_anchor_from_before_anchors_held_the_history_still_catches_an_edit(paths):
+    """Such an anchor holds the history's digest only: a history edited to other noise with the same steps differs."""
+    from lsemvae.privacy.ledger import LedgerCorrupted
+
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    _rewrite(paths[1] / "aspire.json", lambda body: body.pop("history"))
+    assert PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1]).total_steps == 13   # vouched for
+    _rewrite(paths[0], lambda body: body.update(history=[[50.0, Q, 13]]))
+    with pytest.raises(LedgerCorrupted, match="its history differs from the anchored one"):
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+
+
+def test_new_patients_are_added_to_the_anchor_of_an_existing_ledger(paths):
+    import json
+
+    new_ledger(paths, patients=["a" * 16])
+    new_ledger(paths, patients=["a" * 16, "b" * 16])
+    assert json.loads((paths[1] / "aspire.json").read_text())["body"]["patients"] == ["a" * 16, "b" * 16]
+
+
+def test_a_round_event_records_what_was_spent(paths):
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=3, run_id="job-7", history=[(1.0, Q, 13), (2.0, Q, 5)])
+    event = ledger.events[-1]
+    assert event | {"time": None} == {"kind": "round", "round": 3, "run_id": "job-7", "steps": 18,
+                                      "entries": [[1.0, Q, 13], [2.0, Q, 5]], "epsilon": ledger.epsilon(), "time": None}
