@@ -392,6 +392,29 @@ def section_scale(r: Results, s: Section) -> None:
         s.lines.append(data["overhead_definition"] + "\n")
 
 
+def section_deployment_round(r: Results, s: Section) -> None:
+    data = r.get("deployment_round.json")
+    if data is None:
+        s.lines.append(f"A deployment round before and after: {NOT_YET}.\n")
+        return
+    rows = []
+    for key in ("before", "after"):
+        part, dep = data[key], data[key]["deployment"]
+        rows.append((f"{key} ({part['commit']})", [dep["per_round"][0]["wall_s"], dep["round_wall_s"],
+                                                  dep["client_compute_parallel_s"], round(100 * dep["overhead_share"], 1)]))
+    s.lines += grid("2 sites, deployment", ["first round (s)", "steady round (s)", "client compute, parallel (s)",
+                                            "framework overhead (% of round)"], rows)
+    s.lines.append(f"What was measured: {data['what']}. Messages per site per round: "
+                   f"{data['summary']['messages per site per round, before -> after']}. Before: "
+                   f"`{data['before']['command']}` at {data['before']['commit']} (that commit's own benchmark).\n")
+    after = data["after"]["deployment"]
+    s.target("framework overhead of a steady 2-site deployment round", f"{100 * after['overhead_share']:.1f}%",
+             "< 30% of the round", after["overhead_share"] < 0.30)
+    s.target("first deployment round against a steady one", f"{after['per_round'][0]['wall_s'] / after['round_wall_s']:.2f}x",
+             "within 2x", after["per_round"][0]["wall_s"] <= 2 * after["round_wall_s"])
+    s.commands.append(data["after"]["command"])
+
+
 def section_communication(r: Results, s: Section) -> None:
     data = r.get("communication.json")
     if data is None:
@@ -575,6 +598,8 @@ SECTIONS: list[tuple[str, list[str], Callable[[Results, Section], None]]] = [
      section_private_evaluation),
     ("Speed on this machine", ["speed.json", "dp_throughput.json"], section_speed),
     ("Scale", ["scale.json"], section_scale),
+    ("A deployment round, before and after the round moved into the library (issue 15)", ["deployment_round.json"],
+     section_deployment_round),
     ("Communication", ["communication.json"], section_communication),
     ("Membership inference (loss-threshold attack on one site's fine-tuned model)", ["membership_inference*.json"],
      section_membership),
