@@ -258,9 +258,13 @@ def test_new_patients_are_added_to_the_anchor_of_an_existing_ledger(paths):
     assert json.loads((paths[1] / "aspire.json").read_text())["body"]["patients"] == ["a" * 16, "b" * 16]
 
 
-def test_a_round_event_records_what_was_spent(paths):
-    ledger = new_ledger(paths)
-    ledger.record_round(round_number=3, run_id="job-7", history=[(1.0, Q, 13), (2.0, Q, 5)])
+def test_a_round_event_records_what_was_spent(paths, caplog):
+    with caplog.at_level(logging.INFO, logger="lsemvae.privacy.ledger"):
+        ledger = new_ledger(paths)
+        ledger.record_round(round_number=3, run_id="job-7", history=[(1.0, Q, 13), (2.0, Q, 5)])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"privacy ledger created for site 'aspire' at {paths[0]} (anchor in {paths[1]})",
+        f"site 'aspire' round 3 (run job-7): 18 steps, epsilon now {ledger.epsilon():.4f} (delta=1e-05, budget 8)"]
     event = ledger.events[-1]
     assert event | {"time": None} == {"kind": "round", "round": 3, "run_id": "job-7", "steps": 18,
                                       "entries": [[1.0, Q, 13], [2.0, Q, 5]], "epsilon": ledger.epsilon(), "time": None}
