@@ -60,6 +60,7 @@ def test_dump_toml_round_trips_a_site_config():
            "outer": {"in.ner": {"leaf key": 2, "ok": [{"x y": 3}]}}}
     assert tomllib.loads(dump_toml(odd)) == odd
     assert '[outer."in.ner"]' in dump_toml(odd) and "plain-key_1 = false" in dump_toml(odd)
+    assert dump_toml({"Name": 1, "é": 2}) == 'Name = 1\n"\\u00e9" = 2\n'            # capitals are bare too
 
 
 def test_append_private_appends_synced_lines_to_a_private_file(tmp_path, monkeypatch):
@@ -71,3 +72,11 @@ def test_append_private_appends_synced_lines_to_a_private_file(tmp_path, monkeyp
     append_private(log, "two é\n")
     assert log.read_text(encoding="utf-8") == "one\ntwo é\n" and len(synced) == 2
     assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+def test_json_is_written_sorted_indented_and_without_nan(tmp_path):
+    path = atomic_write_json(tmp_path / "x.json", {"b": [1, 2], "a": "é"})
+    assert path.read_text(encoding="utf-8") == '{\n "a": "\\u00e9",\n "b": [\n  1,\n  2\n ]\n}\n'
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "y.json", {"a": float("nan")})
+    assert not (tmp_path / "y.json").exists()

@@ -77,6 +77,15 @@ def test_a_plan_after_spending_ends_at_the_target_never_above(accountant, target
 
 def test_a_plan_of_one_step_is_a_plan():
     assert plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=0.1, total_steps=1) > 0
+    assert plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=1.0, total_steps=1) > 0   # full batch
+
+
+def test_epsilon_counts_every_step_and_skips_empty_entries():
+    one = epsilon_of([(1.0, 0.5, 1)], delta=DELTA)
+    assert one > 0 and epsilon_of([(1.0, 0.5, 1), (3.0, 0.5, 0)], delta=DELTA) == one
+    with pytest.raises(ConfigError, match=r"^accountant: 'gdp' is not supported; use one of rdp, prv \(rdp is the "
+                                          r"default; gdp is only approximate\)$"):
+        epsilon_of([(1.0, 0.5, 1)], delta=DELTA, accountant="gdp")
 
 
 def test_ghost_clipping_updates_as_per_sample_hooks_do(monkeypatch):

@@ -268,3 +268,113 @@ def test_a_round_event_records_what_was_spent(paths, caplog):
     event = ledger.events[-1]
     assert event | {"time": None} == {"kind": "round", "round": 3, "run_id": "job-7", "steps": 18,
                                       "entries": [[1.0, Q, 13], [2.0, Q, 5]], "epsilon": ledger.epsilon(), "time": None}
+
+
+def test_refusals_name_the_exact_command_that_fixes_them(paths):
+    from lsemvae.privacy.ledger import REANCHOR_COMMAND, RESET_COMMAND, AnchorMissing, LedgerCorrupted
+
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    anchor = paths[1] / "aspire.json"
+    kept = anchor.read_bytes()
+    anchor.unlink()
+    with pytest.raises(AnchorMissing) as err:
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    assert f"its anchor {anchor} is missing" in str(err.value)
+    assert REANCHOR_COMMAND.format(path=paths[0], site="aspire", anchor_dir=paths[1]) in str(err.value)
+    anchor.write_bytes(kept)
+    older = paths[0].read_bytes()
+    ledger.record_round(round_number=2, run_id="r", history=[(1.0, Q, 26)])
+    paths[0].write_bytes(older)                                           # an older copy restored
+    with pytest.raises(LedgerCorrupted) as err:
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    assert f"is not vouched for by its anchor {anchor}: it is behind its anchor (13 steps against 26" in str(err.value)
+    assert RESET_COMMAND.format(path=paths[0], site="aspire") in str(err.value)
+    anchor.write_text("{broken")
+    with pytest.raises(LedgerCorrupted) as err:                           # a damaged anchor stops a normal open
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    assert str(err.value).startswith(f"{anchor}: privacy ledger anchor is not valid JSON")
+    assert RESET_COMMAND.format(path="<ledger>", site="aspire") in str(err.value)
+
+
+def test_an_anchor_naming_another_site_is_refused(paths):
+    from lsemvae.privacy.ledger import LedgerCorrupted
+
+    new_ledger(paths).record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    _rewrite(paths[1] / "aspire.json", lambda body: body.update(site="bravo"))
+    with pytest.raises(LedgerCorrupted, match=f"^{paths[1] / 'aspire.json'}: anchor names site 'bravo', expected 'aspire'$"):
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+
+
+def test_opening_writes_nothing_and_a_record_rereads_what_is_on_disk(paths):
+    """open() is safe for preflight and `show`: it leaves a lagging anchor alone; a round recorded through an open
+    ledger rereads the file and its anchor first, so an older copy restored meanwhile is refused."""
+    from lsemvae.privacy.ledger import LedgerCorrupted
+
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    anchor = paths[1] / "aspire.json"
+    lagging = anchor.read_bytes()
+    ledger.record_round(round_number=2, run_id="r", history=[(1.0, Q, 26)])
+    anchor.write_bytes(lagging)                                           # a crash between the ledger and its anchor
+    PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    assert anchor.read_bytes() == lagging
+    current = new_ledger(paths)                                           # open_or_create repairs it
+    assert anchor.read_bytes() != lagging
+    older = paths[0].read_bytes()
+    current.record_round(round_number=3, run_id="r", history=[(1.0, Q, 39)])
+    paths[0].write_bytes(older)
+    with pytest.raises(LedgerCorrupted, match="it is behind its anchor"):
+        current.record_round(round_number=4, run_id="r", history=[(1.0, Q, 39), (2.0, Q, 1)])
+
+
+def test_a_re_created_anchor_keeps_the_datasets_patients(paths):
+    import json
+
+    new_ledger(paths, patients=["a" * 16])                                # nothing spent yet
+    (paths[1] / "aspire.json").unlink()
+    new_ledger(paths, patients=["a" * 16])
+    assert json.loads((paths[1] / "aspire.json").read_text())["body"]["patients"] == ["a" * 16]
+
+
+def test_patients_are_checked_against_every_other_sites_anchor(paths, tmp_path):
+    """Anchors are read in name order: an unrelated one first, a damaged one, one from before anchors kept
+    patients, and only then the site that spent the patients' budget."""
+    from lsemvae.privacy.ledger import RESET_COMMAND, DatasetSpentElsewhere
+
+    anchors = paths[1]
+    for name, patients in (("alpha", ["1" * 16]), ("delta", ["d" * 16])):
+        PrivacyLedger.open_or_create(tmp_path / name / "l.json", site=name, delta=1e-5, max_epsilon=8.0,
+                                     anchor_dir=anchors, patients=patients)
+    (anchors / "beta.json").write_text("{broken")
+    PrivacyLedger.open_or_create(tmp_path / "gamma" / "l.json", site="gamma", delta=1e-5, max_epsilon=8.0,
+                                 anchor_dir=anchors)
+    _rewrite(anchors / "gamma.json", lambda body: body.pop("patients"))
+    with pytest.raises(DatasetSpentElsewhere) as err:
+        new_ledger(paths, patients=["d" * 16, "e" * 16])
+    assert "1 of this dataset's 2 patients already spent privacy budget as site 'delta'" in str(err.value)
+    assert RESET_COMMAND.format(path=tmp_path / "delta" / "l.json", site="delta") in str(err.value)
+
+
+def test_a_reset_from_the_anchor_alone_keeps_the_accountant_and_its_epsilon(paths):
+    ledger = new_ledger(paths, accountant="prv")
+    eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    paths[0].unlink()
+    fresh = PrivacyLedger.reset(paths[0], site="aspire", reason="ledger lost, custodian approved", anchor_dir=paths[1])
+    assert fresh.accountant == "prv" and fresh.events[0]["previous"]["epsilon"] == pytest.approx(eps)
+    assert fresh.events[0]["time"].endswith("+00:00")                     # event times are UTC
+
+
+def test_a_reset_without_an_anchor_still_records_the_old_epsilon(paths):
+    ledger = new_ledger(paths)
+    eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    (paths[1] / "aspire.json").unlink()
+    fresh = PrivacyLedger.reset(paths[0], site="aspire", reason="anchor volume lost", anchor_dir=paths[1])
+    assert fresh.events[0]["previous"]["epsilon"] == pytest.approx(eps)
+
+
+def test_a_round_records_only_what_is_new(paths):
+    ledger = new_ledger(paths)
+    ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    ledger.record_round(round_number=2, run_id="r", history=[(1.0, Q, 13), (2.0, Q, 5)])
+    assert ledger.events[-1]["entries"] == [[2.0, Q, 5]] and ledger.events[-1]["steps"] == 5
