@@ -75,6 +75,16 @@ def test_a_plan_after_spending_ends_at_the_target_never_above(accountant, target
     assert sigma > 2
 
 
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_first_plan_ends_within_the_tolerance_below_the_target(accountant):
+    from lsemvae.privacy.dp import PLAN_RELATIVE_TOLERANCE
+
+    sigma = plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=1 / 13, total_steps=26,
+                                  accountant=accountant)
+    final = epsilon_of([(sigma, 1 / 13, 26)], delta=DELTA, accountant=accountant)
+    assert 3.0 * (1 - PLAN_RELATIVE_TOLERANCE) <= final <= 3.0
+
+
 def test_a_plan_of_one_step_is_a_plan():
     assert plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=0.1, total_steps=1) > 0
     assert plan_noise_multiplier(target_epsilon=3.0, delta=DELTA, sample_rate=1.0, total_steps=1) > 0   # full batch
