@@ -80,3 +80,22 @@ def test_json_is_written_sorted_indented_and_without_nan(tmp_path):
     with pytest.raises(ValueError):
         atomic_write_json(tmp_path / "y.json", {"a": float("nan")})
     assert not (tmp_path / "y.json").exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600                     # private unless asked otherwise
+    old = os.umask(0o022)
+    try:
+        shared = atomic_write_json(tmp_path / "z.json", {}, private=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644                   # as the umask says, when asked
+
+
+def test_atomic_write_takes_bytes_as_they_are(tmp_path):
+    path = atomic_write(tmp_path / "blob.bin", b"\x00\xffECG\r\n")
+    assert path.read_bytes() == b"\x00\xffECG\r\n"
+
+
+def test_a_folder_without_the_owners_search_bit_is_still_tightened(tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.chmod(odd, 0o655)
+    assert stat.S_IMODE(private_dir(odd).stat().st_mode) == 0o700

@@ -107,6 +107,7 @@ def test_budget_can_be_lowered_by_config_but_not_raised(paths):
     new_ledger(paths, max_epsilon=8.0)
     lowered = new_ledger(paths, max_epsilon=4.0)
     assert lowered.max_epsilon == 4.0 and lowered.events[-1]["kind"] == "budget"
+    assert lowered.events[-1]["reason"] == "site config lowered the budget"
     with pytest.raises(LedgerMismatch, match="set-budget"):
         new_ledger(paths, max_epsilon=6.0)
     lowered.set_budget(max_epsilon=6.0, reason="custodian approved 6 for study B")
@@ -315,6 +316,7 @@ def test_prv_accountant_ledger(paths):
     ledger = PrivacyLedger.open_or_create(path, site="aspire", delta=DELTA, max_epsilon=8.0, accountant="prv", anchor_dir=anchors)
     eps = ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 26)])
     assert eps == pytest.approx(3.14, abs=0.02)  # notes §7.1 item 5: PRV is tighter than RDP's 3.71
+    assert ledger.epsilon() == eps                   # the ledger recomputes with its own accountant
 
 
 def test_crash_between_ledger_and_anchor_write_is_accepted(paths):

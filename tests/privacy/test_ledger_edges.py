@@ -101,7 +101,7 @@ def test_an_operator_command_needs_a_reason_of_five_characters(paths, reason, ok
         assert ledger.events[-1] | {"time": None, "user": None} == {"kind": "budget", "from": 8.0, "to": 4.0,
                                                                     "reason": reason, "time": None, "user": None}
     else:
-        with pytest.raises(LedgerError, match="a reason is required"):
+        with pytest.raises(LedgerError, match="^a reason is required"):
             ledger.set_budget(max_epsilon=4.0, reason=reason)
         assert ledger.max_epsilon == 8.0
 
@@ -168,7 +168,7 @@ def test_a_missing_ledger_says_what_was_spent_where_it_was_kept_and_what_to_do(p
     assert f"It was last kept at {paths[0]}" in msg and f"lsemvae privacy reset --ledger {moved} --site aspire" in msg
     with pytest.raises(LedgerMissing) as same:                          # where it was: no "last kept" hint
         PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
-    assert "the site refuses to train. Restore the file" in str(same.value)
+    assert "the site refuses to train. Restore the file" in str(same.value) and "--site aspire" in str(same.value)
 
 
 def test_opening_where_there_is_no_ledger_and_no_anchor(paths, monkeypatch):
@@ -343,13 +343,13 @@ def test_patients_are_checked_against_every_other_sites_anchor(paths, tmp_path):
     from lsemvae.privacy.ledger import RESET_COMMAND, DatasetSpentElsewhere
 
     anchors = paths[1]
-    for name, patients in (("alpha", ["1" * 16]), ("delta", ["d" * 16])):
+    for name, patients in (("alpha", ["1" * 16]), ("delta", ["d" * 16])):    # read in name order
         PrivacyLedger.open_or_create(tmp_path / name / "l.json", site=name, delta=1e-5, max_epsilon=8.0,
                                      anchor_dir=anchors, patients=patients)
     (anchors / "beta.json").write_text("{broken")
-    PrivacyLedger.open_or_create(tmp_path / "gamma" / "l.json", site="gamma", delta=1e-5, max_epsilon=8.0,
+    PrivacyLedger.open_or_create(tmp_path / "charlie" / "l.json", site="charlie", delta=1e-5, max_epsilon=8.0,
                                  anchor_dir=anchors)
-    _rewrite(anchors / "gamma.json", lambda body: body.pop("patients"))
+    _rewrite(anchors / "charlie.json", lambda body: body.pop("patients"))
     with pytest.raises(DatasetSpentElsewhere) as err:
         new_ledger(paths, patients=["d" * 16, "e" * 16])
     assert "1 of this dataset's 2 patients already spent privacy budget as site 'delta'" in str(err.value)
@@ -378,3 +378,61 @@ def test_a_round_records_only_what_is_new(paths):
     ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
     ledger.record_round(round_number=2, run_id="r", history=[(1.0, Q, 13), (2.0, Q, 5)])
     assert ledger.events[-1]["entries"] == [[2.0, Q, 5]] and ledger.events[-1]["steps"] == 5
+
+
+def test_a_copy_from_before_a_reset_is_behind_its_anchor(paths):
+    from lsemvae.privacy.ledger import LedgerCorrupted
+
+    new_ledger(paths).record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    before_reset = paths[0].read_bytes()
+    PrivacyLedger.reset(paths[0], site="aspire", reason="new extract, approved", anchor_dir=paths[1])
+    paths[0].write_bytes(before_reset)
+    with pytest.raises(LedgerCorrupted, match=r"it is behind its anchor \(0 resets against 1: an older copy\?\)"):
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+
+
+def test_a_damaged_ledger_is_named_with_its_fix_when_opened(paths):
+    from lsemvae.privacy.ledger import RESET_COMMAND, LedgerCorrupted
+
+    new_ledger(paths).record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    paths[0].write_text("{broken")
+    with pytest.raises(LedgerCorrupted) as err:
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    assert str(err.value).startswith(f"{paths[0]}: privacy ledger is not valid JSON")
+    assert RESET_COMMAND.format(path=paths[0], site="aspire") in str(err.value)
+    paths[0].unlink()
+    (paths[1] / "aspire.json").unlink()
+    new_ledger(paths).record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+    _rewrite(paths[0], lambda body: body.pop("delta"))
+    with pytest.raises(LedgerCorrupted, match=f"^{paths[0]}: privacy ledger has a missing or malformed field"):
+        PrivacyLedger.open(paths[0], site="aspire", anchor_dir=paths[1])
+    paths[0].parent.joinpath("as-dir").mkdir()
+    with pytest.raises(LedgerCorrupted, match="privacy ledger cannot be read \\(Is a directory\\)"):
+        PrivacyLedger.open(paths[0].parent / "as-dir", site="aspire", anchor_dir=paths[1])
+
+
+def test_a_file_swapped_for_another_sites_ledger_is_refused_on_record(paths, tmp_path):
+    ledger = new_ledger(paths)
+    other = tmp_path / "bravo" / "privacy-ledger.json"
+    PrivacyLedger.open_or_create(other, site="bravo", delta=DELTA, max_epsilon=8.0, anchor_dir=paths[1])
+    paths[0].write_bytes(other.read_bytes())
+    with pytest.raises(LedgerMismatch, match="belongs to site 'bravo', not 'aspire'"):
+        ledger.record_round(round_number=1, run_id="r", history=[(1.0, Q, 13)])
+
+
+def test_an_anchor_that_cannot_be_written_says_what_to_do(paths, monkeypatch):
+    from lsemvae.privacy import ledger as L
+
+    real = L.atomic_write_json
+
+    def failing(path, obj, **kw):
+        if Path(path).parent == paths[1]:
+            raise OSError(28, "No space left on device")
+        return real(path, obj, **kw)
+
+    monkeypatch.setattr(L, "atomic_write_json", failing)
+    with pytest.raises(L.LedgerWriteError) as err:
+        new_ledger(paths)
+    assert str(err.value) == (f"{paths[1] / 'aspire.json'}: privacy ledger anchor could not be written ([Errno 28] No "
+                              "space left on device). Make the directory writable or choose another anchor_dir in "
+                              "the site config (outside the site's state directory).")
