@@ -203,3 +203,9 @@ def test_weighted_mean_ignores_unweighted_and_non_finite_values():
     assert np.isnan(weighted_mean([5.0], [0]))          # a site that trained on nothing weighs nothing
     with pytest.raises(ValueError, match="unknown strategy 'fedsgd'; choose one of fedavg, fedprox, fedavgm, fedadam, fedyogi"):
         ServerOptimizer("fedsgd")  # type: ignore[arg-type]
+
+
+def test_a_mean_over_sites_that_all_weigh_nothing_is_nan():
+    from lsemvae.federation.aggregation import weighted_mean
+
+    assert np.isnan(weighted_mean([1.0, 2.0], [0, 0])) and weighted_mean([1.0, 3.0], [0, 2]) == 3.0

@@ -140,3 +140,10 @@ def test_one_sites_pooled_counts_give_its_calibration_from_the_grid_centres():
     np.testing.assert_allclose(hist["sq_sum"][0], (np.array(hist["pos"][0]) + hist["neg"][0]) * centres**2)
     cal = calibration_from_histograms(hist)["per_class"]["c"]
     assert cal["brier"] == pytest.approx(float(np.mean((s - y) ** 2)), abs=0.01)
+
+
+def test_a_two_point_cell_whose_mean_is_its_top_puts_everything_at_the_top():
+    from lsemvae.federation.private_eval import _maxent_weights
+
+    assert _maxent_weights(np.array([0.1, 0.2]), 0.2).tolist() == [0.0, 1.0]
+    assert _maxent_weights(np.array([0.1, 0.2]), 0.1).tolist() == [1.0, 0.0]
