@@ -439,23 +439,15 @@ def sniff_format(path: str | Path) -> str | None:
     return None
 
 
-#: Formats whose files hold many records (a CODE-15% HDF5 part), read one member at a time:
-#: ``name -> read(path, member)``. Their sources give each record's ``format`` and ``member``.
-MEMBER_READERS: dict[str, Callable[[Path, str], ECGRecord]] = {}
-
-
-def read_record(path: str | Path, format: str | None = None, member: str | None = None) -> ECGRecord:
+def read_record(path: str | Path, format: str | None = None) -> ECGRecord:
     """Read one ECG record of any registered format, detected from the file itself.
 
     ``format`` (a registered name, e.g. from :func:`scan_folder`) skips the detection. Files over the
     size limits of :mod:`lsemvae.data.formats.limits` are refused before parsing; a calibration pulse
-    at either end is dropped and noted (:mod:`lsemvae.data.formats.calibration`). ``member`` reads one record
-    of a file that holds many, with the ``format``'s :data:`MEMBER_READERS` entry.
+    at either end is dropped and noted (:mod:`lsemvae.data.formats.calibration`).
     Raises :class:`RecordError` (with ``record`` = the path and a ``reason``) for anything unusable.
     """
     path = Path(path)
-    if member is not None:
-        return drop_calibration(_read_member(path, format, member))
     hea = _wfdb_header_path(path)
     if not path.exists() and (hea is None or not hea.is_file()):
         raise RecordError(path, "file not found", reason="missing-file")
@@ -477,21 +469,6 @@ def read_record(path: str | Path, format: str | None = None, member: str | None 
         raise RecordError(path, f"{reader.name} reader failed: {type(err).__name__}: {err}",
                           reason="corrupt") from None
     return drop_calibration(record)
-
-
-def _read_member(path: Path, format: str | None, member: str) -> ECGRecord:
-    if format not in MEMBER_READERS:
-        raise LSEMVAEError(f"{path}#{member}: format {format!r} has no reader of one record among many (known: "
-                           f"{', '.join(MEMBER_READERS) or 'none'})")
-    if not path.is_file():
-        raise RecordError(path, "file not found", reason="missing-file")
-    try:
-        return MEMBER_READERS[format](path, member)
-    except LSEMVAEError:
-        raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, MemoryError) as err:
-        raise RecordError(f"{path}#{member}", f"{format} reader failed: {type(err).__name__}: {err}",
-                          reason="corrupt") from None
 
 
 class FolderScan(NamedTuple):

@@ -38,8 +38,7 @@ class RecordRef:
     ``meta["source"]`` names the dataset or site. ``load()`` returns the :class:`ECGRecord` with
     these ids and the metadata merged over whatever the file itself carries, its signal multiplied
     by ``gain_correction`` (a source whose export has a wrong gain, see :func:`with_gain_correction`).
-    ``format``, when the index already sniffed the file, spares reading it to detect its format again;
-    ``member`` names the record inside a file that holds many (read by its format's reader, ``format`` required).
+    ``format``, when the index already sniffed the file, spares reading it to detect its format again.
     """
 
     record_id: str
@@ -48,15 +47,9 @@ class RecordRef:
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     format: str | None = field(default=None, compare=False)
     gain_correction: float = 1.0
-    member: str | None = None  # a record inside a container file (a CODE-15% HDF5 part holds many exams)
-
-    @property
-    def where(self) -> str:
-        """Where the record is, for messages and the cache's ``paths``: its file, or ``file#member``."""
-        return str(self.path) if self.member is None else f"{self.path}#{self.member}"
 
     def load(self) -> ECGRecord:
-        rec = read_record(self.path, format=self.format, member=self.member)
+        rec = read_record(self.path, format=self.format)
         meta = {**rec.meta, **self.meta}
         signal = rec.signal
         if self.gain_correction != 1.0:

@@ -64,8 +64,8 @@ def cohort_key(refs: Sequence[RecordRef], tasks: dict[str, Task], cfg: Preproces
                 files.append((f.name, st.st_size, st.st_mtime_ns))
             except OSError:
                 files.append((f.name, None, None))
-        h.update(json.dumps([ref.record_id, ref.patient_id, files, json_safe(ref.meta), ref.gain_correction]
-                            + ([ref.member] if ref.member is not None else []), sort_keys=True, default=str).encode())
+        h.update(json.dumps([ref.record_id, ref.patient_id, files, json_safe(ref.meta), ref.gain_correction],
+                            sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -126,7 +126,7 @@ def _process(ref: RecordRef, cfg: PreprocessConfig) -> Preprocessed | dict:
     try:  # no lead required: a lead that fails QC is left out and noted, each consumer then applies its own leads
         return preprocess(ref.load(), cfg, leads=())
     except RecordError as err:
-        return {"record": ref.record_id, "path": ref.where, "reason": err.reason, "message": err.detail}
+        return {"record": ref.record_id, "path": str(ref.path), "reason": err.reason, "message": err.detail}
 
 
 def _run_chunk(chunk: _Chunk) -> dict:
@@ -138,7 +138,7 @@ def _run_chunk(chunk: _Chunk) -> dict:
         res = _process(ref, chunk.cfg)
         if isinstance(res, dict) or isinstance(y, str):  # a record that fails reading and a label: the reading
             skipped.append(res if isinstance(res, dict) else
-                           {"record": ref.record_id, "path": ref.where, "reason": "label", "message": y})
+                           {"record": ref.record_id, "path": str(ref.path), "reason": "label", "message": y})
             continue
         for arr, value in zip(ARRAYS, (res.signal, res.lead_mask, res.sample_mask, res.beat)):
             rows[arr].append(value)
@@ -147,7 +147,7 @@ def _run_chunk(chunk: _Chunk) -> dict:
         extra = {"n_beats": res.n_beats, "heart_rate_bpm": res.heart_rate_bpm, "qc_flags": list(res.flags),
                  "lead_faults": dict(res.lead_faults)}
         gain = {"gain_correction": ref.gain_correction} if ref.gain_correction != 1 else {}
-        records.append({"record_id": ref.record_id, "patient_id": ref.patient_id, "path": ref.where,
+        records.append({"record_id": ref.record_id, "patient_id": ref.patient_id, "path": str(ref.path),
                         "meta": json_safe({**ref.meta, **gain, **extra})})
         flags.update(f.split(":", 1)[0] for f in res.flags)
     shapes = _row_shapes(chunk.cfg)
