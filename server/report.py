@@ -147,13 +147,8 @@ def _epsilon(rows: list[dict], sites: list[str], path: Path) -> Path:
 
 
 def _roc(pooled: dict | None, sites: dict, path: Path, *, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(5.2, 4.8))
-    why = _nothing_to_score(pooled)
-    if why:
-        _empty(ax, why)
-    else:
-        for label, hist, style in [*((s, h, {"lw": 0.8, "alpha": 0.45}) for s, h in sites.items()),
-                                   ("pooled", pooled, {"lw": 2.6, "color": "black"})]:
+    def draw(ax) -> None:
+        for label, hist, style in _strong_pooled(pooled, sites):
             for c, name in enumerate(hist["classes"]):
                 pos, neg = np.asarray(hist["pos"][c], float), np.asarray(hist["neg"][c], float)
                 if pos.sum() and neg.sum():
@@ -163,8 +158,8 @@ def _roc(pooled: dict | None, sites: dict, path: Path, *, title: str) -> Path:
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
         ax.legend(loc="lower right", fontsize=6)
-    ax.set_title(title)
-    return _save(fig, path)
+
+    return _task_figure(pooled, path, title, draw)
 
 
 def _roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,13 +170,8 @@ def _roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _calibration(pooled: dict | None, sites: dict, path: Path, *, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(5.2, 4.8))
-    why = _nothing_to_score(pooled)
-    if why:
-        _empty(ax, why)
-    else:
-        for label, hist, style in [*((s, h, {"lw": 0.8, "alpha": 0.45, "ms": 2}) for s, h in sites.items()),
-                                   ("pooled", pooled, {"lw": 2.6, "ms": 4, "color": "black"})]:
+    def draw(ax) -> None:
+        for label, hist, style in _strong_pooled(pooled, sites, thin_ms=2, strong_ms=4):
             for name, v in calibration_from_histograms(hist)["per_class"].items():
                 rel = v["reliability"]
                 mp = np.array([np.nan if m is None else m for m in rel["mean_pred"]], float)
@@ -192,8 +182,27 @@ def _calibration(pooled: dict | None, sites: dict, path: Path, *, title: str) ->
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="perfect")
         ax.set(xlabel="mean predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1))
         ax.legend(loc="upper left", fontsize=6)
+
+    return _task_figure(pooled, path, title, draw)
+
+
+def _task_figure(pooled: dict | None, path: Path, title: str, draw: Callable[[plt.Axes], None]) -> Path:
+    """One task's figure: ``draw`` it, or say in the frame why there is nothing to show."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.8))
+    why = _nothing_to_score(pooled)
+    if why:
+        _empty(ax, why)
+    else:
+        draw(ax)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def _strong_pooled(pooled: dict, sites: dict, *, thin_ms: float | None = None, strong_ms: float | None = None):
+    """``(label, histograms, line style)``: each site thin, then the pooled curve strong on top."""
+    thin = {"lw": 0.8, "alpha": 0.45} | ({"ms": thin_ms} if thin_ms else {})
+    strong = {"lw": 2.6, "color": "black"} | ({"ms": strong_ms} if strong_ms else {})
+    return [*((s, h, thin) for s, h in sites.items()), ("pooled", pooled, strong)]
 
 
 def _nothing_to_score(hist: dict | None) -> str | None:
